@@ -1,0 +1,53 @@
+//! Builds the eBPF programs (package `scouter-ebpf`, for `bpfel-unknown-none`, with the nightly
+//! toolchain and bpf-linker) and leaves the object in OUT_DIR for `include_bytes_aligned!`.
+//! `cargo xtask setup` installs what this needs; bpf-linker is looked up in the project's tools
+//! directory first.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+
+fn main() -> anyhow::Result<()> {
+    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
+    let workspace = manifest_dir.parent().context("agent crate has no parent directory")?;
+    let ebpf_dir = workspace.join("scouter-ebpf");
+    println!("cargo:rerun-if-env-changed=SCOUTER_TOOLS_DIR");
+    println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
+    if std::env::var_os("AYA_BUILD_SKIP").is_some_and(|v| v == "1") {
+        // Unit tests and linters need no eBPF object; the agent refuses to run with this one.
+        let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+        std::fs::write(out_dir.join("scouter-ebpf"), b"")?;
+        return Ok(());
+    }
+
+    let tools_bin = std::env::var_os("SCOUTER_TOOLS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target/tools"))
+        .join("bin");
+    prepend_to_path(&tools_bin)?;
+    if which("bpf-linker").is_none() {
+        bail!(
+            "bpf-linker not found in {} or on PATH: run `cargo xtask setup` first",
+            tools_bin.display()
+        );
+    }
+
+    let ebpf_dir = ebpf_dir.to_str().context("non-UTF-8 path")?;
+    let package = aya_build::Package { name: "scouter-ebpf", root_dir: ebpf_dir, ..Default::default() };
+    aya_build::build_ebpf([package], aya_build::Toolchain::default())
+}
+
+fn prepend_to_path(dir: &Path) -> anyhow::Result<()> {
+    let mut paths = vec![dir.to_path_buf()];
+    if let Some(path) = std::env::var_os("PATH") {
+        paths.extend(std::env::split_paths(&path));
+    }
+    // SAFETY: build scripts are single-threaded here; the child cargo inherits PATH.
+    unsafe { std::env::set_var("PATH", std::env::join_paths(paths)?) };
+    Ok(())
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join(program)).find(|p| p.is_file())
+}

@@ -1,0 +1,2 @@
+//! (being written)
+pub fn run(_c: crate::config::AgentConfig) -> anyhow::Result<()> { todo!() }

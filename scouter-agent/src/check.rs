@@ -1,0 +1,5 @@
+//! `scouter-agent check` (stub: being implemented).
+
+pub fn run() -> anyhow::Result<()> {
+    todo!()
+}

@@ -1,0 +1,112 @@
+//! Command-line interface. Every flag also names its environment variable in `--help`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{AgentConfig, StoreConfig, DEFAULT_STORE_PATH};
+
+/// Scouter Agent traces Python services with eBPF: HTTP server spans for every Python process on
+/// the host, with no code change and no restart.
+///
+/// With no subcommand it runs the agent (`scouter-agent run`). It needs root (or CAP_BPF,
+/// CAP_PERFMON, CAP_SYS_PTRACE, CAP_SYS_ADMIN and CAP_DAC_READ_SEARCH); `scouter-agent check`
+/// tells what this host supports.
+#[derive(Debug, Parser)]
+#[command(name = "scouter-agent", version, propagate_version = true, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Options of `run`, accepted without the subcommand too.
+    #[command(flatten)]
+    pub run: RunArgs,
+
+    /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `scouter_agent=debug`.
+    #[arg(long, global = true, env = "SCOUTER_AGENT_LOG", default_value = "info")]
+    pub log: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Trace Python processes until SIGINT/SIGTERM (the default).
+    Run(RunArgs),
+    /// Read the embedded trace store.
+    Traces {
+        #[command(subcommand)]
+        command: TracesCommand,
+    },
+    /// Report which kernel features the agent needs are available, and what to do if not.
+    /// Exits non-zero when the agent cannot run here.
+    Check,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TracesCommand {
+    /// The most recent traces, newest first.
+    List {
+        /// Print JSON (an array of trace summaries) instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// How many traces to show.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// One trace: a waterfall of its spans, or JSON (an array of spans).
+    Show {
+        /// The trace id (32 hex digits).
+        trace_id: String,
+        /// Print the spans as JSON instead of a waterfall.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Path of the embedded trace store (an SQLite file, created if missing).
+    #[arg(long = "store-path", env = "SCOUTER_AGENT_STORE_PATH", default_value = DEFAULT_STORE_PATH)]
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+
+    /// Delete stored spans older than this many hours.
+    #[arg(long, env = "SCOUTER_AGENT_STORE_MAX_AGE_HOURS", default_value_t = 72)]
+    pub store_max_age_hours: u64,
+
+    /// Keep the store under this many MiB, deleting the oldest spans first.
+    #[arg(long, env = "SCOUTER_AGENT_STORE_MAX_MB", default_value_t = 512)]
+    pub store_max_mb: u64,
+
+    /// Also print one line per finished span on standard output.
+    #[arg(long, env = "SCOUTER_AGENT_STDOUT")]
+    pub stdout: bool,
+
+    /// Trace only these process ids (repeatable); default: every Python process.
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+}
+
+impl RunArgs {
+    pub fn to_config(&self) -> AgentConfig {
+        AgentConfig {
+            store: StoreConfig {
+                path: self.store.path.clone(),
+                max_age: Duration::from_secs(self.store_max_age_hours * 3600),
+                max_bytes: self.store_max_mb * 1024 * 1024,
+            },
+            stdout: self.stdout,
+            pids: self.pids.clone(),
+            housekeeping_interval: Duration::from_secs(30),
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! The ABI shared by Scouter's eBPF programs and the agent.
+//!
+//! Every type that crosses the kernel/user boundary (ring-buffer events and map keys/values) is
+//! defined here, once, as `#[repr(C)]` plain data. The kernel side (`src/main.rs`, built for
+//! `bpfel-unknown-none`) writes them; the agent reads them with `read_unaligned` after checking
+//! [`EventHeader::kind`]. Layouts use explicit padding so both sides agree byte for byte; the
+//! `layout` tests pin the sizes.
+#![no_std]
+
+/// Bytes of socket payload copied into one [`DataEvent`]. Enough for an HTTP/1.x request or
+/// response head in the common case; the syscall's full byte count travels in
+/// [`DataEvent::total_len`] so message framing stays exact even when the copy is cut.
+pub const MAX_CAPTURE: usize = 4096;
+
+/// Capacity of the map of tracked processes (one entry per process, not per thread).
+pub const MAX_TRACKED_PROCESSES: u32 = 16_384;
+/// Capacity of the LRU map of sockets the agent follows.
+pub const MAX_TRACKED_SOCKETS: u32 = 65_536;
+/// Capacity of the per-thread maps holding a syscall's arguments between enter and exit.
+pub const MAX_IN_FLIGHT_SYSCALLS: u32 = 16_384;
+/// Size of the events ring buffer in bytes (power of two, multiple of the page size).
+pub const EVENTS_RING_BYTES: u32 = 32 * 1024 * 1024;
+
+/// Names of the maps, as the agent looks them up in the loaded object.
+pub mod map_names {
+    pub const TRACKED_PROCESSES: &str = "TRACKED_PROCESSES";
+    pub const EVENTS: &str = "EVENTS";
+    pub const COUNTERS: &str = "COUNTERS";
+}
+
+/// Names of the globals the agent sets before load (`EbpfLoader::set_global`).
+pub mod global_names {
+    /// Offset of `child_pid` in the `sched_process_fork` tracepoint record (varies by kernel).
+    pub const FORK_CHILD_PID_OFFSET: &str = "FORK_CHILD_PID_OFFSET";
+    /// Offset of `group_dead` in `sched_process_exit`, or `u32::MAX` when the kernel lacks it.
+    pub const EXIT_GROUP_DEAD_OFFSET: &str = "EXIT_GROUP_DEAD_OFFSET";
+}
+
+/// Discriminant in [`EventHeader::kind`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    ProcessExec = 1,
+    ProcessExit = 2,
+    ProcessFork = 3,
+    SocketAccept = 4,
+    SocketConnect = 5,
+    SocketData = 6,
+    SocketClose = 7,
+}
+
+impl EventKind {
+    pub fn from_u32(value: u32) -> Option<Self> {
+        Some(match value {
+            1 => Self::ProcessExec,
+            2 => Self::ProcessExit,
+            3 => Self::ProcessFork,
+            4 => Self::SocketAccept,
+            5 => Self::SocketConnect,
+            6 => Self::SocketData,
+            7 => Self::SocketClose,
+            _ => return None,
+        })
+    }
+}
+
+/// First field of every event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EventHeader {
+    /// An [`EventKind`] as `u32`.
+    pub kind: u32,
+    /// Process id (tgid) of the task that caused the event.
+    pub pid: u32,
+    /// Thread id of that task.
+    pub tid: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the event happened.
+    pub timestamp_ns: u64,
+}
+
+/// `ProcessExec`, `ProcessExit`, `ProcessFork`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcessEvent {
+    pub header: EventHeader,
+    /// For `ProcessFork`: the new task's id (a process, or a thread the agent must untrack).
+    pub child_pid: u32,
+    pub _pad: u32,
+}
+
+/// A socket address as the kernel gave it, family-tagged.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketAddress {
+    /// `AF_INET` (2), `AF_INET6` (10), or 0 when unknown.
+    pub family: u16,
+    /// Port in host byte order.
+    pub port: u16,
+    /// IPv4 in the first four bytes, or the IPv6 address, in network byte order.
+    pub addr: [u8; 16],
+}
+
+/// `SocketAccept` (server side) and `SocketConnect` (client side).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConnectionEvent {
+    pub header: EventHeader,
+    /// The connection's file descriptor in the process.
+    pub fd: u32,
+    /// For accept: the listening socket's descriptor; for connect: the syscall's return value.
+    pub listen_fd_or_ret: i32,
+    /// The peer: the client for accept, the server for connect.
+    pub peer: SocketAddress,
+    pub _pad: u32,
+}
+
+/// Direction of a [`DataEvent`].
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Bytes the process read from the socket.
+    Ingress = 0,
+    /// Bytes the process wrote to the socket.
+    Egress = 1,
+}
+
+/// `SocketData`: one successful read- or write-family syscall on a followed socket.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DataEvent {
+    pub header: EventHeader,
+    pub fd: u32,
+    /// A [`Direction`] as `u8`.
+    pub direction: u8,
+    pub _pad: [u8; 3],
+    /// Bytes the syscall moved (its return value); may exceed `captured_len`.
+    pub total_len: u64,
+    /// When the syscall was entered; `header.timestamp_ns` is when it returned.
+    pub enter_ns: u64,
+    /// Bytes of `data` that hold payload.
+    pub captured_len: u32,
+    pub _pad2: u32,
+    pub data: [u8; MAX_CAPTURE],
+}
+
+/// `SocketClose`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CloseEvent {
+    pub header: EventHeader,
+    pub fd: u32,
+    pub _pad: u32,
+}
+
+/// Key of the kernel's socket map: a descriptor in a process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SocketKey {
+    pub pid: u32,
+    pub fd: u32,
+}
+
+/// Role of a followed socket.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SocketRole {
+    /// Accepted: the process serves requests on it.
+    Server = 1,
+    /// Connected: the process sends requests on it.
+    Client = 2,
+}
+
+/// Value of the kernel's socket map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SocketInfo {
+    /// A [`SocketRole`] as `u8`.
+    pub role: u8,
+    pub _pad: [u8; 7],
+}
+
+/// Value of the tracked-process map; written by the agent (and by the fork program for children
+/// of tracked processes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TrackedProcess {
+    /// Reserved for per-process switches; 1 means "trace sockets".
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+pub const TRACK_SOCKETS: u32 = 1;
+
+/// Indices into the per-CPU `COUNTERS` array: things the kernel side had to drop.
+pub mod counter {
+    /// An event could not be reserved in the ring buffer (userspace too slow).
+    pub const RING_FULL: u32 = 0;
+    /// Reading user memory failed (payload or socket address).
+    pub const READ_USER_FAILED: u32 = 1;
+    /// A fork child could not be added to the tracked map (map full).
+    pub const TRACKED_MAP_FULL: u32 = 2;
+    pub const COUNT: u32 = 3;
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain `#[repr(C)]` data with explicit padding and no pointers.
+    unsafe impl aya::Pod for super::SocketKey {}
+    unsafe impl aya::Pod for super::SocketInfo {}
+    unsafe impl aya::Pod for super::TrackedProcess {}
+}
+
+#[cfg(test)]
+mod layout {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn sizes_are_pinned() {
+        assert_eq!(size_of::<EventHeader>(), 24);
+        assert_eq!(size_of::<ProcessEvent>(), 32);
+        assert_eq!(size_of::<SocketAddress>(), 20);
+        assert_eq!(size_of::<ConnectionEvent>(), 56);
+        assert_eq!(size_of::<DataEvent>(), 24 + 8 + 8 + 8 + 8 + MAX_CAPTURE);
+        assert_eq!(size_of::<CloseEvent>(), 32);
+        assert_eq!(size_of::<SocketKey>(), 8);
+        assert_eq!(size_of::<TrackedProcess>(), 8);
+    }
+
+    #[test]
+    fn event_kinds_round_trip() {
+        for k in 1..=7 {
+            assert_eq!(EventKind::from_u32(k).map(|k| k as u32), Some(k));
+        }
+        assert!(EventKind::from_u32(0).is_none());
+        assert!(EventKind::from_u32(8).is_none());
+    }
+}

@@ -1,0 +1,34 @@
+//! Scouter's eBPF programs.
+//!
+//! Split by concern, like the maps they share:
+//! - [`programs::process`]: which processes are traced (exec, fork, exit);
+//! - [`programs::connection`]: which sockets of those processes are followed (accept, connect, close);
+//! - [`programs::io`]: the bytes moved on followed sockets (read/write syscall families).
+//!
+//! Everything is filtered in the kernel by the tracked-process map, so untraced processes pay
+//! one hash lookup per syscall of the families above and nothing else.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
+mod programs;
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // SAFETY: the verifier rejects any program in which a panic path is reachable.
+    unsafe { core::hint::unreachable_unchecked() }
+}
+
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
+
+/// On the host this binary is only a placeholder; the real one is built for `bpfel-unknown-none`.
+#[cfg(not(target_arch = "bpf"))]
+fn main() {
+    eprintln!("scouter-ebpf is an eBPF object; build it with `cargo xtask build`");
+}
