@@ -1,2 +1,349 @@
-//! (being written)
-pub fn run(_c: crate::config::AgentConfig) -> anyhow::Result<()> { todo!() }
+//! The agent: wires discovery → probes → events → spans → export, until SIGINT or SIGTERM.
+//!
+//! One task owns all mutable state (tracked processes, connection assembly) and reacts to
+//! three sources: ring-buffer records, results of process inspections (which read files and so
+//! run on the blocking pool), and timers. Probes are attached before the initial /proc scan so
+//! no process can start unseen between the two.
+
+use std::collections::{HashMap, HashSet};
+use std::os::fd::AsRawFd as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
+use tokio::io::unix::AsyncFd;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+use crate::config::AgentConfig;
+use crate::discovery::{self, PythonProcess, Skip};
+use crate::events::{self, KernelEvent, SocketId, WallClock};
+use crate::export::Exporter;
+use crate::probes::Probes;
+use crate::spans::assembly::{Assembler, CompletedExchange};
+use crate::spans::http_span::span_from_exchange;
+use crate::spans::{AttributeValue, Resource};
+
+/// Records handled per wake-up before other sources get a turn.
+const MAX_RECORDS_PER_WAKE: usize = 4096;
+/// Unframed responses quiet this long are considered complete.
+const RESPONSE_IDLE: Duration = Duration::from_secs(5);
+/// Connections silent this long are forgotten (their close was missed).
+const CONNECTION_FORGET: Duration = Duration::from_secs(15 * 60);
+/// Retries for a process whose interpreter is not readable yet (just exec'd).
+const INSPECTION_RETRIES: u32 = 3;
+
+pub fn run(config: AgentConfig) -> anyhow::Result<()> {
+    crate::check::require_privileges()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(run_until_signal(config))
+}
+
+/// Why a process was inspected, and how many times already.
+#[derive(Clone, Copy, Debug)]
+struct Inspection {
+    pid: u32,
+    attempt: u32,
+}
+
+type InspectionResult = (Inspection, Result<PythonProcess, Skip>);
+
+async fn run_until_signal(config: AgentConfig) -> anyhow::Result<()> {
+    let exporter = Exporter::from_config(&config)?;
+    let (probes, ring) = Probes::attach().context("attaching the eBPF probes")?;
+    let mut agent = Agent::new(config, probes, exporter);
+    let (inspections, mut inspected) = mpsc::unbounded_channel::<InspectionResult>();
+    agent.scan_existing_processes();
+    tracing::info!(processes = agent.processes.len(), "agent ready");
+
+    let mut ring = AsyncFd::new(RingFd(ring)).context("polling the events ring buffer")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut expiry = tokio::time::interval(Duration::from_secs(1));
+    let mut rescan = tokio::time::interval(agent.config.housekeeping_interval);
+    rescan.reset();
+    loop {
+        tokio::select! {
+            ready = ring.readable_mut() => {
+                let mut guard = ready.context("waiting for kernel events")?;
+                if agent.drain(&mut guard.get_inner_mut().0, &inspections) {
+                    guard.clear_ready();
+                }
+            }
+            Some((inspection, result)) = inspected.recv() => agent.on_inspection(inspection, result, &inspections),
+            _ = expiry.tick() => agent.expire_and_report(),
+            _ = rescan.tick() => agent.rescan(&inspections),
+            _ = sigterm.recv() => { tracing::info!("SIGTERM received"); break; }
+            _ = sigint.recv() => { tracing::info!("SIGINT received"); break; }
+        }
+    }
+    agent.shutdown();
+    Ok(())
+}
+
+/// Lets tokio poll the ring buffer's descriptor.
+struct RingFd(RingBuf<MapData>);
+
+impl std::os::fd::AsRawFd for RingFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+struct Agent {
+    config: AgentConfig,
+    probes: Probes,
+    exporter: Exporter,
+    clock: WallClock,
+    assembler: Assembler,
+    processes: HashMap<u32, PythonProcess>,
+    /// Local port of each listening socket (pid, fd) seen behind an accept.
+    listener_ports: HashMap<(u32, u32), Option<u16>>,
+    /// Processes already reported as not traceable, so rescans don't repeat the warning.
+    reported: HashSet<u32>,
+    decode_errors: u64,
+    last_kernel_counters: [u64; scouter_ebpf::counter::COUNT as usize],
+}
+
+impl Agent {
+    fn new(config: AgentConfig, probes: Probes, exporter: Exporter) -> Self {
+        Self {
+            config,
+            probes,
+            exporter,
+            clock: WallClock::new(),
+            assembler: Assembler::default(),
+            processes: HashMap::new(),
+            listener_ports: HashMap::new(),
+            reported: HashSet::new(),
+            decode_errors: 0,
+            last_kernel_counters: Default::default(),
+        }
+    }
+
+    fn scan_existing_processes(&mut self) {
+        for pid in discovery::all_pids() {
+            let result = discovery::inspect(pid);
+            self.decide(Inspection { pid, attempt: INSPECTION_RETRIES }, result, None);
+        }
+    }
+
+    /// Looks again for Python processes whose exec the agent missed (e.g. a full ring buffer).
+    fn rescan(&mut self, inspections: &mpsc::UnboundedSender<InspectionResult>) {
+        let known: HashSet<u32> = self.processes.keys().chain(self.reported.iter()).copied().collect();
+        let all = discovery::all_pids();
+        self.reported.retain(|pid| all.contains(pid));
+        for pid in all.into_iter().filter(|pid| !known.contains(pid)) {
+            spawn_inspection(Inspection { pid, attempt: INSPECTION_RETRIES }, Duration::ZERO, inspections);
+        }
+    }
+
+    /// Handles ring-buffer records; false when it stopped early to let other work run.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>, inspections: &mpsc::UnboundedSender<InspectionResult>) -> bool {
+        for _ in 0..MAX_RECORDS_PER_WAKE {
+            let Some(record) = ring.next() else { return true };
+            let decoded = events::decode(&record, &self.clock);
+            drop(record);
+            match decoded {
+                Ok(event) => self.on_event(event, inspections),
+                Err(error) => {
+                    self.decode_errors += 1;
+                    tracing::debug!(%error, "undecodable kernel record dropped");
+                }
+            }
+        }
+        false
+    }
+
+    fn on_event(&mut self, event: KernelEvent, inspections: &mpsc::UnboundedSender<InspectionResult>) {
+        match event {
+            KernelEvent::ProcessExec { pid } => {
+                spawn_inspection(Inspection { pid, attempt: 0 }, Duration::ZERO, inspections);
+            }
+            KernelEvent::ProcessFork { parent, child } => self.on_fork(parent, child),
+            KernelEvent::ProcessExit { pid } => self.on_exit(pid),
+            KernelEvent::Accepted { socket, listen_fd, peer, time } => {
+                let port = self.listener_port(socket.pid, listen_fd);
+                self.assembler.on_accept(socket, peer, port, time);
+            }
+            KernelEvent::Connected { socket, peer, time } => self.assembler.on_connect(socket, peer, time),
+            KernelEvent::Data(chunk) => {
+                let done = self.assembler.on_data(&chunk);
+                self.export(done);
+            }
+            KernelEvent::Closed { socket, .. } => {
+                let done = self.assembler.on_close(socket);
+                self.export(done);
+            }
+        }
+    }
+
+    fn on_fork(&mut self, parent: u32, child: u32) {
+        // The kernel tracks every task a tracked process creates; threads share the parent's
+        // entry (lookups are by process id), so theirs are removed again.
+        if discovery::is_thread_of(parent, child) {
+            if !self.processes.contains_key(&child) {
+                self.probes.untrack(child);
+            }
+            return;
+        }
+        let Some(process) = self.processes.get(&parent).map(|p| p.forked(child)) else { return };
+        tracing::info!(pid = child, parent, version = %process.version, service = %process.service_name, "tracking python process (forked)");
+        self.processes.insert(child, process);
+    }
+
+    fn on_exit(&mut self, pid: u32) {
+        let done = self.assembler.on_process_exit(pid);
+        self.export(done);
+        if self.processes.remove(&pid).is_some() {
+            tracing::info!(pid, "python process exited");
+        }
+        self.listener_ports.retain(|(owner, _), _| *owner != pid);
+    }
+
+    fn on_inspection(
+        &mut self,
+        inspection: Inspection,
+        result: Result<PythonProcess, Skip>,
+        inspections: &mpsc::UnboundedSender<InspectionResult>,
+    ) {
+        self.decide(inspection, result, Some(inspections));
+    }
+
+    fn decide(
+        &mut self,
+        inspection: Inspection,
+        result: Result<PythonProcess, Skip>,
+        retry: Option<&mpsc::UnboundedSender<InspectionResult>>,
+    ) {
+        let pid = inspection.pid;
+        match result {
+            Ok(process) => self.track(process),
+            Err(Skip::NotPython) | Err(Skip::Gone) => {
+                // An exec can turn a traced Python process into something else.
+                if self.processes.remove(&pid).is_some() {
+                    self.probes.untrack(pid);
+                    tracing::info!(pid, "process is no longer python; stopped tracing it");
+                }
+            }
+            Err(Skip::UnknownVersion(error)) if inspection.attempt < INSPECTION_RETRIES => {
+                if let Some(inspections) = retry {
+                    let next = Inspection { pid, attempt: inspection.attempt + 1 };
+                    let delay = Duration::from_millis(50 * u64::from(next.attempt));
+                    tracing::debug!(pid, %error, attempt = next.attempt, "retrying inspection");
+                    spawn_inspection(next, delay, inspections);
+                }
+            }
+            Err(skip) => {
+                if self.reported.insert(pid) {
+                    tracing::warn!(pid, reason = %skip, "not tracing this python process");
+                }
+            }
+        }
+    }
+
+    fn track(&mut self, process: PythonProcess) {
+        let pid = process.pid;
+        if !self.config.pids.is_empty() && !self.config.pids.contains(&pid) {
+            return;
+        }
+        if let Err(error) = self.probes.track(pid) {
+            tracing::warn!(pid, %error, "cannot track process (tracked-process map full?)");
+            return;
+        }
+        let is_new = self.processes.get(&pid).is_none_or(|known| known.executable != process.executable);
+        if is_new {
+            tracing::info!(
+                pid,
+                version = %process.version,
+                service = %process.service_name,
+                interpreter = %process.interpreter_binary.display(),
+                "tracking python process"
+            );
+        }
+        self.processes.insert(pid, process);
+    }
+
+    fn listener_port(&mut self, pid: u32, listen_fd: u32) -> Option<u16> {
+        *self
+            .listener_ports
+            .entry((pid, listen_fd))
+            .or_insert_with(|| discovery::sockets::local_port(pid, listen_fd))
+    }
+
+    fn export(&mut self, done: Vec<CompletedExchange>) {
+        for exchange in done {
+            let resource = self.resource_of(exchange.socket);
+            let span = span_from_exchange(&exchange, resource);
+            tracing::debug!(trace_id = %span.trace_id, name = %span.name, "span finished");
+            self.exporter.submit(span);
+        }
+    }
+
+    /// The process's resource; a minimal one if the process was forgotten meanwhile.
+    fn resource_of(&self, socket: SocketId) -> Arc<Resource> {
+        match self.processes.get(&socket.pid) {
+            Some(process) => Arc::clone(&process.resource),
+            None => {
+                let mut resource = Resource::default();
+                resource.attributes.insert("process.pid".into(), AttributeValue::from(socket.pid));
+                resource.attributes.insert("service.name".into(), "unknown_service:python".into());
+                Arc::new(resource)
+            }
+        }
+    }
+
+    fn expire_and_report(&mut self) {
+        let done = self.assembler.expire(self.clock.unix_now(), RESPONSE_IDLE, CONNECTION_FORGET);
+        self.export(done);
+        self.report_kernel_drops();
+    }
+
+    fn report_kernel_drops(&mut self) {
+        let counters = self.probes.kernel_counters();
+        if counters != self.last_kernel_counters {
+            let [ring_full, read_failed, map_full] = counters;
+            tracing::warn!(ring_full, read_failed, map_full, "kernel-side drops (cumulative)");
+            self.last_kernel_counters = counters;
+        }
+    }
+
+    fn shutdown(mut self) {
+        let done = self.assembler.finish_all();
+        self.export(done);
+        let stats = self.assembler.stats();
+        drop(self.probes);
+        tracing::info!("probes detached");
+        let counters = self.exporter.counters();
+        let accepted = counters.accepted.load(std::sync::atomic::Ordering::Relaxed);
+        let dropped = counters.dropped_queue_full.load(std::sync::atomic::Ordering::Relaxed);
+        self.exporter.shutdown();
+        tracing::info!(
+            spans = accepted,
+            dropped_queue_full = dropped,
+            not_http = stats.not_http,
+            unanswered = stats.unanswered,
+            lost_sync = stats.lost_sync,
+            decode_errors = self.decode_errors,
+            "agent stopped; spans flushed"
+        );
+    }
+}
+
+fn spawn_inspection(inspection: Inspection, delay: Duration, results: &mpsc::UnboundedSender<InspectionResult>) {
+    let results = results.clone();
+    tokio::spawn(async move {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let pid = inspection.pid;
+        if let Ok(result) = tokio::task::spawn_blocking(move || discovery::inspect(pid)).await {
+            let _ = results.send((inspection, result));
+        }
+    });
+}

@@ -1,1 +1,101 @@
-//! (being written)
+//! Discovery: which processes on the host are Python interpreters, and which version.
+//!
+//! A process is inspected when the agent starts (a /proc scan) and whenever one execs (the
+//! kernel reports every exec). Inspection reads only files: the executable, the libpython it
+//! maps or links, and /proc metadata; it never reads the process's memory, so an unknown
+//! interpreter is reported and left alone.
+
+mod interpreter;
+mod procfs;
+pub mod sockets;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use interpreter::{InterpreterError, PythonVersion};
+
+use crate::spans::{AttributeValue, Resource};
+
+/// A Python process the agent traces.
+#[derive(Clone, Debug)]
+pub struct PythonProcess {
+    pub pid: u32,
+    pub executable: PathBuf,
+    /// The ELF that holds the interpreter: libpython, or the executable itself when static.
+    pub interpreter_binary: PathBuf,
+    pub version: PythonVersion,
+    pub service_name: String,
+    pub resource: Arc<Resource>,
+}
+
+/// Why a process is not traced.
+#[derive(Debug, thiserror::Error)]
+pub enum Skip {
+    #[error("not a Python process")]
+    NotPython,
+    #[error("process exited")]
+    Gone,
+    #[error("Python {version} is not supported (supported: 3.8 to 3.13); leaving it alone")]
+    UnsupportedVersion { version: PythonVersion },
+    #[error("cannot determine the Python version: {0}")]
+    UnknownVersion(#[from] InterpreterError),
+}
+
+/// Inspects `pid`; `Ok` when it is a supported Python interpreter.
+pub fn inspect(pid: u32) -> Result<PythonProcess, Skip> {
+    let executable = procfs::executable(pid).ok_or(Skip::Gone)?;
+    let maps = procfs::mapped_files(pid).unwrap_or_default();
+    let candidate = interpreter::locate(pid, &executable, &maps).ok_or(Skip::NotPython)?;
+    let version = interpreter::version_of(&candidate)?;
+    if !version.is_supported() {
+        return Err(Skip::UnsupportedVersion { version });
+    }
+    let service_name = procfs::service_name(pid, &executable);
+    let resource = Arc::new(resource_for(pid, &executable, &version, &service_name));
+    Ok(PythonProcess {
+        pid,
+        executable,
+        interpreter_binary: candidate.binary_path(),
+        version,
+        service_name,
+        resource,
+    })
+}
+
+impl PythonProcess {
+    /// The same interpreter in a forked child (gunicorn workers, multiprocessing).
+    pub fn forked(&self, child: u32) -> Self {
+        let resource = Arc::new(resource_for(child, &self.executable, &self.version, &self.service_name));
+        Self { pid: child, resource, ..self.clone() }
+    }
+}
+
+/// Pids of every process on the host.
+pub fn all_pids() -> Vec<u32> {
+    procfs::all_pids()
+}
+
+/// Whether `child` is a thread of `parent` rather than a new process.
+pub fn is_thread_of(parent: u32, child: u32) -> bool {
+    procfs::is_thread_of(parent, child)
+}
+
+fn resource_for(pid: u32, executable: &std::path::Path, version: &PythonVersion, service: &str) -> Resource {
+    let mut resource = Resource::default();
+    let attrs = &mut resource.attributes;
+    let mut put = |k: &str, v: AttributeValue| {
+        attrs.insert(k.to_owned(), v);
+    };
+    put("service.name", service.into());
+    put("process.pid", pid.into());
+    put("process.executable.path", executable.display().to_string().into());
+    put("process.runtime.name", "cpython".into());
+    put("process.runtime.version", version.to_string().into());
+    if let Some(host) = procfs::hostname() {
+        put("host.name", host.into());
+    }
+    put("telemetry.sdk.name", "scouter-agent".into());
+    put("telemetry.sdk.language", "python".into());
+    put("telemetry.sdk.version", env!("CARGO_PKG_VERSION").into());
+    resource
+}

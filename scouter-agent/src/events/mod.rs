@@ -1,1 +1,235 @@
-//! (being written)
+//! Kernel events: decoded from the ring buffer's raw records into typed values, with kernel
+//! monotonic timestamps turned into wall-clock time.
+//!
+//! Decoding checks the kind and the record's length before reading it, so a short or unknown
+//! record is counted and dropped, never misread.
+
+mod clock;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::ptr;
+
+use scouter_ebpf::{
+    CloseEvent, ConnectionEvent, DataEvent, Direction, EventHeader, EventKind, ProcessEvent,
+    SocketAddress, MAX_CAPTURE,
+};
+
+pub use clock::WallClock;
+
+/// A socket of a process: the unit connection state is kept per.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SocketId {
+    pub pid: u32,
+    pub fd: u32,
+}
+
+/// A peer as userspace reasons about it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Peer {
+    Ip { addr: IpAddr, port: u16 },
+    Unix,
+    Unknown,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KernelEvent {
+    ProcessExec { pid: u32 },
+    ProcessExit { pid: u32 },
+    ProcessFork { parent: u32, child: u32 },
+    Accepted { socket: SocketId, listen_fd: u32, peer: Peer, time: u64 },
+    Connected { socket: SocketId, peer: Peer, time: u64 },
+    Data(DataChunk),
+    Closed { socket: SocketId, time: u64 },
+}
+
+/// Bytes one syscall moved on a followed socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataChunk {
+    pub socket: SocketId,
+    pub tid: u32,
+    pub direction: Direction,
+    /// Wall-clock ns when the syscall was entered and when it returned.
+    pub enter_time: u64,
+    pub time: u64,
+    /// Bytes the syscall moved; `bytes` holds at most the first `MAX_CAPTURE` of them.
+    pub total_len: u64,
+    pub bytes: Vec<u8>,
+}
+
+impl DataChunk {
+    /// Whether `bytes` holds everything the syscall moved.
+    pub fn is_complete(&self) -> bool {
+        self.bytes.len() as u64 == self.total_len
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {0} bytes is shorter than an event header")]
+    TooShort(usize),
+    #[error("unknown event kind {0}")]
+    UnknownKind(u32),
+    #[error("{kind:?} record of {len} bytes, expected at least {expected}")]
+    Truncated { kind: EventKind, len: usize, expected: usize },
+    #[error("data record claims {0} captured bytes")]
+    BadCaptureLength(u32),
+}
+
+/// Decodes one ring-buffer record.
+pub fn decode(record: &[u8], clock: &WallClock) -> Result<KernelEvent, DecodeError> {
+    let header: EventHeader = read_record(record, None)?;
+    let kind = EventKind::from_u32(header.kind).ok_or(DecodeError::UnknownKind(header.kind))?;
+    let socket = |fd: u32| SocketId { pid: header.pid, fd };
+    let time = clock.to_unix_nanos(header.timestamp_ns);
+    Ok(match kind {
+        EventKind::ProcessExec => KernelEvent::ProcessExec { pid: header.pid },
+        EventKind::ProcessExit => KernelEvent::ProcessExit { pid: header.pid },
+        EventKind::ProcessFork => {
+            let event: ProcessEvent = read_record(record, Some(kind))?;
+            KernelEvent::ProcessFork { parent: header.pid, child: event.child_pid }
+        }
+        EventKind::SocketAccept => {
+            let event: ConnectionEvent = read_record(record, Some(kind))?;
+            KernelEvent::Accepted {
+                socket: socket(event.fd),
+                listen_fd: event.listen_fd_or_ret as u32,
+                peer: peer(&event.peer),
+                time,
+            }
+        }
+        EventKind::SocketConnect => {
+            let event: ConnectionEvent = read_record(record, Some(kind))?;
+            KernelEvent::Connected { socket: socket(event.fd), peer: peer(&event.peer), time }
+        }
+        EventKind::SocketData => decode_data(record, &header, clock)?,
+        EventKind::SocketClose => {
+            let event: CloseEvent = read_record(record, Some(kind))?;
+            KernelEvent::Closed { socket: socket(event.fd), time }
+        }
+    })
+}
+
+fn decode_data(record: &[u8], header: &EventHeader, clock: &WallClock) -> Result<KernelEvent, DecodeError> {
+    let event: DataEvent = read_record(record, Some(EventKind::SocketData))?;
+    let captured = event.captured_len as usize;
+    if captured > MAX_CAPTURE || captured as u64 > event.total_len {
+        return Err(DecodeError::BadCaptureLength(event.captured_len));
+    }
+    let direction = if event.direction == Direction::Egress as u8 { Direction::Egress } else { Direction::Ingress };
+    Ok(KernelEvent::Data(DataChunk {
+        socket: SocketId { pid: header.pid, fd: event.fd },
+        tid: header.tid,
+        direction,
+        enter_time: clock.to_unix_nanos(event.enter_ns),
+        time: clock.to_unix_nanos(header.timestamp_ns),
+        total_len: event.total_len,
+        bytes: event.data[..captured].to_vec(),
+    }))
+}
+
+/// Copies a `#[repr(C)]` record out of the buffer after checking its length.
+fn read_record<T: Copy>(record: &[u8], kind: Option<EventKind>) -> Result<T, DecodeError> {
+    let expected = std::mem::size_of::<T>();
+    if record.len() < expected {
+        return Err(match kind {
+            None => DecodeError::TooShort(record.len()),
+            Some(kind) => DecodeError::Truncated { kind, len: record.len(), expected },
+        });
+    }
+    // SAFETY: length checked above; T is plain data valid for any bit pattern (ABI types only).
+    Ok(unsafe { ptr::read_unaligned(record.as_ptr().cast::<T>()) })
+}
+
+fn peer(address: &SocketAddress) -> Peer {
+    const AF_UNIX: u16 = 1;
+    const AF_INET: u16 = 2;
+    const AF_INET6: u16 = 10;
+    match address.family {
+        AF_INET => {
+            let [a, b, c, d, ..] = address.addr;
+            Peer::Ip { addr: IpAddr::V4(Ipv4Addr::new(a, b, c, d)), port: address.port }
+        }
+        AF_INET6 => {
+            let v6 = Ipv6Addr::from(address.addr);
+            // Dual-stack listeners see IPv4 clients as ::ffff:a.b.c.d; report them as IPv4.
+            let addr = v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4);
+            Peer::Ip { addr, port: address.port }
+        }
+        AF_UNIX => Peer::Unix,
+        _ => Peer::Unknown,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes_of<T>(value: &T) -> Vec<u8> {
+        // SAFETY: reading the bytes of a plain-data value for the test.
+        unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), std::mem::size_of::<T>()) }.to_vec()
+    }
+
+    fn header(kind: EventKind) -> EventHeader {
+        EventHeader { kind: kind as u32, pid: 42, tid: 43, _pad: 0, timestamp_ns: 1_000 }
+    }
+
+    #[test]
+    fn decodes_accept_with_mapped_ipv4_peer() {
+        let mut addr = [0u8; 16];
+        addr[10] = 0xff;
+        addr[11] = 0xff;
+        addr[12..].copy_from_slice(&[127, 0, 0, 1]);
+        let event = ConnectionEvent {
+            header: header(EventKind::SocketAccept),
+            fd: 7,
+            listen_fd_or_ret: 3,
+            peer: SocketAddress { family: 10, port: 5555, addr },
+            _pad: 0,
+        };
+        let clock = WallClock::with_offset(10);
+        let decoded = decode(&bytes_of(&event), &clock).unwrap();
+        assert_eq!(
+            decoded,
+            KernelEvent::Accepted {
+                socket: SocketId { pid: 42, fd: 7 },
+                listen_fd: 3,
+                peer: Peer::Ip { addr: "127.0.0.1".parse().unwrap(), port: 5555 },
+                time: 1_010,
+            }
+        );
+    }
+
+    #[test]
+    fn decodes_data_and_checks_capture_length() {
+        let mut event = DataEvent {
+            header: header(EventKind::SocketData),
+            fd: 5,
+            direction: Direction::Egress as u8,
+            _pad: [0; 3],
+            total_len: 10_000,
+            enter_ns: 900,
+            captured_len: 4,
+            _pad2: 0,
+            data: [0; MAX_CAPTURE],
+        };
+        event.data[..4].copy_from_slice(b"HTTP");
+        let clock = WallClock::with_offset(0);
+        let KernelEvent::Data(chunk) = decode(&bytes_of(&event), &clock).unwrap() else { panic!() };
+        assert_eq!(chunk.bytes, b"HTTP");
+        assert_eq!(chunk.direction, Direction::Egress);
+        assert!(!chunk.is_complete());
+        assert_eq!((chunk.enter_time, chunk.time), (900, 1_000));
+        event.captured_len = MAX_CAPTURE as u32 + 1;
+        assert!(matches!(decode(&bytes_of(&event), &clock), Err(DecodeError::BadCaptureLength(_))));
+    }
+
+    #[test]
+    fn rejects_short_and_unknown_records() {
+        let clock = WallClock::with_offset(0);
+        assert_eq!(decode(&[1, 2, 3], &clock), Err(DecodeError::TooShort(3)));
+        let unknown = EventHeader { kind: 99, ..header(EventKind::ProcessExec) };
+        assert_eq!(decode(&bytes_of(&unknown), &clock), Err(DecodeError::UnknownKind(99)));
+        let fork_header_only = header(EventKind::ProcessFork);
+        assert!(matches!(decode(&bytes_of(&fork_header_only), &clock), Err(DecodeError::Truncated { .. })));
+    }
+}

@@ -1,1 +1,168 @@
-//! (being written)
+//! Probes: loads the eBPF object, attaches its programs, and owns the maps the agent writes.
+//!
+//! The attachment table below is the single list of kernel hooks the agent uses; `check`
+//! verifies the same hooks exist. Dropping [`Probes`] detaches everything (aya closes the links
+//! and the maps go with the last file descriptor), so SIGTERM leaves nothing behind.
+
+pub mod tracefs;
+
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::programs::{ProgramError, TracePoint};
+use aya::{Ebpf, EbpfLoader};
+use scouter_ebpf::{counter, global_names, map_names, TrackedProcess, TRACK_SOCKETS};
+
+/// The eBPF object built by build.rs (empty when built with AYA_BUILD_SKIP=1).
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/scouter-ebpf"));
+
+/// (program, tracepoint category, tracepoint names).
+pub const ATTACHMENTS: &[(&str, &str, &[&str])] = &[
+    ("sched_process_exec", "sched", &["sched_process_exec"]),
+    ("sched_process_fork", "sched", &["sched_process_fork"]),
+    ("sched_process_exit", "sched", &["sched_process_exit"]),
+    ("accept_enter", "syscalls", &["sys_enter_accept", "sys_enter_accept4"]),
+    ("accept_exit", "syscalls", &["sys_exit_accept", "sys_exit_accept4"]),
+    ("connect_enter", "syscalls", &["sys_enter_connect"]),
+    ("connect_exit", "syscalls", &["sys_exit_connect"]),
+    ("close_enter", "syscalls", &["sys_enter_close"]),
+    ("io_enter_read", "syscalls", &["sys_enter_read", "sys_enter_recvfrom"]),
+    ("io_enter_readv", "syscalls", &["sys_enter_readv"]),
+    ("io_enter_recvmsg", "syscalls", &["sys_enter_recvmsg"]),
+    ("io_enter_write", "syscalls", &["sys_enter_write", "sys_enter_sendto"]),
+    ("io_enter_writev", "syscalls", &["sys_enter_writev"]),
+    ("io_enter_sendmsg", "syscalls", &["sys_enter_sendmsg"]),
+    (
+        "io_exit",
+        "syscalls",
+        &[
+            "sys_exit_read", "sys_exit_recvfrom", "sys_exit_readv", "sys_exit_recvmsg",
+            "sys_exit_write", "sys_exit_sendto", "sys_exit_writev", "sys_exit_sendmsg",
+        ],
+    ),
+];
+
+/// How many verifier log lines an error shows (the end, where the rejection is explained).
+const VERIFIER_LOG_TAIL: usize = 25;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("this binary was built without its eBPF object (AYA_BUILD_SKIP=1); build it with `cargo xtask build`")]
+    NoObject,
+    #[error(transparent)]
+    Tracefs(#[from] tracefs::TracefsError),
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error("tracepoint {tracepoint} has no field {field} on this kernel")]
+    MissingField { tracepoint: &'static str, field: &'static str },
+    #[error("the eBPF object has no program {0}")]
+    MissingProgram(&'static str),
+    #[error("the kernel verifier rejected program {program}:\n{log_tail}")]
+    Verifier { program: &'static str, log_tail: String },
+    #[error("loading program {program} failed: {source}")]
+    ProgramLoad { program: &'static str, source: ProgramError },
+    #[error("attaching {program} to tracepoint {category}/{name} failed: {source}")]
+    Attach { program: &'static str, category: &'static str, name: &'static str, source: ProgramError },
+    #[error("the eBPF object has no map {0}")]
+    MissingMap(&'static str),
+    #[error("map {name}: {source}")]
+    Map { name: &'static str, source: aya::maps::MapError },
+}
+
+/// The loaded, attached programs and the maps userspace uses.
+pub struct Probes {
+    /// Held for its links: dropping it detaches every program.
+    _ebpf: Ebpf,
+    tracked: BpfHashMap<MapData, u32, TrackedProcess>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+impl Probes {
+    /// Loads the object and attaches every program; returns the probes and the event ring.
+    pub fn attach() -> Result<(Self, RingBuf<MapData>), ProbeError> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(ProbeError::NoObject);
+        }
+        let tracefs = tracefs::ensure_mounted()?;
+        let fork_child = tracefs::tracepoint_format(&tracefs, "sched", "sched_process_fork")?
+            .field_offset("child_pid")
+            .ok_or(ProbeError::MissingField { tracepoint: "sched/sched_process_fork", field: "child_pid" })?;
+        let exit_group_dead = tracefs::tracepoint_format(&tracefs, "sched", "sched_process_exit")?
+            .field_offset("group_dead")
+            .unwrap_or(u32::MAX);
+        let mut ebpf = EbpfLoader::new()
+            .set_global(global_names::FORK_CHILD_PID_OFFSET, &fork_child, true)
+            .set_global(global_names::EXIT_GROUP_DEAD_OFFSET, &exit_group_dead, true)
+            .load(EBPF_OBJECT)
+            .map_err(ProbeError::Load)?;
+        for (program, category, names) in ATTACHMENTS {
+            attach_tracepoint(&mut ebpf, program, category, names)?;
+        }
+        let tracked = BpfHashMap::try_from(take_map(&mut ebpf, map_names::TRACKED_PROCESSES)?)
+            .map_err(|source| ProbeError::Map { name: map_names::TRACKED_PROCESSES, source })?;
+        let counters = PerCpuArray::try_from(take_map(&mut ebpf, map_names::COUNTERS)?)
+            .map_err(|source| ProbeError::Map { name: map_names::COUNTERS, source })?;
+        let events = RingBuf::try_from(take_map(&mut ebpf, map_names::EVENTS)?)
+            .map_err(|source| ProbeError::Map { name: map_names::EVENTS, source })?;
+        Ok((Self { _ebpf: ebpf, tracked, counters }, events))
+    }
+
+    /// Starts following the sockets of `pid` in the kernel.
+    pub fn track(&mut self, pid: u32) -> Result<(), ProbeError> {
+        let value = TrackedProcess { flags: TRACK_SOCKETS, _pad: 0 };
+        self.tracked
+            .insert(pid, value, 0)
+            .map_err(|source| ProbeError::Map { name: map_names::TRACKED_PROCESSES, source })
+    }
+
+    /// Stops following `pid`; absent entries are fine (the kernel removes exited processes).
+    pub fn untrack(&mut self, pid: u32) {
+        let _ = self.tracked.remove(&pid);
+    }
+
+    /// Kernel-side drop counters, summed over CPUs, indexed by `scouter_ebpf::counter`.
+    pub fn kernel_counters(&self) -> [u64; counter::COUNT as usize] {
+        let mut totals = [0u64; counter::COUNT as usize];
+        for (index, total) in totals.iter_mut().enumerate() {
+            if let Ok(values) = self.counters.get(&(index as u32), 0) {
+                *total = values.iter().sum();
+            }
+        }
+        totals
+    }
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
+    ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))
+}
+
+fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    category: &'static str,
+    names: &'static [&'static str],
+) -> Result<(), ProbeError> {
+    let tracepoint: &mut TracePoint = ebpf
+        .program_mut(program)
+        .ok_or(ProbeError::MissingProgram(program))?
+        .try_into()
+        .map_err(|source| ProbeError::ProgramLoad { program, source })?;
+    tracepoint.load().map_err(|source| load_error(program, source))?;
+    for name in names.iter().copied() {
+        tracepoint
+            .attach(category, name)
+            .map_err(|source| ProbeError::Attach { program, category, name, source })?;
+    }
+    Ok(())
+}
+
+/// A verifier rejection shows the end of the verifier's log, where it explains itself.
+fn load_error(program: &'static str, source: ProgramError) -> ProbeError {
+    match &source {
+        ProgramError::LoadError { verifier_log, .. } => {
+            let log = verifier_log.to_string();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(VERIFIER_LOG_TAIL)..].join("\n");
+            ProbeError::Verifier { program, log_tail: tail }
+        }
+        _ => ProbeError::ProgramLoad { program, source },
+    }
+}

@@ -1,1 +1,486 @@
-//! (being written)
+//! Assembly: pairs requests with responses on each followed connection.
+//!
+//! A connection is two [`MessageStream`]s (requests one way, responses the other) and a FIFO of
+//! exchanges: HTTP/1.x answers requests in order, so the oldest unanswered request owns the
+//! next response, which also makes pipelining and keep-alive come out right. An exchange is
+//! complete when its response's framing says so; when framing cannot say (a body until close,
+//! lost sync), the last response bytes before the connection closes, the next request, or a
+//! long idle period end it. A request without a response when its connection or process goes
+//! away produces no span: the agent never invents an outcome.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use scouter_ebpf::Direction;
+
+use super::http1::{self, ParseError, RequestHead, ResponseHead};
+use super::stream::{MessageStream, Segment, StreamItem};
+use crate::events::{DataChunk, Peer, SocketId};
+
+/// Which side of the exchanges the traced process is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// It accepted the connection and answers requests.
+    Server,
+    /// It connected and sends requests.
+    Client,
+}
+
+impl Role {
+    fn request_direction(self) -> Direction {
+        match self {
+            Role::Server => Direction::Ingress,
+            Role::Client => Direction::Egress,
+        }
+    }
+}
+
+/// A request and its final response: what an HTTP span is made from.
+#[derive(Clone, Debug)]
+pub struct CompletedExchange {
+    pub socket: SocketId,
+    pub role: Role,
+    pub peer: Peer,
+    /// The traced process's own port (servers: the listening port).
+    pub local_port: Option<u16>,
+    pub request: RequestHead,
+    pub response: ResponseHead,
+    pub start_time: u64,
+    pub end_time: u64,
+}
+
+/// What assembly dropped or could not follow, for the agent's own metrics.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AssemblyStats {
+    pub exchanges: u64,
+    /// Bytes that were not HTTP/1.x (other protocols, TLS, random input).
+    pub not_http: u64,
+    /// Message boundaries lost because bytes were beyond the kernel's copy.
+    pub lost_sync: u64,
+    /// Requests that never got a response (connection or process gone).
+    pub unanswered: u64,
+    /// Responses with no request to answer.
+    pub orphan_responses: u64,
+}
+
+#[derive(Debug)]
+struct Exchange {
+    request: RequestHead,
+    start_time: u64,
+    response: Option<ResponseHead>,
+    last_response_time: u64,
+}
+
+#[derive(Debug)]
+struct Connection {
+    role: Role,
+    peer: Peer,
+    local_port: Option<u16>,
+    requests: MessageStream,
+    responses: MessageStream,
+    exchanges: VecDeque<Exchange>,
+    /// A 1xx response was parsed: its (empty) completion is not the exchange's.
+    interim_pending: bool,
+    last_activity: u64,
+}
+
+impl Connection {
+    fn new(role: Role, peer: Peer, local_port: Option<u16>, time: u64) -> Self {
+        Self {
+            role,
+            peer,
+            local_port,
+            requests: MessageStream::default(),
+            responses: MessageStream::default(),
+            exchanges: VecDeque::new(),
+            interim_pending: false,
+            last_activity: time,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Assembler {
+    connections: HashMap<SocketId, Connection>,
+    stats: AssemblyStats,
+}
+
+impl Assembler {
+    pub fn stats(&self) -> AssemblyStats {
+        self.stats
+    }
+
+    pub fn open_connections(&self) -> usize {
+        self.connections.len()
+    }
+
+    pub fn on_accept(&mut self, socket: SocketId, peer: Peer, local_port: Option<u16>, time: u64) {
+        self.replace_connection(socket, Connection::new(Role::Server, peer, local_port, time));
+    }
+
+    pub fn on_connect(&mut self, socket: SocketId, peer: Peer, time: u64) {
+        self.replace_connection(socket, Connection::new(Role::Client, peer, None, time));
+    }
+
+    /// A descriptor number is reused after close; a close the agent missed must not leak the
+    /// old connection's state into the new one.
+    fn replace_connection(&mut self, socket: SocketId, connection: Connection) {
+        if let Some(old) = self.connections.insert(socket, connection) {
+            self.stats.unanswered += old.exchanges.iter().filter(|e| e.response.is_none()).count() as u64;
+        }
+    }
+
+    pub fn on_data(&mut self, chunk: &DataChunk) -> Vec<CompletedExchange> {
+        let Some(connection) = connection_for(&mut self.connections, chunk) else { return Vec::new() };
+        connection.last_activity = chunk.time;
+        let mut done = Vec::new();
+        if chunk.direction == connection.role.request_direction() {
+            let start_time = match connection.role {
+                Role::Server => chunk.time,
+                Role::Client => chunk.enter_time,
+            };
+            let segment = Segment { bytes: &chunk.bytes, total_len: chunk.total_len, time: chunk.time, start_time };
+            let items = connection.requests.feed(&segment, parse_request, RequestHead::body, http1::looks_like_request);
+            on_request_items(chunk.socket, connection, items, &mut self.stats, &mut done);
+        } else {
+            let segment = Segment { bytes: &chunk.bytes, total_len: chunk.total_len, time: chunk.time, start_time: chunk.time };
+            let method = awaiting_method(connection);
+            let items = connection.responses.feed(
+                &segment,
+                parse_response,
+                |head: &ResponseHead| head.body(&method),
+                http1::looks_like_response,
+            );
+            if let Some(exchange) = connection.exchanges.iter_mut().find(|e| e.response.is_some()) {
+                exchange.last_response_time = chunk.time;
+            }
+            on_response_items(chunk.socket, connection, items, chunk.time, &mut self.stats, &mut done);
+        }
+        self.stats.exchanges += done.len() as u64;
+        done
+    }
+
+    pub fn on_close(&mut self, socket: SocketId) -> Vec<CompletedExchange> {
+        let Some(connection) = self.connections.remove(&socket) else { return Vec::new() };
+        self.finish_connection(socket, connection)
+    }
+
+    /// The agent is stopping: every exchange that has its response is complete as far as it
+    /// will ever know.
+    pub fn finish_all(&mut self) -> Vec<CompletedExchange> {
+        let sockets: Vec<SocketId> = self.connections.keys().copied().collect();
+        sockets.into_iter().flat_map(|socket| self.on_close(socket)).collect()
+    }
+
+    /// The process exited: its sockets closed without close() calls the agent could see.
+    pub fn on_process_exit(&mut self, pid: u32) -> Vec<CompletedExchange> {
+        let sockets: Vec<SocketId> = self.connections.keys().filter(|s| s.pid == pid).copied().collect();
+        sockets.into_iter().flat_map(|socket| self.on_close(socket)).collect()
+    }
+
+    /// Ends exchanges whose response has been quiet for `idle` (bodies without framing on
+    /// connections that stay open), and forgets connections silent for `forget`.
+    pub fn expire(&mut self, now: u64, idle: Duration, forget: Duration) -> Vec<CompletedExchange> {
+        let mut done = Vec::new();
+        let idle = idle.as_nanos() as u64;
+        for (socket, connection) in self.connections.iter_mut() {
+            while let Some(front) = connection.exchanges.front() {
+                if front.response.is_none() || now.saturating_sub(front.last_response_time) < idle {
+                    break;
+                }
+                let exchange = connection.exchanges.pop_front().expect("front exists");
+                done.extend(complete(*socket, connection, exchange, None));
+            }
+        }
+        let forget = forget.as_nanos() as u64;
+        let stale: Vec<SocketId> = self
+            .connections
+            .iter()
+            .filter(|(_, c)| now.saturating_sub(c.last_activity) >= forget)
+            .map(|(s, _)| *s)
+            .collect();
+        for socket in stale {
+            if let Some(connection) = self.connections.remove(&socket) {
+                done.extend(self.finish_connection(socket, connection));
+            }
+        }
+        self.stats.exchanges += done.len() as u64;
+        done
+    }
+
+    fn finish_connection(&mut self, socket: SocketId, mut connection: Connection) -> Vec<CompletedExchange> {
+        let mut done = Vec::new();
+        while let Some(exchange) = connection.exchanges.pop_front() {
+            if exchange.response.is_some() {
+                done.extend(complete(socket, &connection, exchange, None));
+            } else {
+                self.stats.unanswered += 1;
+            }
+        }
+        self.stats.exchanges += done.len() as u64;
+        done
+    }
+}
+
+/// A connection the kernel follows but whose accept/connect the agent did not see (a lost
+/// event): its role is inferred from who sends the first request.
+fn connection_for<'a>(connections: &'a mut HashMap<SocketId, Connection>, chunk: &DataChunk) -> Option<&'a mut Connection> {
+    if !connections.contains_key(&chunk.socket) {
+        if !http1::looks_like_request(&chunk.bytes) {
+            return None;
+        }
+        let role = match chunk.direction {
+            Direction::Ingress => Role::Server,
+            Direction::Egress => Role::Client,
+        };
+        connections.insert(chunk.socket, Connection::new(role, Peer::Unknown, None, chunk.time));
+    }
+    connections.get_mut(&chunk.socket)
+}
+
+fn parse_request(bytes: &[u8]) -> Result<(RequestHead, usize), ParseError> {
+    http1::parse_request(bytes).map(|head| {
+        let len = head.head_len;
+        (head, len)
+    })
+}
+
+fn parse_response(bytes: &[u8]) -> Result<(ResponseHead, usize), ParseError> {
+    http1::parse_response(bytes).map(|head| {
+        let len = head.head_len;
+        (head, len)
+    })
+}
+
+/// The method of the request the next response answers (framing depends on it: HEAD).
+fn awaiting_method(connection: &Connection) -> String {
+    connection
+        .exchanges
+        .iter()
+        .find(|e| e.response.is_none())
+        .map(|e| e.request.method.clone())
+        .unwrap_or_default()
+}
+
+fn on_request_items(
+    socket: SocketId,
+    connection: &mut Connection,
+    items: Vec<StreamItem<RequestHead>>,
+    stats: &mut AssemblyStats,
+    done: &mut Vec<CompletedExchange>,
+) {
+    for item in items {
+        match item {
+            StreamItem::Head { head, start_time } => {
+                // A new request means every earlier response has been sent in full, even those
+                // whose end the framing could not tell.
+                while connection.exchanges.front().is_some_and(|e| e.response.is_some()) {
+                    let exchange = connection.exchanges.pop_front().expect("front exists");
+                    done.extend(complete(socket, connection, exchange, None));
+                }
+                if connection.responses.is_until_close() {
+                    connection.responses = MessageStream::default();
+                }
+                connection.exchanges.push_back(Exchange {
+                    request: head,
+                    start_time,
+                    response: None,
+                    last_response_time: start_time,
+                });
+            }
+            StreamItem::Complete { .. } => {}
+            StreamItem::Garbage(_) => stats.not_http += 1,
+            StreamItem::LostSync => stats.lost_sync += 1,
+        }
+    }
+}
+
+fn on_response_items(
+    socket: SocketId,
+    connection: &mut Connection,
+    items: Vec<StreamItem<ResponseHead>>,
+    time: u64,
+    stats: &mut AssemblyStats,
+    done: &mut Vec<CompletedExchange>,
+) {
+    for item in items {
+        match item {
+            StreamItem::Head { head, .. } if head.is_interim() => connection.interim_pending = true,
+            StreamItem::Head { head, .. } => {
+                match connection.exchanges.iter_mut().find(|e| e.response.is_none()) {
+                    Some(exchange) => {
+                        exchange.response = Some(head);
+                        exchange.last_response_time = time;
+                    }
+                    None => stats.orphan_responses += 1,
+                }
+            }
+            StreamItem::Complete { .. } if connection.interim_pending => connection.interim_pending = false,
+            StreamItem::Complete { time } => {
+                if let Some(index) = connection.exchanges.iter().position(|e| e.response.is_some()) {
+                    if let Some(exchange) = connection.exchanges.remove(index) {
+                        done.extend(complete(socket, connection, exchange, Some(time)));
+                    }
+                }
+            }
+            StreamItem::Garbage(_) => stats.not_http += 1,
+            StreamItem::LostSync => stats.lost_sync += 1,
+        }
+    }
+}
+
+fn complete(socket: SocketId, connection: &Connection, exchange: Exchange, end: Option<u64>) -> Option<CompletedExchange> {
+    let response = exchange.response?;
+    let end_time = end.unwrap_or(exchange.last_response_time).max(exchange.start_time);
+    Some(CompletedExchange {
+        socket,
+        role: connection.role,
+        peer: connection.peer,
+        local_port: connection.local_port,
+        request: exchange.request,
+        response,
+        start_time: exchange.start_time,
+        end_time,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SOCKET: SocketId = SocketId { pid: 10, fd: 5 };
+
+    fn chunk(direction: Direction, bytes: &[u8], time: u64) -> DataChunk {
+        DataChunk {
+            socket: SOCKET,
+            tid: 11,
+            direction,
+            enter_time: time - 1,
+            time,
+            total_len: bytes.len() as u64,
+            bytes: bytes.to_vec(),
+        }
+    }
+
+    fn server() -> Assembler {
+        let mut assembler = Assembler::default();
+        let peer = Peer::Ip { addr: "127.0.0.1".parse().unwrap(), port: 40000 };
+        assembler.on_accept(SOCKET, peer, Some(8000), 1);
+        assembler
+    }
+
+    fn summary(done: &[CompletedExchange]) -> Vec<(String, String, u16, u64, u64)> {
+        done.iter()
+            .map(|e| (e.request.method.clone(), e.request.path().to_owned(), e.response.status, e.start_time, e.end_time))
+            .collect()
+    }
+
+    #[test]
+    fn keep_alive_gives_one_exchange_per_request() {
+        let mut a = server();
+        let mut done = Vec::new();
+        for (i, path) in ["/a", "/b", "/c"].iter().enumerate() {
+            let t = 10 * (i as u64 + 1);
+            let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+            done.extend(a.on_data(&chunk(Direction::Ingress, request.as_bytes(), t)));
+            done.extend(a.on_data(&chunk(Direction::Egress, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n", t + 1)));
+            done.extend(a.on_data(&chunk(Direction::Egress, b"ok", t + 2)));
+        }
+        assert_eq!(
+            summary(&done),
+            [
+                ("GET".into(), "/a".into(), 200, 10, 12),
+                ("GET".into(), "/b".into(), 200, 20, 22),
+                ("GET".into(), "/c".into(), 200, 30, 32)
+            ]
+        );
+        assert!(a.on_close(SOCKET).is_empty());
+    }
+
+    #[test]
+    fn http10_response_until_close_ends_at_last_write() {
+        let mut a = server();
+        assert!(a.on_data(&chunk(Direction::Ingress, b"GET / HTTP/1.0\r\n\r\n", 10)).is_empty());
+        assert!(a.on_data(&chunk(Direction::Egress, b"HTTP/1.0 200 OK\r\nServer: x\r\n\r\n", 11)).is_empty());
+        assert!(a.on_data(&chunk(Direction::Egress, b"<html>", 12)).is_empty());
+        let done = a.on_close(SOCKET);
+        assert_eq!(summary(&done), [("GET".into(), "/".into(), 200, 10, 12)]);
+    }
+
+    #[test]
+    fn request_without_response_gives_nothing() {
+        let mut a = server();
+        assert!(a.on_data(&chunk(Direction::Ingress, b"GET / HTTP/1.1\r\n\r\n", 10)).is_empty());
+        assert!(a.on_process_exit(SOCKET.pid).is_empty());
+        assert_eq!(a.stats().unanswered, 1);
+        assert_eq!(a.open_connections(), 0);
+    }
+
+    #[test]
+    fn garbage_gives_nothing_and_is_counted() {
+        let mut a = server();
+        assert!(a.on_data(&chunk(Direction::Ingress, &[0xde, 0xad, 0xbe, 0xef, 0x00, 0x17], 10)).is_empty());
+        assert!(a.on_data(&chunk(Direction::Egress, b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n", 11)).is_empty());
+        assert!(a.on_close(SOCKET).is_empty());
+        let stats = a.stats();
+        assert_eq!((stats.not_http, stats.orphan_responses, stats.exchanges), (1, 1, 0));
+    }
+
+    #[test]
+    fn head_request_and_interim_responses() {
+        let mut a = server();
+        a.on_data(&chunk(Direction::Ingress, b"HEAD /h HTTP/1.1\r\n\r\n", 10));
+        let done = a.on_data(&chunk(Direction::Egress, b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n", 11));
+        assert_eq!(summary(&done), [("HEAD".into(), "/h".into(), 200, 10, 11)]);
+        a.on_data(&chunk(Direction::Ingress, b"POST /p HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n", 20));
+        assert!(a.on_data(&chunk(Direction::Egress, b"HTTP/1.1 100 Continue\r\n\r\n", 21)).is_empty());
+        a.on_data(&chunk(Direction::Ingress, b"hi", 22));
+        let done = a.on_data(&chunk(Direction::Egress, b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n", 23));
+        assert_eq!(summary(&done), [("POST".into(), "/p".into(), 201, 20, 23)]);
+    }
+
+    #[test]
+    fn pipelined_requests_are_answered_in_order() {
+        let mut a = server();
+        a.on_data(&chunk(Direction::Ingress, b"GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\n", 10));
+        let done = a.on_data(&chunk(
+            Direction::Egress,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\naHTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+            11,
+        ));
+        assert_eq!(summary(&done), [("GET".into(), "/1".into(), 200, 10, 11), ("GET".into(), "/2".into(), 404, 10, 11)]);
+    }
+
+    #[test]
+    fn client_role_times_from_write_entry_to_response_end() {
+        let mut a = Assembler::default();
+        let peer = Peer::Ip { addr: "10.0.0.1".parse().unwrap(), port: 80 };
+        a.on_connect(SOCKET, peer, 1);
+        a.on_data(&chunk(Direction::Egress, b"GET /api HTTP/1.1\r\nHost: svc\r\n\r\n", 10));
+        let done = a.on_data(&chunk(Direction::Ingress, b"HTTP/1.1 503 Unavailable\r\nContent-Length: 0\r\n\r\n", 15));
+        assert_eq!(summary(&done), [("GET".into(), "/api".into(), 503, 9, 15)]);
+        assert_eq!(done[0].role, Role::Client);
+    }
+
+    #[test]
+    fn quiet_unframed_responses_expire() {
+        let mut a = server();
+        a.on_data(&chunk(Direction::Ingress, b"GET / HTTP/1.1\r\n\r\n", 10));
+        a.on_data(&chunk(Direction::Egress, b"HTTP/1.1 200 OK\r\n\r\nstream", 11));
+        assert!(a.expire(12, Duration::from_nanos(5), Duration::from_secs(60)).is_empty());
+        let done = a.expire(20, Duration::from_nanos(5), Duration::from_secs(60));
+        assert_eq!(summary(&done), [("GET".into(), "/".into(), 200, 10, 11)]);
+        assert_eq!(a.open_connections(), 1);
+    }
+
+    #[test]
+    fn a_reused_descriptor_starts_fresh() {
+        let mut a = server();
+        a.on_data(&chunk(Direction::Ingress, b"GET /old HTTP/1.1\r\n\r\n", 10));
+        a.on_accept(SOCKET, Peer::Unknown, Some(8000), 20);
+        a.on_data(&chunk(Direction::Ingress, b"GET /new HTTP/1.1\r\n\r\n", 21));
+        let done = a.on_data(&chunk(Direction::Egress, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 22));
+        assert_eq!(summary(&done), [("GET".into(), "/new".into(), 200, 21, 22)]);
+        assert_eq!(a.stats().unanswered, 1);
+    }
+}

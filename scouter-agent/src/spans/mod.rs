@@ -2,12 +2,18 @@
 //!
 //! - [`model`] and [`ids`]: the one span type every stage after this one consumes;
 //! - [`http1`]: the HTTP/1.x message-head parser (the only one in the agent);
-//! - [`assembly`]: per-connection state machines that pair requests with responses and emit spans.
+//! - [`stream`]: one direction of a connection as a sequence of framed messages;
+//! - [`assembly`]: per-connection state that pairs requests with responses;
+//! - [`propagation`]: trace context in headers (W3C `traceparent`, Scouter's headers);
+//! - [`http_span`]: the span of a completed exchange, with semantic-convention attributes.
 
 pub mod assembly;
 pub mod http1;
+pub mod http_span;
 pub mod ids;
 pub mod model;
+pub mod propagation;
+pub mod stream;
 
 pub use ids::{SpanId, TraceId};
 pub use model::{AttributeValue, Attributes, Resource, Span, SpanKind, Status, StatusCode};

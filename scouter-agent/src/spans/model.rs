@@ -75,6 +75,19 @@ pub enum SpanKind {
     Consumer = 5,
 }
 
+impl SpanKind {
+    /// The name as OTLP spells it (`SERVER`), as the JSON form uses.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Internal => "INTERNAL",
+            Self::Server => "SERVER",
+            Self::Client => "CLIENT",
+            Self::Producer => "PRODUCER",
+            Self::Consumer => "CONSUMER",
+        }
+    }
+}
+
 /// OTLP status codes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]

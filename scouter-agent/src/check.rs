@@ -1,5 +1,0 @@
-//! `scouter-agent check` (stub: being implemented).
-
-pub fn run() -> anyhow::Result<()> {
-    todo!()
-}

@@ -1,0 +1,131 @@
+//! The /proc reads discovery needs. Every function tolerates the process vanishing midway.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+pub fn all_pids() -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+    entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect()
+}
+
+/// The executable's path as the process sees it (in its own mount namespace).
+pub fn executable(pid: u32) -> Option<PathBuf> {
+    let link = fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    // A replaced binary reads back as "/path (deleted)"; the mapped file is still usable.
+    let text = link.to_string_lossy();
+    Some(PathBuf::from(text.strip_suffix(" (deleted)").unwrap_or(&text)))
+}
+
+/// Paths of the files mapped into the process, without duplicates.
+pub fn mapped_files(pid: u32) -> Option<Vec<PathBuf>> {
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    let mut files: Vec<PathBuf> = maps.lines().filter_map(mapped_path).map(PathBuf::from).collect();
+    files.dedup();
+    Some(files)
+}
+
+/// The path column of a /proc/PID/maps line, when it names a file.
+fn mapped_path(line: &str) -> Option<&str> {
+    let path = line.splitn(6, ' ').nth(5)?.trim_start();
+    path.starts_with('/').then_some(path)
+}
+
+/// Opens a path of the process's mount namespace from ours.
+pub fn in_process_root(pid: u32, path: &Path) -> PathBuf {
+    let relative = path.strip_prefix("/").unwrap_or(path);
+    Path::new("/proc").join(pid.to_string()).join("root").join(relative)
+}
+
+pub fn is_thread_of(parent: u32, child: u32) -> bool {
+    Path::new(&format!("/proc/{parent}/task/{child}")).exists()
+}
+
+/// `service.name`: the process's own `OTEL_SERVICE_NAME`, else what it runs (`-m module` or the
+/// script's name), else the executable's name.
+pub fn service_name(pid: u32, executable: &Path) -> String {
+    if let Some(name) = environ_var(pid, "OTEL_SERVICE_NAME").filter(|n| !n.is_empty()) {
+        return name;
+    }
+    let args = cmdline(pid);
+    main_program(&args)
+        .or_else(|| executable.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "python".to_owned())
+}
+
+fn cmdline(pid: u32) -> Vec<String> {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| raw.split(|&b| b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect())
+        .unwrap_or_default()
+}
+
+/// The module or script a Python command line runs.
+fn main_program(args: &[String]) -> Option<String> {
+    let mut rest = args.iter().skip(1);
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "-m" => return rest.next().cloned(),
+            "-c" => return None,
+            // Options that take a value.
+            "-W" | "-X" | "--check-hash-based-pycs" => {
+                rest.next();
+            }
+            _ if arg.starts_with("-m") && arg.len() > 2 => return Some(arg[2..].to_owned()),
+            _ if arg.starts_with('-') => {}
+            script => {
+                let name = Path::new(script).file_name()?.to_string_lossy();
+                return Some(name.strip_suffix(".py").unwrap_or(&name).to_owned());
+            }
+        }
+    }
+    None
+}
+
+fn environ_var(pid: u32, name: &str) -> Option<String> {
+    let raw = fs::read(format!("/proc/{pid}/environ")).ok()?;
+    raw.split(|&b| b == 0).find_map(|entry| {
+        let entry = String::from_utf8_lossy(entry);
+        let value = entry.strip_prefix(name)?.strip_prefix('=')?;
+        Some(value.to_owned())
+    })
+}
+
+pub fn hostname() -> Option<String> {
+    let name = fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = name.trim();
+    (!name.is_empty()).then(|| name.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn main_program_from_command_lines() {
+        assert_eq!(main_program(&args(&["python3", "-m", "http.server", "8000"])).as_deref(), Some("http.server"));
+        assert_eq!(main_program(&args(&["python3", "-u", "/srv/app/server.py"])).as_deref(), Some("server"));
+        assert_eq!(main_program(&args(&["python3", "-X", "dev", "-mflask", "run"])).as_deref(), Some("flask"));
+        assert_eq!(main_program(&args(&["/venv/bin/python3", "/venv/bin/gunicorn", "app:wsgi"])).as_deref(), Some("gunicorn"));
+        assert_eq!(main_program(&args(&["python3", "-c", "print(1)"])), None);
+        assert_eq!(main_program(&args(&["python3"])), None);
+    }
+
+    #[test]
+    fn maps_lines() {
+        let line = "7f1c2a000000-7f1c2a100000 r-xp 00000000 fd:01 1234    /usr/lib/libpython3.11.so.1.0";
+        assert_eq!(mapped_path(line), Some("/usr/lib/libpython3.11.so.1.0"));
+        assert_eq!(mapped_path("7ffd-7ffe rw-p 00000000 00:00 0                          [stack]"), None);
+        assert_eq!(mapped_path("7ffd-7ffe rw-p 00000000 00:00 0"), None);
+    }
+
+    #[test]
+    fn reads_our_own_process() {
+        let me = std::process::id();
+        assert!(executable(me).is_some());
+        assert!(mapped_files(me).unwrap().iter().any(|p| p.to_string_lossy().contains("libc")));
+        assert!(all_pids().contains(&me));
+    }
+}

@@ -1,0 +1,45 @@
+//! `--stdout`: one line per finished span, for eyes and `grep`.
+
+use std::io::Write as _;
+
+use super::{ExportError, Sink};
+use crate::spans::Span;
+
+pub struct StdoutSink;
+
+impl Sink for StdoutSink {
+    fn name(&self) -> &'static str {
+        "stdout"
+    }
+
+    fn export(&mut self, batch: &[Span]) -> Result<(), ExportError> {
+        let mut out = std::io::stdout().lock();
+        for span in batch {
+            writeln!(out, "{}", line(span))?;
+        }
+        out.flush()?;
+        Ok(())
+    }
+}
+
+/// `span <trace> <span> <parent|-> <KIND> <service> pid=<pid> "<name> <path>" status=<code> <ms>ms`
+pub fn line(span: &Span) -> String {
+    let attribute = |key: &str| span.attributes.get(key).map(|v| v.to_string());
+    let target = attribute("url.path").or_else(|| attribute("url.full")).unwrap_or_default();
+    let status = attribute("http.response.status_code").unwrap_or_else(|| "-".into());
+    let pid = span.resource.attributes.get("process.pid").map(|v| v.to_string()).unwrap_or_else(|| "-".into());
+    let parent = span.parent_span_id.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+    format!(
+        "span {} {} {} {} {} pid={} \"{} {}\" status={} {:.3}ms",
+        span.trace_id,
+        span.span_id,
+        parent,
+        span.kind.as_str(),
+        span.resource.service_name(),
+        pid,
+        span.name,
+        target,
+        status,
+        span.duration_nanos() as f64 / 1e6,
+    )
+}

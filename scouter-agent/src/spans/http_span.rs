@@ -1,0 +1,234 @@
+//! HTTP spans from completed exchanges, with OTel semantic-convention attributes.
+//!
+//! Privacy by default: only the header fields the parser keeps can reach a span (never
+//! credentials or cookies, never bodies), and query strings are left out of `url.path` and
+//! redacted in `url.full`.
+
+use std::sync::Arc;
+
+use super::assembly::{CompletedExchange, Role};
+use super::ids::{SpanId, TraceId};
+use super::model::{Attributes, Resource, Span, SpanKind, Status, StatusCode};
+use super::propagation;
+use crate::events::Peer;
+
+/// Builds the span of one exchange, for the process described by `resource`.
+pub fn span_from_exchange(exchange: &CompletedExchange, resource: Arc<Resource>) -> Span {
+    let identity = identity(exchange);
+    let kind = match exchange.role {
+        Role::Server => SpanKind::Server,
+        Role::Client => SpanKind::Client,
+    };
+    Span {
+        trace_id: identity.trace_id,
+        span_id: identity.span_id,
+        parent_span_id: identity.parent,
+        name: exchange.request.method.clone(),
+        kind,
+        start_time_unix_nano: exchange.start_time,
+        end_time_unix_nano: exchange.end_time,
+        attributes: attributes(exchange),
+        status: status(exchange),
+        resource,
+    }
+}
+
+struct Identity {
+    trace_id: TraceId,
+    span_id: SpanId,
+    parent: Option<SpanId>,
+}
+
+/// A server adopts the caller's context as its parent; a client request that already carries
+/// a context (an SDK propagated it) is that context's span.
+fn identity(exchange: &CompletedExchange) -> Identity {
+    let carried = propagation::extract(&exchange.request.fields);
+    match (exchange.role, carried) {
+        (Role::Server, Some(remote)) => {
+            Identity { trace_id: remote.trace_id, span_id: SpanId::random(), parent: Some(remote.span_id) }
+        }
+        (Role::Client, Some(own)) => Identity { trace_id: own.trace_id, span_id: own.span_id, parent: None },
+        (_, None) => Identity { trace_id: TraceId::random(), span_id: SpanId::random(), parent: None },
+    }
+}
+
+fn attributes(exchange: &CompletedExchange) -> Attributes {
+    let request = &exchange.request;
+    let mut attributes = Attributes::new();
+    let mut put = |key: &str, value: super::AttributeValue| {
+        attributes.insert(key.to_owned(), value);
+    };
+    put("http.request.method", request.method.clone().into());
+    put("http.response.status_code", exchange.response.status.into());
+    put("network.protocol.name", "http".into());
+    put("network.protocol.version", request.version.as_semconv().into());
+    put("url.scheme", "http".into());
+    if let Some(agent) = &request.fields.user_agent {
+        put("user_agent.original", agent.clone().into());
+    }
+    let host = request.fields.host.as_deref().map(split_host_port);
+    match exchange.role {
+        Role::Server => {
+            put("url.path", request.path().to_owned().into());
+            if let Some(port) = exchange.local_port {
+                put("server.port", port.into());
+            }
+            if let Some((name, _)) = host {
+                put("server.address", name.to_owned().into());
+            }
+            if let Peer::Ip { addr, port } = exchange.peer {
+                put("client.address", addr.to_string().into());
+                put("client.port", port.into());
+            }
+        }
+        Role::Client => {
+            let (name, port) = match (host, exchange.peer) {
+                (Some((name, port)), Peer::Ip { port: peer_port, .. }) => (name.to_owned(), port.unwrap_or(peer_port)),
+                (Some((name, port)), _) => (name.to_owned(), port.unwrap_or(80)),
+                (None, Peer::Ip { addr, port }) => (addr.to_string(), port),
+                (None, _) => (String::new(), 80),
+            };
+            put("url.full", redacted_url(&name, port, &request.target).into());
+            put("server.address", name.into());
+            put("server.port", port.into());
+            if let Peer::Ip { addr, .. } = exchange.peer {
+                put("network.peer.address", addr.to_string().into());
+            }
+        }
+    }
+    attributes
+}
+
+/// Server spans fail on 5xx only (4xx is the caller's error); client spans on 4xx and 5xx.
+fn status(exchange: &CompletedExchange) -> Status {
+    let code = exchange.response.status;
+    let failed = match exchange.role {
+        Role::Server => code >= 500,
+        Role::Client => code >= 400,
+    };
+    if failed {
+        Status { code: StatusCode::Error, message: String::new() }
+    } else {
+        Status::default()
+    }
+}
+
+fn split_host_port(host: &str) -> (&str, Option<u16>) {
+    if let Some(rest) = host.strip_prefix('[') {
+        // [v6]:port
+        let (addr, after) = rest.split_once(']').unwrap_or((rest, ""));
+        return (addr, after.strip_prefix(':').and_then(|p| p.parse().ok()));
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if !name.contains(':') => (name, port.parse().ok()),
+        _ => (host, None),
+    }
+}
+
+/// `url.full` with every query value replaced by `REDACTED` (keys stay: they are low-risk
+/// and useful).
+fn redacted_url(host: &str, port: u16, target: &str) -> String {
+    if target.contains("://") {
+        return redact_query(target);
+    }
+    let authority = if port == 80 { host.to_owned() } else { format!("{host}:{port}") };
+    redact_query(&format!("http://{authority}{target}"))
+}
+
+fn redact_query(url: &str) -> String {
+    let Some((base, query)) = url.split_once('?') else { return url.to_owned() };
+    let query = query.split('#').next().unwrap_or_default();
+    let redacted: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) => format!("{key}=REDACTED"),
+            None => pair.to_owned(),
+        })
+        .collect();
+    format!("{base}?{}", redacted.join("&"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::SocketId;
+    use crate::spans::http1::{parse_request, parse_response};
+    use crate::spans::AttributeValue;
+
+    fn exchange(role: Role, request: &[u8], response: &[u8]) -> CompletedExchange {
+        CompletedExchange {
+            socket: SocketId { pid: 1, fd: 3 },
+            role,
+            peer: Peer::Ip { addr: "127.0.0.1".parse().unwrap(), port: 5000 },
+            local_port: Some(8080),
+            request: parse_request(request).unwrap(),
+            response: parse_response(response).unwrap(),
+            start_time: 100,
+            end_time: 200,
+        }
+    }
+
+    fn text(span: &Span, key: &str) -> Option<String> {
+        span.attributes.get(key).map(|v| v.to_string())
+    }
+
+    #[test]
+    fn server_span_attributes_and_new_trace() {
+        let e = exchange(
+            Role::Server,
+            b"GET /users/7?token=abc HTTP/1.1\r\nHost: api.local:8080\r\nUser-Agent: t/1\r\nAuthorization: Bearer s3cret\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        );
+        let span = span_from_exchange(&e, Arc::new(Resource::default()));
+        assert_eq!(span.kind, SpanKind::Server);
+        assert_eq!(span.name, "GET");
+        assert!(span.parent_span_id.is_none());
+        assert_eq!(text(&span, "url.path").as_deref(), Some("/users/7"));
+        assert_eq!(span.attributes.get("http.response.status_code"), Some(&AttributeValue::Int(200)));
+        assert_eq!(span.attributes.get("server.port"), Some(&AttributeValue::Int(8080)));
+        assert_eq!(text(&span, "server.address").as_deref(), Some("api.local"));
+        assert_eq!(text(&span, "client.address").as_deref(), Some("127.0.0.1"));
+        assert_eq!(text(&span, "network.protocol.version").as_deref(), Some("1.1"));
+        assert_eq!(text(&span, "user_agent.original").as_deref(), Some("t/1"));
+        let json = serde_json::to_string(&span).unwrap();
+        assert!(!json.contains("abc") && !json.contains("s3cret"), "{json}");
+        assert_eq!(span.status.code, StatusCode::Unset);
+    }
+
+    #[test]
+    fn server_adopts_remote_parent_and_fails_on_5xx() {
+        let e = exchange(
+            Role::Server,
+            b"GET / HTTP/1.1\r\ntraceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\r\n",
+            b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n",
+        );
+        let span = span_from_exchange(&e, Arc::new(Resource::default()));
+        assert_eq!(span.trace_id.to_string(), "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(span.parent_span_id.unwrap().to_string(), "b7ad6b7169203331");
+        assert_ne!(span.span_id.to_string(), "b7ad6b7169203331");
+        assert_eq!(span.status.code, StatusCode::Error);
+    }
+
+    #[test]
+    fn client_span_redacts_query_and_adopts_sdk_identity() {
+        let e = exchange(
+            Role::Client,
+            b"GET /search?q=secret&page=2 HTTP/1.1\r\nHost: backend:9000\r\ntraceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\r\n",
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+        );
+        let span = span_from_exchange(&e, Arc::new(Resource::default()));
+        assert_eq!(span.kind, SpanKind::Client);
+        assert_eq!(text(&span, "url.full").as_deref(), Some("http://backend:9000/search?q=REDACTED&page=REDACTED"));
+        assert_eq!(span.attributes.get("server.port"), Some(&AttributeValue::Int(9000)));
+        assert_eq!(span.span_id.to_string(), "b7ad6b7169203331");
+        assert_eq!(span.status.code, StatusCode::Error);
+    }
+
+    #[test]
+    fn host_port_forms() {
+        assert_eq!(split_host_port("a:1"), ("a", Some(1)));
+        assert_eq!(split_host_port("a"), ("a", None));
+        assert_eq!(split_host_port("[::1]:8080"), ("::1", Some(8080)));
+        assert_eq!(split_host_port("::1"), ("::1", None));
+    }
+}
