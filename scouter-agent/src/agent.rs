@@ -6,7 +6,6 @@
 //! no process can start unseen between the two.
 
 use std::collections::{HashMap, HashSet};
-use std::os::fd::AsRawFd as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,7 +60,10 @@ async fn run_until_signal(config: AgentConfig) -> anyhow::Result<()> {
     agent.scan_existing_processes();
     tracing::info!(processes = agent.processes.len(), "agent ready");
 
-    let mut ring = AsyncFd::new(RingFd(ring)).context("polling the events ring buffer")?;
+    // SAFETY: the ring buffer's map descriptor is owned by `RingFd` and lives as long as it.
+    let mut ring = unsafe { AsyncFd::register_with_interest(RingFd(ring), tokio::io::Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
+        .context("polling the events ring buffer")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut expiry = tokio::time::interval(Duration::from_secs(1));

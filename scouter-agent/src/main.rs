@@ -23,14 +23,27 @@ mod spans;
 mod store;
 mod viewer;
 
+use std::process::ExitCode;
+
 use anyhow::Result;
 use clap::Parser as _;
 
 use cli::{Cli, Command, TracesCommand};
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log);
+    match dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // `{:#}` prints the whole context chain on one line, without a backtrace.
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         None => agent::run(cli.run.to_config()),
         Some(Command::Run(args)) => agent::run(args.to_config()),

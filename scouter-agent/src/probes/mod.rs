@@ -89,8 +89,8 @@ impl Probes {
             .field_offset("group_dead")
             .unwrap_or(u32::MAX);
         let mut ebpf = EbpfLoader::new()
-            .set_global(global_names::FORK_CHILD_PID_OFFSET, &fork_child, true)
-            .set_global(global_names::EXIT_GROUP_DEAD_OFFSET, &exit_group_dead, true)
+            .override_global(global_names::FORK_CHILD_PID_OFFSET, &fork_child, true)
+            .override_global(global_names::EXIT_GROUP_DEAD_OFFSET, &exit_group_dead, true)
             .load(EBPF_OBJECT)
             .map_err(ProbeError::Load)?;
         for (program, category, names) in ATTACHMENTS {

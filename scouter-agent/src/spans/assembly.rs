@@ -110,7 +110,8 @@ impl Assembler {
         self.stats
     }
 
-    pub fn open_connections(&self) -> usize {
+    #[cfg(test)]
+    fn open_connections(&self) -> usize {
         self.connections.len()
     }
 

@@ -81,8 +81,6 @@ pub enum BodyFraming {
 pub struct Fields {
     pub content_length: Option<u64>,
     pub chunked: bool,
-    pub connection_close: bool,
-    pub keep_alive: bool,
     pub host: Option<String>,
     pub user_agent: Option<String>,
     pub traceparent: Option<String>,
@@ -131,18 +129,6 @@ impl RequestHead {
         &after_authority[..end]
     }
 
-    /// Whether the target carries a query string (which the agent redacts by default).
-    pub fn has_query(&self) -> bool {
-        self.target.contains('?')
-    }
-
-    /// Whether the connection stays open after this exchange, by the request's view.
-    pub fn wants_keep_alive(&self) -> bool {
-        match self.version {
-            Version::Http11 => !self.fields.connection_close,
-            Version::Http10 => self.fields.keep_alive,
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -321,12 +307,6 @@ fn apply_field(fields: &mut Fields, name: &[u8], value: &[u8]) -> Result<(), Par
                 .next()
                 .is_some_and(|last| trim(last).eq_ignore_ascii_case(b"chunked"));
         }
-        b"connection" => {
-            for token in value.split(|&b| b == b',').map(trim) {
-                fields.connection_close |= token.eq_ignore_ascii_case(b"close");
-                fields.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-            }
-        }
         b"host" => fields.host = Some(text()),
         b"user-agent" => fields.user_agent = Some(text()),
         b"traceparent" => fields.traceparent = Some(text()),
@@ -380,14 +360,12 @@ mod tests {
         let head = parse_request(GET).unwrap();
         assert_eq!(head.method, "GET");
         assert_eq!(head.path(), "/items/42");
-        assert!(head.has_query());
         assert_eq!(head.version, Version::Http11);
         assert_eq!(head.head_len, GET.len());
         assert_eq!(head.fields.host.as_deref(), Some("shop:8080"));
         assert_eq!(head.fields.user_agent.as_deref(), Some("curl/8"));
         assert!(head.fields.traceparent.is_some());
         assert_eq!(head.body(), BodyFraming::Empty);
-        assert!(head.wants_keep_alive());
         let debug = format!("{head:?}");
         assert!(!debug.contains("Bearer"), "credentials must not be copied: {debug}");
         assert!(!debug.contains("a=b"), "cookies must not be copied: {debug}");
@@ -478,16 +456,6 @@ mod tests {
         assert_eq!(head.path(), "/a/b");
         let bare = parse_request(b"GET http://example.com HTTP/1.1\r\n\r\n").unwrap();
         assert_eq!(bare.path(), "/");
-    }
-
-    #[test]
-    fn http10_keep_alive_needs_asking() {
-        let plain = parse_request(b"GET / HTTP/1.0\r\n\r\n").unwrap();
-        assert!(!plain.wants_keep_alive());
-        let asked = parse_request(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").unwrap();
-        assert!(asked.wants_keep_alive());
-        let closing = parse_request(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
-        assert!(!closing.wants_keep_alive());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::assembly::{CompletedExchange, Role};
 use super::ids::{SpanId, TraceId};
-use super::model::{Attributes, Resource, Span, SpanKind, Status, StatusCode};
+use super::{Attributes, Resource, Span, SpanKind, Status, StatusCode};
 use super::propagation;
 use crate::events::Peer;
 

@@ -21,8 +21,6 @@ macro_rules! hex_id {
         pub struct $name(pub [u8; $bytes]);
 
         impl $name {
-            pub const INVALID: Self = Self([0; $bytes]);
-
             /// A fresh random, valid id.
             pub fn random() -> Self {
                 let mut bytes = [0u8; $bytes];

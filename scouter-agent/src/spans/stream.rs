@@ -66,10 +66,6 @@ impl MessageStream {
         matches!(self.state, State::UntilClose)
     }
 
-    pub fn is_lost(&self) -> bool {
-        matches!(self.state, State::Lost)
-    }
-
     /// Feeds one syscall's bytes. `parse` turns a complete head into `H`; `framing` says how its
     /// body is delimited; `starts_message` sniffs whether bytes begin a message (to resync).
     pub fn feed<H>(
@@ -377,7 +373,7 @@ mod tests {
         let mut s = MessageStream::default();
         let items = feed(&mut s, b"GET /long HTTP/1.1\r\nX-A: 1", 9000, 1);
         assert_eq!(kinds(&items), ["lost"]);
-        assert!(s.is_lost());
+        assert!(matches!(s.state, State::Lost));
     }
 
     #[test]
@@ -385,6 +381,6 @@ mod tests {
         let mut s = MessageStream::default();
         let (b, n) = whole(b"GET /half HTTP/1.1\r\nHost: x\r\n");
         assert!(feed(&mut s, b, n, 1).is_empty());
-        assert!(!s.is_lost());
+        assert!(!matches!(s.state, State::Lost));
     }
 }
