@@ -17,7 +17,7 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context as _};
 
-use crate::spans::{AttributeValue, Span, SpanId, SpanKind, StatusCode, TraceId};
+use crate::spans::{AttributeValue, Span, SpanId, StatusCode, TraceId};
 use crate::store::{TraceStore, TraceSummary};
 
 /// `traces list`: the `limit` most recent traces, newest first.
@@ -192,7 +192,7 @@ fn render_trace(trace_id: &TraceId, spans: &[Span]) -> String {
         let line = format!(
             "{}  {}  {}  {}  |{bar}|  {}",
             pad_right(&labels[index], label_width),
-            pad_right(kind_name(row.span.kind), KIND_WIDTH),
+            pad_right(row.span.kind.as_str(), KIND_WIDTH),
             pad_right(&services[index], service_width),
             pad_left(&durations[index], duration_width),
             span_details(row.span),
@@ -303,16 +303,6 @@ fn span_details(span: &Span) -> String {
     printable(&parts.join(" "))
 }
 
-fn kind_name(kind: SpanKind) -> &'static str {
-    match kind {
-        SpanKind::Internal => "INTERNAL",
-        SpanKind::Server => "SERVER",
-        SpanKind::Client => "CLIENT",
-        SpanKind::Producer => "PRODUCER",
-        SpanKind::Consumer => "CONSUMER",
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Formatting helpers.
 
@@ -414,6 +404,7 @@ mod tests {
 
     use super::*;
     use crate::config::StoreConfig;
+    use crate::spans::SpanKind;
     use crate::spans::{Attributes, Resource, Status};
 
     const T0: u64 = 1_700_000_000_123_456_789;

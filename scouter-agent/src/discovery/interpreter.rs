@@ -65,12 +65,6 @@ pub struct Candidate {
     pub name_hint: Option<(u8, u8)>,
 }
 
-impl Candidate {
-    pub fn binary_path(&self) -> PathBuf {
-        self.path.clone()
-    }
-}
-
 /// Finds the interpreter binary of a process: a mapped libpython, else a Python executable.
 pub fn locate(pid: u32, executable: &Path, maps: &[PathBuf]) -> Option<Candidate> {
     if let Some(library) = maps.iter().find(|p| libpython_hint(p).is_some()) {
@@ -84,20 +78,20 @@ fn candidate(pid: u32, path: &Path, hint: Option<(u8, u8)>) -> Candidate {
     Candidate { host_path: in_process_root(pid, path), path: path.to_path_buf(), name_hint: hint }
 }
 
-/// The version of the interpreter in `candidate`, following a not-yet-mapped libpython that a
-/// freshly exec'd executable links against.
-pub fn version_of(candidate: &Candidate) -> Result<PythonVersion, InterpreterError> {
+/// The version of the interpreter in `candidate` and the ELF that holds it (as the process
+/// sees the path), following a not-yet-mapped libpython that a freshly exec'd executable links.
+pub fn version_of(candidate: &Candidate) -> Result<(PythonVersion, PathBuf), InterpreterError> {
     let bytes = read(&candidate.host_path)?;
     let elf = parse(&candidate.host_path, &bytes)?;
     if let Some(version) = version_in(&elf, &bytes, candidate.name_hint) {
-        return Ok(version);
+        return Ok((version, candidate.path.clone()));
     }
     match linked_libpython(&elf) {
         Some(soname) => {
-            let library = resolve_library(candidate, &elf, &soname)
+            let (host_path, path) = resolve_library(candidate, &elf, &soname)
                 .ok_or_else(|| InterpreterError::LibraryNotFound { path: candidate.path.clone(), soname: soname.clone() })?;
             let hint = libpython_hint(Path::new(&soname));
-            cached_version(&library, hint)
+            Ok((cached_version(&host_path, hint)?, path))
         }
         None => Err(InterpreterError::NoVersion(candidate.path.clone())),
     }
@@ -183,8 +177,9 @@ fn needed_libraries(elf: &object::read::elf::ElfFile64<'_>) -> Vec<String> {
 }
 
 /// Resolves a linked libpython the way the dynamic loader would for the common layouts:
-/// RUNPATH/RPATH (with `$ORIGIN`), then the standard library directories.
-fn resolve_library(candidate: &Candidate, elf: &object::File<'_>, soname: &str) -> Option<PathBuf> {
+/// RUNPATH/RPATH (with `$ORIGIN`), then the standard library directories. Returns the path to
+/// open from the agent and the path as the process sees it.
+fn resolve_library(candidate: &Candidate, elf: &object::File<'_>, soname: &str) -> Option<(PathBuf, PathBuf)> {
     let origin = candidate.path.parent()?.to_path_buf();
     let mut dirs: Vec<PathBuf> = Vec::new();
     if let object::File::Elf64(elf64) = elf {
@@ -200,8 +195,9 @@ fn resolve_library(candidate: &Candidate, elf: &object::File<'_>, soname: &str) 
     let pid_root = candidate.host_path.to_string_lossy();
     let root = pid_root.strip_suffix(&*candidate.path.to_string_lossy()).unwrap_or("");
     dirs.into_iter()
-        .map(|dir| PathBuf::from(format!("{root}{}", dir.join(soname).display())))
-        .find(|path| path.is_file())
+        .map(|dir| dir.join(soname))
+        .map(|path| (PathBuf::from(format!("{root}{}", path.display())), path))
+        .find(|(host_path, _)| host_path.is_file())
 }
 
 fn elf_dynamic_strings(elf: &object::read::elf::ElfFile64<'_>, tag: u32) -> Vec<String> {

@@ -46,7 +46,7 @@ pub fn inspect(pid: u32) -> Result<PythonProcess, Skip> {
     let executable = procfs::executable(pid).ok_or(Skip::Gone)?;
     let maps = procfs::mapped_files(pid).unwrap_or_default();
     let candidate = interpreter::locate(pid, &executable, &maps).ok_or(Skip::NotPython)?;
-    let version = interpreter::version_of(&candidate)?;
+    let (version, interpreter_binary) = interpreter::version_of(&candidate)?;
     if !version.is_supported() {
         return Err(Skip::UnsupportedVersion { version });
     }
@@ -55,7 +55,7 @@ pub fn inspect(pid: u32) -> Result<PythonProcess, Skip> {
     Ok(PythonProcess {
         pid,
         executable,
-        interpreter_binary: candidate.binary_path(),
+        interpreter_binary,
         version,
         service_name,
         resource,

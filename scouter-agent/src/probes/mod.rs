@@ -166,3 +166,21 @@ fn load_error(program: &'static str, source: ProgramError) -> ProbeError {
         _ => ProbeError::ProgramLoad { program, source },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verifier_rejections_show_the_program_and_the_end_of_the_log() {
+        let log: String = (1..=100).map(|i| format!("line {i}\n")).collect::<String>() + "R1 invalid mem access 'scalar'\n";
+        let error = ProgramError::LoadError {
+            io_error: std::io::Error::from_raw_os_error(libc::EACCES),
+            verifier_log: aya_obj::VerifierLog::new(log),
+        };
+        let message = load_error("io_exit", error).to_string();
+        assert!(message.starts_with("the kernel verifier rejected program io_exit:"), "{message}");
+        assert!(message.ends_with("R1 invalid mem access 'scalar'"), "{message}");
+        assert!(message.contains("line 100") && !message.contains("line 50\n"), "{message}");
+    }
+}

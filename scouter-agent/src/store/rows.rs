@@ -5,7 +5,7 @@ use std::path::Path;
 use rusqlite::{params, Transaction};
 
 use super::error::{AtPath, StoreError};
-use crate::spans::{AttributeValue, Resource, Span, SpanKind, TraceId};
+use crate::spans::{AttributeValue, Resource, Span, TraceId};
 
 /// A span exported twice (same trace and span id) keeps one row holding its latest version: the
 /// exporter may retry a batch, and a span re-sent with more detail should win.
@@ -37,7 +37,7 @@ pub(super) fn upsert_spans(tx: &Transaction<'_>, path: &Path, spans: &[Span]) ->
                 span.span_id.to_hex(),
                 span.parent_span_id.map(|id| id.to_hex()),
                 span.name,
-                kind_name(span.kind),
+                span.kind.as_str(),
                 nanos_to_sql(span.start_time_unix_nano),
                 nanos_to_sql(span.end_time_unix_nano),
                 span.resource.service_name(),
@@ -65,17 +65,6 @@ pub(super) fn nanos_to_sql(nanos: u64) -> i64 {
 
 pub(super) fn nanos_from_sql(nanos: i64) -> u64 {
     u64::try_from(nanos).unwrap_or(0)
-}
-
-/// The same names as the span JSON uses, so ad-hoc SQL reads like the exported spans.
-fn kind_name(kind: SpanKind) -> &'static str {
-    match kind {
-        SpanKind::Internal => "INTERNAL",
-        SpanKind::Server => "SERVER",
-        SpanKind::Client => "CLIENT",
-        SpanKind::Producer => "PRODUCER",
-        SpanKind::Consumer => "CONSUMER",
-    }
 }
 
 fn process_pid(resource: &Resource) -> Option<i64> {
