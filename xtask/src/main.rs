@@ -1,1 +1,153 @@
-fn main() {}
+//! `cargo xtask`: the project's tasks, written in Rust so they need nothing but cargo.
+//!
+//! - `setup` installs what a fresh machine of the project's kind (Debian 12, x86-64, root)
+//!   lacks: the nightly toolchain with `rust-src`, bpf-linker in `target/tools`, Debian
+//!   packages, and pip packages for every test interpreter. Each step checks before it acts,
+//!   so running it again installs nothing.
+//! - `build` runs the build part of setup, then builds the release agent (its build script
+//!   compiles the eBPF programs with the nightly toolchain and bpf-linker).
+//! - `run` builds, then replaces itself with the agent.
+//! - `test` runs the full setup, builds, then the unit tests and the end-to-end tests.
+//!
+//! Every external program runs through [`cmd`], with inherited standard streams, so that what
+//! failed is always named in the error.
+
+mod build;
+mod cmd;
+mod setup;
+mod test;
+mod workspace;
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "xtask",
+    bin_name = "cargo xtask",
+    about = "Scouter Agent's project tasks",
+    version
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install what this machine lacks to build and test the agent (idempotent).
+    ///
+    /// Checks, and installs only if missing: the nightly toolchain and its rust-src component;
+    /// bpf-linker 0.13.0 in target/tools (built against the nightly toolchain's LLVM); the
+    /// Debian packages the tests use (needs root); the pip packages in
+    /// tests/python/requirements.txt for every Python interpreter the tests use.
+    Setup(SetupArgs),
+    /// Build the release agent at target/release/scouter-agent (eBPF programs included).
+    ///
+    /// Installs the build tools first (the nightly toolchain, bpf-linker) unless --no-setup.
+    Build(BuildArgs),
+    /// Build the agent, then run it as root: `cargo xtask run -- [AGENT ARGS]`.
+    ///
+    /// With no arguments the agent traces every Python process and writes spans to its
+    /// embedded store (/var/lib/scouter-agent/traces.db). Arguments go to scouter-agent as
+    /// they are, e.g. `cargo xtask run -- --stdout` or `cargo xtask run -- traces list`.
+    Run(RunArgs),
+    /// Run the whole test suite as root: setup, build, unit tests, end-to-end tests.
+    ///
+    /// The end-to-end tests load eBPF programs, so this refuses to run without root rather
+    /// than let them be skipped. FILTER, if given, is passed to both cargo test runs.
+    Test(TestArgs),
+}
+
+#[derive(Debug, Args)]
+struct SetupArgs {
+    /// Only what building needs (nightly toolchain, rust-src, bpf-linker); skip the test
+    /// dependencies (Debian and pip packages).
+    #[arg(long)]
+    build_only: bool,
+}
+
+#[derive(Debug, Args)]
+struct BuildArgs {
+    /// Do not check or install the build tools first.
+    #[arg(long)]
+    no_setup: bool,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    #[command(flatten)]
+    build: BuildArgs,
+    /// Arguments for scouter-agent (put them after `--`).
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "AGENT ARGS"
+    )]
+    agent_args: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct TestArgs {
+    /// Do not check or install anything first.
+    #[arg(long)]
+    no_setup: bool,
+    /// Run only the tests whose name contains this (passed to both cargo test runs).
+    filter: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // `{:#}` prints the whole context chain on one line: "what we tried: why it failed".
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(task: Task) -> anyhow::Result<()> {
+    let ws = workspace::Workspace::locate()?;
+    match task {
+        Task::Setup(args) => {
+            let scope = if args.build_only {
+                setup::Scope::Build
+            } else {
+                setup::Scope::All
+            };
+            setup::run(&ws, scope)
+        }
+        Task::Build(args) => build::build(&ws, !args.no_setup).map(|_| ()),
+        Task::Run(args) => build::run(&ws, !args.build.no_setup, &args.agent_args),
+        Task::Test(args) => test::run(&ws, !args.no_setup, args.filter.as_deref()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_passes_agent_args_through() {
+        let cli = Cli::try_parse_from(["xtask", "run", "--", "--stdout", "--pid", "7"]).unwrap();
+        let Task::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(args.agent_args, ["--stdout", "--pid", "7"]);
+
+        let cli = Cli::try_parse_from(["xtask", "run", "traces", "list", "--json"]).unwrap();
+        let Task::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(args.agent_args, ["traces", "list", "--json"]);
+    }
+}

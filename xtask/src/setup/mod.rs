@@ -1,0 +1,81 @@
+//! `cargo xtask setup`: make this machine able to build and test the agent.
+//!
+//! Design: every step is "check, then install only what is missing", and the check is cheap
+//! (a list command, a `--version`, a stamp file), so setup runs in well under a second when
+//! nothing is missing. That lets `build`, `run` and `test` call it every time: a fresh machine
+//! or a clean clone gets what it needs, and nobody has to remember a separate step. Nothing is
+//! installed outside rustup, apt, pip and the project's own `target/tools`.
+//!
+//! Steps, in dependency order:
+//! 1. [`toolchain`]: the nightly toolchain and its rust-src (the eBPF crate needs
+//!    `-Z build-std=core`);
+//! 2. [`bpf_linker`]: bpf-linker 0.13.0 built against the nightly's own LLVM library;
+//! 3. [`debian`]: Debian packages the tests use (one list, in that module);
+//! 4. [`python`]: pip requirements for every interpreter the tests use.
+//!
+//! Steps 1-2 are all that building needs ([`Scope::Build`]); 3-4 serve the tests.
+
+mod bpf_linker;
+mod debian;
+mod python;
+mod toolchain;
+
+use anyhow::Result;
+
+use crate::workspace::Workspace;
+
+/// How much of the machine to set up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// What `cargo build` of the agent needs.
+    Build,
+    /// Build plus everything the tests use.
+    All,
+}
+
+pub fn run(ws: &Workspace, scope: Scope) -> Result<()> {
+    let mut report = Report::default();
+    toolchain::ensure(&mut report)?;
+    bpf_linker::ensure(ws, &mut report)?;
+    if scope == Scope::All {
+        let mut apt = debian::Apt::default();
+        debian::ensure(&mut apt, &mut report)?;
+        python::ensure(ws, &mut apt, &mut report)?;
+    }
+    report.finish();
+    Ok(())
+}
+
+/// What setup found and did, printed as it goes so a slow install is never a silent pause.
+#[derive(Default)]
+pub struct Report {
+    installed: Vec<String>,
+}
+
+impl Report {
+    pub fn already(&self, thing: &str) {
+        println!("ok: {thing} (already installed)");
+    }
+
+    /// Something that needs no installing at all (e.g. an empty requirements list).
+    pub fn nothing_needed(&self, thing: &str) {
+        println!("ok: {thing}");
+    }
+
+    pub fn installing(&mut self, thing: &str) {
+        println!("installing: {thing}");
+        self.installed.push(thing.to_owned());
+    }
+
+    pub fn warn(&self, message: &str) {
+        eprintln!("warning: {message}");
+    }
+
+    fn finish(&self) {
+        if self.installed.is_empty() {
+            println!("setup: nothing needed installing");
+        } else {
+            println!("setup: installed {}", self.installed.join(", "));
+        }
+    }
+}
