@@ -53,6 +53,10 @@ struct Inspection {
 type InspectionResult = (Inspection, Result<PythonProcess, Skip>);
 
 async fn run_until_signal(config: AgentConfig) -> anyhow::Result<()> {
+    // Handlers first: a signal that arrives while probes attach must stop the agent cleanly,
+    // not kill it with the default action.
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let exporter = Exporter::from_config(&config)?;
     let (probes, ring) = Probes::attach().context("attaching the eBPF probes")?;
     let mut agent = Agent::new(config, probes, exporter);
@@ -64,8 +68,6 @@ async fn run_until_signal(config: AgentConfig) -> anyhow::Result<()> {
     let mut ring = unsafe { AsyncFd::register_with_interest(RingFd(ring), tokio::io::Interest::READABLE) }
         .map_err(|e| e.into_parts().1)
         .context("polling the events ring buffer")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut expiry = tokio::time::interval(Duration::from_secs(1));
     let mut rescan = tokio::time::interval(agent.config.housekeeping_interval);
     rescan.reset();
@@ -84,6 +86,8 @@ async fn run_until_signal(config: AgentConfig) -> anyhow::Result<()> {
             _ = sigint.recv() => { tracing::info!("SIGINT received"); break; }
         }
     }
+    // Events the kernel recorded before the signal belong to requests already served.
+    while !agent.drain(&mut ring.get_mut().0, &inspections) {}
     agent.shutdown();
     Ok(())
 }
@@ -187,8 +191,9 @@ impl Agent {
 
     fn on_fork(&mut self, parent: u32, child: u32) {
         // The kernel tracks every task a tracked process creates; threads share the parent's
-        // entry (lookups are by process id), so theirs are removed again.
-        if discovery::is_thread_of(parent, child) {
+        // entry (lookups are by process id), so theirs are removed again, as are tasks that are
+        // already gone (a short-lived thread may exit before this runs).
+        if !discovery::is_process(child) {
             if !self.processes.contains_key(&child) {
                 self.probes.untrack(child);
             }

@@ -2,9 +2,9 @@
 //!
 //! Stages: setup (everything, tests included), release build of the agent, unit tests of the
 //! workspace, then the end-to-end tests against the release binary. The end-to-end tests load
-//! real eBPF programs; they skip themselves when they cannot, which is right for a developer's
-//! `cargo test` but would let CI pass without testing anything. So this task insists on root
-//! and sets SCOUTER_E2E_REQUIRED=1, which turns such a skip into a failure.
+//! real eBPF programs and never skip: without root or the agent binary they fail. This task
+//! checks for root up front (a clearer message than 29 failures) and sets
+//! SCOUTER_E2E_REQUIRED=1, which makes the tests' failure message say CI requires them.
 //!
 //! Setup and build failures stop the run (nothing after them can work). The two test stages
 //! both run even if the first fails, so one CI run reports every failing test.
@@ -35,7 +35,7 @@ pub fn run(ws: &Workspace, with_setup: bool, filter: Option<&str>) -> Result<()>
 
     let mut unit = Command::new("cargo");
     unit.current_dir(ws.root())
-        .args(["test", "--workspace", "--exclude", E2E_PACKAGE])
+        .args(["test", "--no-fail-fast", "--workspace", "--exclude", E2E_PACKAGE])
         .args(filter);
     let unit_result = cmd::run(&mut unit);
     summary.note("unit tests", &unit_result);
@@ -46,7 +46,7 @@ pub fn run(ws: &Workspace, with_setup: bool, filter: Option<&str>) -> Result<()>
         .env("SCOUTER_E2E_REQUIRED", "1")
         // --tests: the harness has no doc tests, and an empty doc-test run would otherwise be
         // the log's last "test result" line, which reads as if nothing ran.
-        .args(["test", "-p", E2E_PACKAGE, "--release", "--tests"])
+        .args(["test", "--no-fail-fast", "-p", E2E_PACKAGE, "--release", "--tests"])
         .args(filter)
         .args(["--", "--test-threads=1"]);
     let e2e_result = cmd::run(&mut e2e);

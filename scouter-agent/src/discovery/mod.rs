@@ -75,9 +75,9 @@ pub fn all_pids() -> Vec<u32> {
     procfs::all_pids()
 }
 
-/// Whether `child` is a thread of `parent` rather than a new process.
-pub fn is_thread_of(parent: u32, child: u32) -> bool {
-    procfs::is_thread_of(parent, child)
+/// Whether task `tid` is alive and leads its own process (a thread does not).
+pub fn is_process(tid: u32) -> bool {
+    procfs::thread_group(tid) == Some(tid)
 }
 
 fn resource_for(pid: u32, executable: &std::path::Path, version: &PythonVersion, service: &str) -> Resource {

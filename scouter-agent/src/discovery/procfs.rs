@@ -36,8 +36,11 @@ pub fn in_process_root(pid: u32, path: &Path) -> PathBuf {
     Path::new("/proc").join(pid.to_string()).join("root").join(relative)
 }
 
-pub fn is_thread_of(parent: u32, child: u32) -> bool {
-    Path::new(&format!("/proc/{parent}/task/{child}")).exists()
+/// The process (thread group) a task belongs to; `None` once it has exited. /proc/<tid>
+/// resolves for threads too, though it is not listed.
+pub fn thread_group(tid: u32) -> Option<u32> {
+    let status = fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    status.lines().find_map(|line| line.strip_prefix("Tgid:")?.trim().parse().ok())
 }
 
 /// `service.name`: the process's own `OTEL_SERVICE_NAME`, else what it runs (`-m module` or the
@@ -127,5 +130,15 @@ mod tests {
         assert!(executable(me).is_some());
         assert!(mapped_files(me).unwrap().iter().any(|p| p.to_string_lossy().contains("libc")));
         assert!(all_pids().contains(&me));
+        assert_eq!(thread_group(me), Some(me));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let worker = std::thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            tx.send(unsafe { libc::gettid() } as u32).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        });
+        let tid = rx.recv().unwrap();
+        assert_eq!(thread_group(tid), Some(me));
+        worker.join().unwrap();
     }
 }
