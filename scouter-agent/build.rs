@@ -26,10 +26,7 @@ fn main() -> anyhow::Result<()> {
         .join("bin");
     prepend_to_path(&tools_bin)?;
     if which("bpf-linker").is_none() {
-        bail!(
-            "bpf-linker not found in {} or on PATH: run `cargo xtask setup` first",
-            tools_bin.display()
-        );
+        bail!("bpf-linker not found in {} or on PATH: run `cargo xtask setup` first", tools_bin.display());
     }
 
     let ebpf_dir = ebpf_dir.to_str().context("non-UTF-8 path")?;

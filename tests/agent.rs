@@ -42,11 +42,7 @@ impl Agent {
     pub fn start_with_args(store: &Store, extra_args: &[&str]) -> Result<Self> {
         let binary = require_ebpf_host()?;
         let mut command = Command::new(&binary);
-        command
-            .arg("run")
-            .arg("--store-path")
-            .arg(store.path())
-            .args(extra_args);
+        command.arg("run").arg("--store-path").arg(store.path()).args(extra_args);
         if let Ok(filter) = std::env::var("SCOUTER_E2E_AGENT_LOG") {
             command.arg("--log").arg(filter);
         }
@@ -59,14 +55,8 @@ impl Agent {
             .with_context(|| format!("starting {}", binary.display()))?;
         let log = LineLog::new();
         log.follow(child.stderr.take().expect("stderr is piped"));
-        let mut agent = Self {
-            child,
-            log,
-            exited: None,
-        };
-        agent.wait_for_line("agent ready", READY_TIMEOUT, |line| {
-            line.contains("agent ready")
-        })?;
+        let mut agent = Self { child, log, exited: None };
+        agent.wait_for_line("agent ready", READY_TIMEOUT, |line| line.contains("agent ready"))?;
         Ok(agent)
     }
 
@@ -83,50 +73,32 @@ impl Agent {
     /// Waits for the agent to log that it tracks the Python process `pid`.
     pub fn wait_tracking(&mut self, pid: u32) -> Result<String> {
         let pid_text = pid.to_string();
-        self.wait_for_line(
-            &format!("tracking python process pid={pid}"),
-            TRACKING_TIMEOUT,
-            |line| line.contains("tracking python process") && has_field(line, "pid", &pid_text),
-        )
+        self.wait_for_line(&format!("tracking python process pid={pid}"), TRACKING_TIMEOUT, |line| {
+            line.contains("tracking python process") && has_field(line, "pid", &pid_text)
+        })
     }
 
-    fn wait_for_line(
-        &mut self,
-        what: &str,
-        timeout: Duration,
-        matches: impl Fn(&str) -> bool,
-    ) -> Result<String> {
+    fn wait_for_line(&mut self, what: &str, timeout: Duration, matches: impl Fn(&str) -> bool) -> Result<String> {
         match self.log.wait_for(timeout, matches) {
             Ok(line) => Ok(line),
-            Err(WaitError::Timeout) => Err(anyhow!(
-                "the agent did not log `{what}` within {timeout:?}\n{}",
-                self.describe()
-            )),
+            Err(WaitError::Timeout) => {
+                Err(anyhow!("the agent did not log `{what}` within {timeout:?}\n{}", self.describe()))
+            }
             Err(WaitError::Closed) => {
                 let status = self.reap(Duration::from_secs(5));
-                Err(anyhow!(
-                    "the agent exited ({status:?}) before logging `{what}`\n{}",
-                    self.describe()
-                ))
+                Err(anyhow!("the agent exited ({status:?}) before logging `{what}`\n{}", self.describe()))
             }
         }
     }
 
     /// Fails if the agent process has exited.
     pub fn ensure_running(&mut self) -> Result<()> {
-        match self
-            .child
-            .try_wait()
-            .context("checking the agent process")?
-        {
+        match self.child.try_wait().context("checking the agent process")? {
             None => Ok(()),
             Some(status) => {
                 self.exited = Some(status);
                 self.log.wait_closed(Duration::from_secs(2));
-                bail!(
-                    "the agent exited unexpectedly ({status})\n{}",
-                    self.describe()
-                )
+                bail!("the agent exited unexpectedly ({status})\n{}", self.describe())
             }
         }
     }
@@ -140,18 +112,12 @@ impl Agent {
             None => {
                 let _ = self.child.kill();
                 let _ = self.reap(Duration::from_secs(5));
-                bail!(
-                    "the agent did not exit within {STOP_TIMEOUT:?} of SIGTERM (killed)\n{}",
-                    self.describe()
-                );
+                bail!("the agent did not exit within {STOP_TIMEOUT:?} of SIGTERM (killed)\n{}", self.describe());
             }
         };
         self.log.wait_closed(Duration::from_secs(5));
         if !status.success() {
-            bail!(
-                "the agent exited with {status} after SIGTERM (expected 0)\n{}",
-                self.describe()
-            );
+            bail!("the agent exited with {status} after SIGTERM (expected 0)\n{}", self.describe());
         }
         Ok(self.log.clone())
     }
@@ -190,10 +156,7 @@ impl Drop for Agent {
 
 /// An agent's captured log, framed for failure messages (for use after [`Agent::stop`]).
 pub fn log_context(title: &str, log: &LineLog) -> String {
-    format!(
-        "--- {title}: stderr, last {LOG_TAIL} lines ---\n{}\n--- end of {title} ---\n",
-        log.tail(LOG_TAIL)
-    )
+    format!("--- {title}: stderr, last {LOG_TAIL} lines ---\n{}\n--- end of {title} ---\n", log.tail(LOG_TAIL))
 }
 
 /// Sends `signal` to process `pid`.

@@ -13,10 +13,7 @@ pub const AGENT_BIN_VAR: &str = "SCOUTER_AGENT_BIN";
 
 /// The workspace root (the parent of this crate's directory).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the e2e crate lives inside the workspace")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the e2e crate lives inside the workspace").to_path_buf()
 }
 
 /// The directory holding the Python programs the tests run.
@@ -48,11 +45,7 @@ pub fn require_ebpf_host() -> Result<PathBuf> {
     if missing.is_empty() {
         return Ok(binary);
     }
-    bail!(
-        "{}:\n  - {}",
-        precondition_headline(),
-        missing.join("\n  - ")
-    )
+    bail!("{}:\n  - {}", precondition_headline(), missing.join("\n  - "))
 }
 
 fn precondition_headline() -> &'static str {
@@ -65,8 +58,7 @@ fn precondition_headline() -> &'static str {
 
 /// Whether the environment declares the end-to-end tests mandatory.
 fn is_required() -> bool {
-    std::env::var("SCOUTER_E2E_REQUIRED").is_ok_and(|v| v == "1")
-        || std::env::var_os("CI").is_some()
+    std::env::var("SCOUTER_E2E_REQUIRED").is_ok_and(|v| v == "1") || std::env::var_os("CI").is_some()
 }
 
 fn is_root() -> bool {

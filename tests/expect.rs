@@ -83,12 +83,7 @@ impl Verdict {
     }
 
     /// Exactly one correct span per exchange for `server`, and no other span.
-    pub fn expect_exchanges(
-        &mut self,
-        spans: &[Span],
-        server: &ServerIdentity,
-        exchanges: &[Exchange],
-    ) {
+    pub fn expect_exchanges(&mut self, spans: &[Span], server: &ServerIdentity, exchanges: &[Exchange]) {
         let before = self.problems.len();
         let claimed: Vec<&Span> = spans.iter().filter(|span| server.claims(span)).collect();
         if claimed.len() != exchanges.len() {
@@ -116,33 +111,17 @@ impl Verdict {
     pub fn expect_no_spans(&mut self, spans: &[Span], server: &ServerIdentity, why: &str) {
         let claimed: Vec<&Span> = spans.iter().filter(|span| server.claims(span)).collect();
         if !claimed.is_empty() {
-            self.problem(format!(
-                "{}: expected no span ({why}), found {}",
-                server.label,
-                claimed.len()
-            ));
+            self.problem(format!("{}: expected no span ({why}), found {}", server.label, claimed.len()));
             self.add_evidence(server, &[], &claimed);
         }
     }
 
     /// No span of `server` with this `url.path` (what was sent there must not become a span).
-    pub fn expect_no_span_with_path(
-        &mut self,
-        spans: &[Span],
-        server: &ServerIdentity,
-        path: &str,
-        why: &str,
-    ) {
-        let found: Vec<&Span> = spans
-            .iter()
-            .filter(|s| server.claims(s) && s.attr_str("url.path") == Some(path))
-            .collect();
+    pub fn expect_no_span_with_path(&mut self, spans: &[Span], server: &ServerIdentity, path: &str, why: &str) {
+        let found: Vec<&Span> =
+            spans.iter().filter(|s| server.claims(s) && s.attr_str("url.path") == Some(path)).collect();
         if !found.is_empty() {
-            self.problem(format!(
-                "{}: expected no span for {path} ({why}), found {}",
-                server.label,
-                found.len()
-            ));
+            self.problem(format!("{}: expected no span for {path} ({why}), found {}", server.label, found.len()));
             self.add_evidence(server, &[], &found);
         }
     }
@@ -167,46 +146,21 @@ impl Verdict {
             match candidates.as_slice() {
                 [span] => {
                     for issue in span_issues(span, server, exchange) {
-                        self.problem(format!(
-                            "{}: span for {}: {issue}",
-                            server.label,
-                            exchange.describe()
-                        ));
+                        self.problem(format!("{}: span for {}: {issue}", server.label, exchange.describe()));
                     }
                     matched.push((*span, exchange));
                 }
-                [] => self.problem(format!(
-                    "{}: no span for {}",
-                    server.label,
-                    exchange.describe()
-                )),
-                many => self.problem(format!(
-                    "{}: {} spans for {}",
-                    server.label,
-                    many.len(),
-                    exchange.describe()
-                )),
+                [] => self.problem(format!("{}: no span for {}", server.label, exchange.describe())),
+                many => self.problem(format!("{}: {} spans for {}", server.label, many.len(), exchange.describe())),
             }
         }
         matched
     }
 
-    fn check_unmatched(
-        &mut self,
-        claimed: &[&Span],
-        matched: &[(&Span, &Exchange)],
-        server: &ServerIdentity,
-    ) {
+    fn check_unmatched(&mut self, claimed: &[&Span], matched: &[(&Span, &Exchange)], server: &ServerIdentity) {
         let matched_ids: HashSet<&str> = matched.iter().map(|(s, _)| s.span_id.as_str()).collect();
-        for span in claimed
-            .iter()
-            .filter(|s| !matched_ids.contains(s.span_id.as_str()))
-        {
-            self.problem(format!(
-                "{}: span matches no request sent: {}",
-                server.label,
-                summary(span)
-            ));
+        for span in claimed.iter().filter(|s| !matched_ids.contains(s.span_id.as_str())) {
+            self.problem(format!("{}: span matches no request sent: {}", server.label, summary(span)));
         }
     }
 
@@ -228,15 +182,9 @@ impl Verdict {
     }
 
     fn check_unique_ids(&mut self, claimed: &[&Span], server: &ServerIdentity) {
-        let ids: HashSet<(&str, &str)> = claimed
-            .iter()
-            .map(|s| (s.trace_id.as_str(), s.span_id.as_str()))
-            .collect();
+        let ids: HashSet<(&str, &str)> = claimed.iter().map(|s| (s.trace_id.as_str(), s.span_id.as_str())).collect();
         if ids.len() != claimed.len() {
-            self.problem(format!(
-                "{}: duplicate (traceId, spanId) among its spans",
-                server.label
-            ));
+            self.problem(format!("{}: duplicate (traceId, spanId) among its spans", server.label));
         }
     }
 
@@ -304,16 +252,10 @@ pub fn span_issues(span: &Span, server: &ServerIdentity, exchange: &Exchange) ->
 fn identity_issues(span: &Span) -> Vec<String> {
     let mut issues = Vec::new();
     if !is_hex_id(&span.trace_id, 32) {
-        issues.push(format!(
-            "traceId {:?} is not 32 lowercase hex digits, non-zero",
-            span.trace_id
-        ));
+        issues.push(format!("traceId {:?} is not 32 lowercase hex digits, non-zero", span.trace_id));
     }
     if !is_hex_id(&span.span_id, 16) {
-        issues.push(format!(
-            "spanId {:?} is not 16 lowercase hex digits, non-zero",
-            span.span_id
-        ));
+        issues.push(format!("spanId {:?} is not 16 lowercase hex digits, non-zero", span.span_id));
     }
     if span.kind != "SERVER" {
         issues.push(format!("kind is {:?}, expected \"SERVER\"", span.kind));
@@ -325,10 +267,7 @@ fn attribute_issues(span: &Span, server: &ServerIdentity, exchange: &Exchange) -
     let method = exchange.request.method.as_str();
     let mut issues = Vec::new();
     if span.name != method && !span.name.starts_with(&format!("{method} ")) {
-        issues.push(format!(
-            "name is {:?}, expected {method:?} or \"{method} <route>\"",
-            span.name
-        ));
+        issues.push(format!("name is {:?}, expected {method:?} or \"{method} <route>\"", span.name));
     }
     let expected = [
         ("http.request.method", Value::from(method)),
@@ -336,17 +275,11 @@ fn attribute_issues(span: &Span, server: &ServerIdentity, exchange: &Exchange) -
         ("http.response.status_code", Value::from(exchange.status)),
         ("server.port", Value::from(server.port)),
         ("client.address", Value::from("127.0.0.1")),
-        (
-            "network.protocol.version",
-            Value::from(exchange.protocol_version.as_str()),
-        ),
+        ("network.protocol.version", Value::from(exchange.protocol_version.as_str())),
     ];
     for (key, want) in expected {
         if span.attr(key) != Some(&want) {
-            issues.push(format!(
-                "attribute {key} is {}, expected {want}",
-                shown(span.attr(key))
-            ));
+            issues.push(format!("attribute {key} is {}, expected {want}", shown(span.attr(key))));
         }
     }
     issues
@@ -356,9 +289,7 @@ fn timing_issues(span: &Span, exchange: &Exchange) -> Vec<String> {
     let (start, end) = (span.start_time_unix_nano, span.end_time_unix_nano);
     let mut issues = Vec::new();
     if start >= end {
-        issues.push(format!(
-            "startTimeUnixNano {start} is not before endTimeUnixNano {end}"
-        ));
+        issues.push(format!("startTimeUnixNano {start} is not before endTimeUnixNano {end}"));
     }
     let earliest = exchange.sent_at.saturating_sub(CLOCK_SLACK_NANOS);
     let latest = exchange.received_at + CLOCK_SLACK_NANOS;
@@ -377,10 +308,7 @@ fn status_issues(span: &Span, status: u16) -> Vec<String> {
     if span.status.code == expected {
         return Vec::new();
     }
-    vec![format!(
-        "status.code is {:?}, expected {expected:?} for HTTP {status}",
-        span.status.code
-    )]
+    vec![format!("status.code is {:?}, expected {expected:?} for HTTP {status}", span.status.code)]
 }
 
 fn resource_issues(span: &Span, server: &ServerIdentity) -> Vec<String> {
@@ -392,9 +320,7 @@ fn resource_issues(span: &Span, server: &ServerIdentity) -> Vec<String> {
             server.pid
         ));
     }
-    let runtime = span
-        .resource_attr("process.runtime.version")
-        .and_then(Value::as_str);
+    let runtime = span.resource_attr("process.runtime.version").and_then(Value::as_str);
     if !runtime.is_some_and(|v| v.starts_with(&server.runtime_version)) {
         issues.push(format!(
             "resource process.runtime.version is {}, expected it to start with {:?}",
@@ -409,9 +335,7 @@ fn resource_issues(span: &Span, server: &ServerIdentity) -> Vec<String> {
             shown(span.resource_attr("service.name"))
         ));
     }
-    let executable = span
-        .resource_attr("process.executable.path")
-        .and_then(Value::as_str);
+    let executable = span.resource_attr("process.executable.path").and_then(Value::as_str);
     if !executable.is_some_and(|path| server.executables.iter().any(|e| e.as_os_str() == path)) {
         issues.push(format!(
             "resource process.executable.path is {}, expected one of {:?}",
@@ -424,9 +348,7 @@ fn resource_issues(span: &Span, server: &ServerIdentity) -> Vec<String> {
 
 fn is_hex_id(id: &str, digits: usize) -> bool {
     id.len() == digits
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         && id.bytes().any(|b| b != b'0')
 }
 
@@ -477,14 +399,8 @@ mod tests {
 
     #[test]
     fn a_correct_span_has_no_issues() {
-        assert_eq!(
-            span_issues(&span(200, "UNSET"), &server(), &exchange(200)),
-            Vec::<String>::new()
-        );
-        assert_eq!(
-            span_issues(&span(503, "ERROR"), &server(), &exchange(503)),
-            Vec::<String>::new()
-        );
+        assert_eq!(span_issues(&span(200, "UNSET"), &server(), &exchange(200)), Vec::<String>::new());
+        assert_eq!(span_issues(&span(503, "ERROR"), &server(), &exchange(503)), Vec::<String>::new());
     }
 
     #[test]

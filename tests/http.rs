@@ -44,10 +44,7 @@ impl Request {
 
     /// A POST with a body (Content-Length is added when serializing).
     pub fn post(target: &str, body: impl Into<Vec<u8>>) -> Self {
-        Self {
-            body: body.into(),
-            ..Self::new("POST", target)
-        }
+        Self { body: body.into(), ..Self::new("POST", target) }
     }
 
     pub fn version(mut self, version: &str) -> Self {
@@ -72,10 +69,7 @@ impl Request {
 
     /// The bytes on the wire. Adds `Host`, and `Content-Length` for bodies and for POST/PUT.
     pub fn to_bytes(&self, port: u16) -> Vec<u8> {
-        let mut head = format!(
-            "{} {} {}\r\nHost: 127.0.0.1:{port}\r\n",
-            self.method, self.target, self.version
-        );
+        let mut head = format!("{} {} {}\r\nHost: 127.0.0.1:{port}\r\n", self.method, self.target, self.version);
         for (name, value) in &self.headers {
             head.push_str(&format!("{name}: {value}\r\n"));
         }
@@ -102,10 +96,7 @@ pub struct Response {
 impl Response {
     /// The first header named `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
@@ -118,15 +109,12 @@ pub struct HttpConnection {
 impl HttpConnection {
     pub fn connect(port: u16) -> Result<Self> {
         let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let stream = TcpStream::connect_timeout(&address, IO_TIMEOUT)
-            .with_context(|| format!("connecting to {address}"))?;
+        let stream =
+            TcpStream::connect_timeout(&address, IO_TIMEOUT).with_context(|| format!("connecting to {address}"))?;
         stream.set_read_timeout(Some(IO_TIMEOUT))?;
         stream.set_write_timeout(Some(IO_TIMEOUT))?;
         stream.set_nodelay(true)?;
-        Ok(Self {
-            port,
-            reader: BufReader::new(stream),
-        })
+        Ok(Self { port, reader: BufReader::new(stream) })
     }
 
     pub fn port(&self) -> u16 {
@@ -137,12 +125,8 @@ impl HttpConnection {
     pub fn send(&mut self, request: &Request) -> Result<Response> {
         self.write_raw(&request.to_bytes(self.port))
             .with_context(|| format!("sending {} {}", request.method, request.target))?;
-        read_response(&mut self.reader, &request.method).with_context(|| {
-            format!(
-                "reading the response to {} {}",
-                request.method, request.target
-            )
-        })
+        read_response(&mut self.reader, &request.method)
+            .with_context(|| format!("reading the response to {} {}", request.method, request.target))
     }
 
     /// Writes bytes as they are (for malformed input).
@@ -180,14 +164,7 @@ impl HttpConnection {
         let result = match self.reader.read(&mut byte) {
             Ok(0) => Ok(true),
             Ok(_) => bail!("the server sent bytes after a complete response"),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                Ok(false)
-            }
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => Ok(false),
             Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Ok(true),
             Err(e) => Err(e.into()),
         };
@@ -201,12 +178,7 @@ pub fn read_response(reader: &mut impl BufRead, method: &str) -> Result<Response
     let status_line = read_line(reader)?.context("the connection closed before a status line")?;
     let (version, status) = parse_status_line(&status_line)?;
     let headers = read_headers(reader)?;
-    let mut response = Response {
-        version,
-        status,
-        headers,
-        body: Vec::new(),
-    };
+    let mut response = Response { version, status, headers, body: Vec::new() };
     response.body = read_body(reader, method, &response)?;
     Ok(response)
 }
@@ -218,9 +190,7 @@ fn parse_status_line(line: &str) -> Result<(String, u16)> {
     if !version.starts_with("HTTP/1.") {
         bail!("not an HTTP/1.x status line: {line:?}");
     }
-    let status = code
-        .parse()
-        .with_context(|| format!("bad status code in {line:?}"))?;
+    let status = code.parse().with_context(|| format!("bad status code in {line:?}"))?;
     Ok((version.to_owned(), status))
 }
 
@@ -231,39 +201,27 @@ fn read_headers(reader: &mut impl BufRead) -> Result<Vec<(String, String)>> {
         if line.is_empty() {
             return Ok(headers);
         }
-        let (name, value) = line
-            .split_once(':')
-            .with_context(|| format!("bad header line {line:?}"))?;
+        let (name, value) = line.split_once(':').with_context(|| format!("bad header line {line:?}"))?;
         headers.push((name.trim().to_owned(), value.trim().to_owned()));
     }
 }
 
 fn read_body(reader: &mut impl BufRead, method: &str, response: &Response) -> Result<Vec<u8>> {
-    let bodiless =
-        method == "HEAD" || response.status < 200 || matches!(response.status, 204 | 304);
+    let bodiless = method == "HEAD" || response.status < 200 || matches!(response.status, 204 | 304);
     if bodiless {
         return Ok(Vec::new());
     }
-    if response
-        .header("Transfer-Encoding")
-        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
-    {
+    if response.header("Transfer-Encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
         return read_chunked(reader);
     }
     if let Some(length) = response.header("Content-Length") {
-        let length: usize = length
-            .parse()
-            .with_context(|| format!("bad Content-Length {length:?}"))?;
+        let length: usize = length.parse().with_context(|| format!("bad Content-Length {length:?}"))?;
         let mut body = vec![0; length];
-        reader
-            .read_exact(&mut body)
-            .context("the connection closed inside the body")?;
+        reader.read_exact(&mut body).context("the connection closed inside the body")?;
         return Ok(body);
     }
     let mut body = Vec::new();
-    reader
-        .read_to_end(&mut body)
-        .context("reading a body delimited by close")?;
+    reader.read_to_end(&mut body).context("reading a body delimited by close")?;
     Ok(body)
 }
 
@@ -272,8 +230,7 @@ fn read_chunked(reader: &mut impl BufRead) -> Result<Vec<u8>> {
     loop {
         let line = read_line(reader)?.context("the connection closed inside a chunked body")?;
         let size_text = line.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_text, 16)
-            .with_context(|| format!("bad chunk size {line:?}"))?;
+        let size = usize::from_str_radix(size_text, 16).with_context(|| format!("bad chunk size {line:?}"))?;
         if size == 0 {
             read_headers(reader)?; // trailers
             return Ok(body);
@@ -313,21 +270,17 @@ mod tests {
 
     #[test]
     fn content_length_framing_leaves_the_next_response_unread() {
-        let (response, rest) = parse(
-            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloHTTP/1.1 404 x\r\n",
-            "GET",
-        );
-        assert_eq!(
-            (response.status, response.body.as_slice()),
-            (200, &b"hello"[..])
-        );
+        let (response, rest) = parse("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloHTTP/1.1 404 x\r\n", "GET");
+        assert_eq!((response.status, response.body.as_slice()), (200, &b"hello"[..]));
         assert_eq!(rest, "HTTP/1.1 404 x\r\n");
     }
 
     #[test]
     fn chunked_bodies_are_decoded() {
-        let (response, rest) =
-            parse("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\nNEXT", "GET");
+        let (response, rest) = parse(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\nNEXT",
+            "GET",
+        );
         assert_eq!(response.body, b"abcde");
         assert_eq!(rest, "NEXT");
     }
@@ -337,17 +290,12 @@ mod tests {
         let (head, rest) = parse("HTTP/1.0 200 OK\r\nContent-Length: 9\r\n\r\n", "HEAD");
         assert!(head.body.is_empty() && rest.is_empty());
         let (closed, _) = parse("HTTP/1.0 200 OK\r\n\r\nuntil the end", "GET");
-        assert_eq!(
-            (closed.version.as_str(), closed.body.as_slice()),
-            ("HTTP/1.0", &b"until the end"[..])
-        );
+        assert_eq!((closed.version.as_str(), closed.body.as_slice()), ("HTTP/1.0", &b"until the end"[..]));
     }
 
     #[test]
     fn requests_serialize_with_host_and_length() {
-        let bytes = Request::post("/p?q=1", "abc")
-            .header("X-A", "b")
-            .to_bytes(8000);
+        let bytes = Request::post("/p?q=1", "abc").header("X-A", "b").to_bytes(8000);
         let text = String::from_utf8(bytes).unwrap();
         assert_eq!(text, "POST /p?q=1 HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nX-A: b\r\nContent-Length: 3\r\n\r\nabc");
         assert_eq!(Request::get("/a/b?c#d").path(), "/a/b");

@@ -50,11 +50,7 @@ impl LineLog {
             raw.clear();
             match reader.read_until(b'\n', &mut raw) {
                 Ok(0) | Err(_) => break,
-                Ok(_) => self.push(
-                    strip_ansi(&String::from_utf8_lossy(&raw))
-                        .trim_end()
-                        .to_owned(),
-                ),
+                Ok(_) => self.push(strip_ansi(&String::from_utf8_lossy(&raw)).trim_end().to_owned()),
             }
         }
         self.state().open_pipes -= 1;
@@ -67,18 +63,11 @@ impl LineLog {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.shared
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.shared.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Waits until a line (already captured or future) satisfies `matches`, and returns it.
-    pub fn wait_for(
-        &self,
-        timeout: Duration,
-        matches: impl Fn(&str) -> bool,
-    ) -> Result<String, WaitError> {
+    pub fn wait_for(&self, timeout: Duration, matches: impl Fn(&str) -> bool) -> Result<String, WaitError> {
         let deadline = Instant::now() + timeout;
         let mut state = self.state();
         loop {
@@ -92,12 +81,8 @@ impl LineLog {
             if now >= deadline {
                 return Err(WaitError::Timeout);
             }
-            state = self
-                .shared
-                .1
-                .wait_timeout(state, deadline - now)
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .0;
+            state =
+                self.shared.1.wait_timeout(state, deadline - now).unwrap_or_else(|poisoned| poisoned.into_inner()).0;
         }
     }
 
@@ -110,12 +95,8 @@ impl LineLog {
             if now >= deadline {
                 return false;
             }
-            state = self
-                .shared
-                .1
-                .wait_timeout(state, deadline - now)
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .0;
+            state =
+                self.shared.1.wait_timeout(state, deadline - now).unwrap_or_else(|poisoned| poisoned.into_inner()).0;
         }
         true
     }
@@ -129,23 +110,14 @@ impl LineLog {
     pub fn tail(&self, count: usize) -> String {
         let state = self.state();
         let skip = state.lines.len().saturating_sub(count);
-        let mut text = if skip > 0 {
-            format!("[... {skip} earlier lines ...]\n")
-        } else {
-            String::new()
-        };
+        let mut text = if skip > 0 { format!("[... {skip} earlier lines ...]\n") } else { String::new() };
         text.push_str(&state.lines[skip..].join("\n"));
         text
     }
 
     /// The captured lines that contain `needle`.
     pub fn lines_containing(&self, needle: &str) -> Vec<String> {
-        self.state()
-            .lines
-            .iter()
-            .filter(|line| line.contains(needle))
-            .cloned()
-            .collect()
+        self.state().lines.iter().filter(|line| line.contains(needle)).cloned().collect()
     }
 }
 
@@ -176,15 +148,11 @@ pub fn strip_ansi(text: &str) -> String {
 pub fn has_field(line: &str, key: &str, value: &str) -> bool {
     let pattern = format!("{key}=");
     line.match_indices(&pattern).any(|(at, _)| {
-        let boundary_before = line[..at]
-            .chars()
-            .next_back()
-            .is_none_or(|c| !(c.is_alphanumeric() || c == '_' || c == '.'));
+        let boundary_before =
+            line[..at].chars().next_back().is_none_or(|c| !(c.is_alphanumeric() || c == '_' || c == '.'));
         let rest = line[at + pattern.len()..].trim_start_matches('"');
-        let token: String = rest
-            .chars()
-            .take_while(|c| !c.is_whitespace() && *c != '"' && *c != ',' && *c != '}')
-            .collect();
+        let token: String =
+            rest.chars().take_while(|c| !c.is_whitespace() && *c != '"' && *c != ',' && *c != '}').collect();
         boundary_before && token == value
     })
 }
@@ -201,8 +169,7 @@ mod tests {
 
     #[test]
     fn fields_match_exactly() {
-        let line =
-            "INFO scouter_agent::discovery: tracking python process pid=123 ppid=12 exe=\"/x\"";
+        let line = "INFO scouter_agent::discovery: tracking python process pid=123 ppid=12 exe=\"/x\"";
         assert!(has_field(line, "pid", "123"));
         assert!(!has_field(line, "pid", "12"));
         assert!(!has_field(line, "pid", "1"));
@@ -214,14 +181,8 @@ mod tests {
     fn waiting_sees_lines_from_a_pipe_and_its_end() {
         let log = LineLog::new();
         log.follow(std::io::Cursor::new(b"one\nagent ready\nthree".to_vec()));
-        assert_eq!(
-            log.wait_for(Duration::from_secs(5), |l| l.contains("ready")),
-            Ok("agent ready".into())
-        );
-        assert_eq!(
-            log.wait_for(Duration::from_secs(5), |l| l == "never"),
-            Err(WaitError::Closed)
-        );
+        assert_eq!(log.wait_for(Duration::from_secs(5), |l| l.contains("ready")), Ok("agent ready".into()));
+        assert_eq!(log.wait_for(Duration::from_secs(5), |l| l == "never"), Err(WaitError::Closed));
         assert_eq!(log.tail(1), "[... 2 earlier lines ...]\nthree");
     }
 }

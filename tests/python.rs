@@ -46,17 +46,10 @@ pub struct Interpreter {
 impl Interpreter {
     /// `$(pyenv root)/versions/VERSION/bin/python3`, which must report exactly `version`.
     pub fn pyenv(version: &str) -> Result<Self> {
-        let path = pyenv_root()
-            .join("versions")
-            .join(version)
-            .join("bin/python3");
+        let path = pyenv_root().join("versions").join(version).join("bin/python3");
         let interpreter = Self::at(&format!("pyenv {version}"), &path)?;
         if interpreter.version != version {
-            bail!(
-                "{} reports version {}, expected {version}",
-                path.display(),
-                interpreter.version
-            );
+            bail!("{} reports version {}, expected {version}", path.display(), interpreter.version);
         }
         Ok(interpreter)
     }
@@ -69,17 +62,10 @@ impl Interpreter {
     /// The interpreter at `path`, with its version asked from it.
     pub fn at(label: &str, path: &Path) -> Result<Self> {
         if !path.is_file() {
-            bail!(
-                "interpreter {label} not found at {} (run `cargo xtask setup`)",
-                path.display()
-            );
+            bail!("interpreter {label} not found at {} (run `cargo xtask setup`)", path.display());
         }
         let version = query_version(path)?;
-        Ok(Self {
-            label: label.to_owned(),
-            path: path.to_owned(),
-            version,
-        })
+        Ok(Self { label: label.to_owned(), path: path.to_owned(), version })
     }
 
     /// The resolved executable (what /proc/PID/exe points to).
@@ -99,11 +85,7 @@ pub fn pyenv_root() -> PathBuf {
         .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
         .filter(|root| !root.is_empty());
     from_command
-        .or_else(|| {
-            std::env::var("PYENV_ROOT")
-                .ok()
-                .filter(|root| !root.is_empty())
-        })
+        .or_else(|| std::env::var("PYENV_ROOT").ok().filter(|root| !root.is_empty()))
         .map_or_else(|| PathBuf::from("/root/.pyenv"), PathBuf::from)
 }
 
@@ -113,11 +95,7 @@ fn query_version(path: &Path) -> Result<String> {
         .output()
         .with_context(|| format!("running {}", path.display()))?;
     if !output.status.success() {
-        bail!(
-            "{} failed to report its version: {}",
-            path.display(),
-            String::from_utf8_lossy(&output.stderr)
-        );
+        bail!("{} failed to report its version: {}", path.display(), String::from_utf8_lossy(&output.stderr));
     }
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
@@ -175,24 +153,11 @@ impl PythonServer {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .with_context(|| {
-                format!(
-                    "starting {} ({})",
-                    interpreter.path.display(),
-                    interpreter.label
-                )
-            })?;
+            .with_context(|| format!("starting {} ({})", interpreter.path.display(), interpreter.label))?;
         let output = LineLog::new();
         output.follow(child.stdout.take().expect("stdout is piped"));
         output.follow(child.stderr.take().expect("stderr is piped"));
-        let mut server = Self {
-            child,
-            port,
-            interpreter: interpreter.clone(),
-            program,
-            output,
-            exited: None,
-        };
+        let mut server = Self { child, port, interpreter: interpreter.clone(), program, output, exited: None };
         server.wait_listening()?;
         Ok(server)
     }
@@ -211,13 +176,7 @@ impl PythonServer {
 
     /// A one-line description for messages.
     pub fn describe(&self) -> String {
-        format!(
-            "{:?} under {} (pid {}, port {})",
-            self.program,
-            self.interpreter.label,
-            self.pid(),
-            self.port
-        )
+        format!("{:?} under {} (pid {}, port {})", self.program, self.interpreter.label, self.pid(), self.port)
     }
 
     /// The server's captured output.
@@ -236,18 +195,10 @@ impl PythonServer {
             if let Some(status) = self.child.try_wait()? {
                 self.exited = Some(status);
                 self.output.wait_closed(Duration::from_secs(2));
-                bail!(
-                    "{} exited ({status}) before listening:\n{}",
-                    self.describe(),
-                    self.output()
-                );
+                bail!("{} exited ({status}) before listening:\n{}", self.describe(), self.output());
             }
             if Instant::now() >= deadline {
-                bail!(
-                    "{} did not listen within {LISTEN_TIMEOUT:?}:\n{}",
-                    self.describe(),
-                    self.output()
-                );
+                bail!("{} did not listen within {LISTEN_TIMEOUT:?}:\n{}", self.describe(), self.output());
             }
             thread::sleep(Duration::from_millis(20));
         }
@@ -258,8 +209,7 @@ impl PythonServer {
         if self.exited.is_none() {
             self.exited = wait_with_timeout(&mut self.child, timeout);
         }
-        self.exited
-            .ok_or_else(|| anyhow!("{} still runs after {timeout:?}", self.describe()))
+        self.exited.ok_or_else(|| anyhow!("{} still runs after {timeout:?}", self.describe()))
     }
 }
 
@@ -278,14 +228,10 @@ static GIVEN_PORTS: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
 
 /// A TCP port on 127.0.0.1 that was free a moment ago and was not handed out before.
 pub fn free_port() -> Result<u16> {
-    let mut given = GIVEN_PORTS
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut given = GIVEN_PORTS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let given = given.get_or_insert_with(HashSet::new);
     for _ in 0..100 {
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-            .local_addr()?
-            .port();
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port();
         if given.insert(port) {
             return Ok(port);
         }
@@ -314,58 +260,26 @@ mod tests {
 
     #[test]
     fn keepalive_server_serves_several_requests_on_one_connection() {
-        let server = PythonServer::start(
-            &Interpreter::pyenv("3.8.18").unwrap(),
-            ServerProgram::KeepAlive,
-        )
-        .unwrap();
+        let server = PythonServer::start(&Interpreter::pyenv("3.8.18").unwrap(), ServerProgram::KeepAlive).unwrap();
         let mut connection = HttpConnection::connect(server.port()).unwrap();
         let ok = connection.send(&Request::get("/a?b=c")).unwrap();
         assert_eq!(
             (ok.version.as_str(), ok.status, ok.body.as_slice()),
             ("HTTP/1.1", 200, &b"hello from /a?b=c\n"[..])
         );
-        let echo = connection
-            .send(&Request::post("/echo", vec![b'x'; 3000]))
-            .unwrap();
-        assert_eq!(
-            (echo.status, echo.body.as_slice()),
-            (200, &b"received 3000 bytes\n"[..])
-        );
-        assert_eq!(
-            connection
-                .send(&Request::get("/status/500"))
-                .unwrap()
-                .status,
-            500
-        );
-        assert_eq!(
-            connection
-                .send(&Request::post("/status/503", "x"))
-                .unwrap()
-                .status,
-            503
-        );
-        assert!(!connection
-            .closed_by_server(Duration::from_millis(100))
-            .unwrap());
+        let echo = connection.send(&Request::post("/echo", vec![b'x'; 3000])).unwrap();
+        assert_eq!((echo.status, echo.body.as_slice()), (200, &b"received 3000 bytes\n"[..]));
+        assert_eq!(connection.send(&Request::get("/status/500")).unwrap().status, 500);
+        assert_eq!(connection.send(&Request::post("/status/503", "x")).unwrap().status, 503);
+        assert!(!connection.closed_by_server(Duration::from_millis(100)).unwrap());
     }
 
     #[test]
     fn http_server_module_answers_http10_and_closes() {
-        let server = PythonServer::start(
-            &Interpreter::debian().unwrap(),
-            ServerProgram::HttpServerModule,
-        )
-        .unwrap();
+        let server = PythonServer::start(&Interpreter::debian().unwrap(), ServerProgram::HttpServerModule).unwrap();
         let mut connection = HttpConnection::connect(server.port()).unwrap();
-        let response = connection
-            .send(&Request::get("/hello.txt").version("HTTP/1.0"))
-            .unwrap();
-        assert_eq!(
-            (response.version.as_str(), response.status),
-            ("HTTP/1.0", 200)
-        );
+        let response = connection.send(&Request::get("/hello.txt").version("HTTP/1.0")).unwrap();
+        assert_eq!((response.version.as_str(), response.status), ("HTTP/1.0", 200));
         assert_eq!(response.body, b"hello from the static directory\n");
         assert!(connection.closed_by_server(Duration::from_secs(5)).unwrap());
         let head = HttpConnection::connect(server.port())
@@ -374,30 +288,15 @@ mod tests {
             .unwrap();
         assert!(head.body.is_empty() && head.status == 200);
         let post = Request::new("POST", "/hello.txt").version("HTTP/1.0");
-        assert_eq!(
-            HttpConnection::connect(server.port())
-                .unwrap()
-                .send(&post)
-                .unwrap()
-                .status,
-            501
-        );
+        assert_eq!(HttpConnection::connect(server.port()).unwrap().send(&post).unwrap().status, 501);
     }
 
     #[test]
     fn exit_server_dies_without_responding() {
-        let mut server = PythonServer::start(
-            &Interpreter::pyenv("3.13.0").unwrap(),
-            ServerProgram::ExitBeforeResponse,
-        )
-        .unwrap();
+        let mut server =
+            PythonServer::start(&Interpreter::pyenv("3.13.0").unwrap(), ServerProgram::ExitBeforeResponse).unwrap();
         let mut connection = HttpConnection::connect(server.port()).unwrap();
-        assert!(connection
-            .send(&Request::post("/in-flight", "payload"))
-            .is_err());
-        assert_eq!(
-            server.wait_exit(Duration::from_secs(10)).unwrap().code(),
-            Some(3)
-        );
+        assert!(connection.send(&Request::post("/in-flight", "payload")).is_err());
+        assert_eq!(server.wait_exit(Duration::from_secs(10)).unwrap().code(), Some(3));
     }
 }

@@ -28,10 +28,7 @@ pub struct Store {
 
 impl Store {
     pub fn new() -> Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("scouter-e2e-")
-            .tempdir()
-            .context("creating a temp dir")?;
+        let dir = tempfile::Builder::new().prefix("scouter-e2e-").tempdir().context("creating a temp dir")?;
         let path = dir.path().join("traces.db");
         Ok(Self { _dir: dir, path })
     }
@@ -46,10 +43,7 @@ impl Store {
         let json = self.cli(&["traces", "list", "--json", "--limit", &limit])?;
         let traces: Vec<TraceSummary> = parse(&json, "traces list --json")?;
         if traces.len() >= LIST_LIMIT {
-            bail!(
-                "traces list returned {} traces, the limit: raise LIST_LIMIT",
-                traces.len()
-            );
+            bail!("traces list returned {} traces, the limit: raise LIST_LIMIT", traces.len());
         }
         Ok(traces)
     }
@@ -73,11 +67,7 @@ impl Store {
     /// Polls [`Store::spans`] until `done` accepts them or `timeout` passes; returns the last
     /// spans read either way (the caller asserts on them). Read errors are retried until the
     /// deadline, then returned.
-    pub fn poll_spans(
-        &self,
-        timeout: Duration,
-        done: impl Fn(&[Span]) -> bool,
-    ) -> Result<Vec<Span>> {
+    pub fn poll_spans(&self, timeout: Duration, done: impl Fn(&[Span]) -> bool) -> Result<Vec<Span>> {
         let deadline = Instant::now() + timeout;
         loop {
             let attempt = self.spans();
@@ -214,8 +204,7 @@ impl Span {
 /// OTLP/JSON times: decimal strings, as the span model documents.
 fn decimal_string<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
     let text = String::deserialize(deserializer)?;
-    text.parse()
-        .map_err(|_| serde::de::Error::custom(format!("not a decimal nanosecond count: {text:?}")))
+    text.parse().map_err(|_| serde::de::Error::custom(format!("not a decimal nanosecond count: {text:?}")))
 }
 
 #[cfg(test)]

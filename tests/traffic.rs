@@ -21,10 +21,7 @@ pub struct Call {
 
 impl Call {
     pub fn new(request: Request, expected_status: u16) -> Self {
-        Self {
-            request,
-            expected_status,
-        }
+        Self { request, expected_status }
     }
 }
 
@@ -48,31 +45,20 @@ impl Exchange {
     pub fn describe(&self) -> String {
         format!(
             "{} {} HTTP/{} -> {} (connection #{})",
-            self.request.method,
-            self.request.target,
-            self.protocol_version,
-            self.status,
-            self.connection
+            self.request.method, self.request.target, self.protocol_version, self.status, self.connection
         )
     }
 }
 
 /// Current wall-clock time in Unix nanoseconds.
 pub fn now_unix_nanos() -> u64 {
-    let since_epoch = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO);
+    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
     u64::try_from(since_epoch.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Sends `calls` in order on one new connection to `port`, then closes it. With `expect_close`,
 /// also checks that the server closed the connection after the last response (HTTP/1.0).
-pub fn run_connection(
-    port: u16,
-    calls: &[Call],
-    index: usize,
-    expect_close: bool,
-) -> Result<Vec<Exchange>> {
+pub fn run_connection(port: u16, calls: &[Call], index: usize, expect_close: bool) -> Result<Vec<Exchange>> {
     let mut connection = HttpConnection::connect(port)?;
     let mut exchanges = Vec::with_capacity(calls.len());
     for call in calls {
@@ -108,14 +94,8 @@ pub fn exchange(connection: &mut HttpConnection, call: &Call, index: usize) -> R
             call.expected_status
         );
     }
-    let request_version = request
-        .version
-        .strip_prefix("HTTP/")
-        .context("request version")?;
-    let response_version = response
-        .version
-        .strip_prefix("HTTP/")
-        .context("response version")?;
+    let request_version = request.version.strip_prefix("HTTP/").context("request version")?;
+    let response_version = response.version.strip_prefix("HTTP/").context("response version")?;
     if request_version != response_version {
         bail!(
             "test setup: request said HTTP/{request_version} but the response HTTP/{response_version}; \
@@ -144,23 +124,11 @@ pub fn keepalive_mix() -> Vec<Vec<Call>> {
             Call::new(Request::post("/ka/echo", "a small request body"), 200),
             Call::new(Request::get("/status/404"), 404),
         ],
-        vec![Call::new(
-            Request::get("/single/query?item=42&sort=asc"),
-            200,
-        )],
-        vec![Call::new(
-            Request::get("/single/close").header("Connection", "close"),
-            200,
-        )],
-        vec![Call::new(
-            Request::post("/single/upload", vec![b'u'; 3000]),
-            200,
-        )],
+        vec![Call::new(Request::get("/single/query?item=42&sort=asc"), 200)],
+        vec![Call::new(Request::get("/single/close").header("Connection", "close"), 200)],
+        vec![Call::new(Request::post("/single/upload", vec![b'u'; 3000]), 200)],
         vec![Call::new(Request::get("/status/500"), 500)],
-        vec![
-            Call::new(Request::get("/ka2/first"), 200),
-            Call::new(Request::post("/status/503", "retry later"), 503),
-        ],
+        vec![Call::new(Request::get("/ka2/first"), 200), Call::new(Request::post("/status/503", "retry later"), 503)],
     ]
 }
 
@@ -198,10 +166,8 @@ mod tests {
     fn mixes_have_unique_paths() {
         for mix in [keepalive_mix(), http10_mix()] {
             let calls: Vec<&Call> = mix.iter().flatten().collect();
-            let mut paths: Vec<(&str, &str)> = calls
-                .iter()
-                .map(|c| (c.request.method.as_str(), c.request.path()))
-                .collect();
+            let mut paths: Vec<(&str, &str)> =
+                calls.iter().map(|c| (c.request.method.as_str(), c.request.path())).collect();
             paths.sort_unstable();
             paths.dedup();
             assert_eq!(paths.len(), calls.len());

@@ -277,10 +277,7 @@ impl Agent {
     }
 
     fn listener_port(&mut self, pid: u32, listen_fd: u32) -> Option<u16> {
-        *self
-            .listener_ports
-            .entry((pid, listen_fd))
-            .or_insert_with(|| discovery::sockets::local_port(pid, listen_fd))
+        *self.listener_ports.entry((pid, listen_fd)).or_insert_with(|| discovery::sockets::local_port(pid, listen_fd))
     }
 
     fn export(&mut self, done: Vec<CompletedExchange>) {

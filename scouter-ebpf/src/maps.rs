@@ -5,19 +5,17 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use scouter_ebpf::{
-    counter, SocketKey, SocketInfo, TrackedProcess, EVENTS_RING_BYTES, MAX_IN_FLIGHT_SYSCALLS,
-    MAX_TRACKED_PROCESSES, MAX_TRACKED_SOCKETS,
+    counter, SocketInfo, SocketKey, TrackedProcess, EVENTS_RING_BYTES, MAX_IN_FLIGHT_SYSCALLS, MAX_TRACKED_PROCESSES,
+    MAX_TRACKED_SOCKETS,
 };
 
 /// Processes the agent traces, by tgid. Filled by the agent and by `sched_process_fork`.
 #[map]
-pub static TRACKED_PROCESSES: HashMap<u32, TrackedProcess> =
-    HashMap::with_max_entries(MAX_TRACKED_PROCESSES, 0);
+pub static TRACKED_PROCESSES: HashMap<u32, TrackedProcess> = HashMap::with_max_entries(MAX_TRACKED_PROCESSES, 0);
 
 /// Sockets followed in tracked processes. LRU because a process may die without closing them.
 #[map]
-pub static SOCKETS: LruHashMap<SocketKey, SocketInfo> =
-    LruHashMap::with_max_entries(MAX_TRACKED_SOCKETS, 0);
+pub static SOCKETS: LruHashMap<SocketKey, SocketInfo> = LruHashMap::with_max_entries(MAX_TRACKED_SOCKETS, 0);
 
 /// Events for the agent.
 #[map]
@@ -64,8 +62,7 @@ pub struct InFlightConnection {
 
 /// Keyed by `pid_tgid`: a thread is in at most one syscall at a time.
 #[map]
-pub static IN_FLIGHT_IO: LruHashMap<u64, InFlightIo> =
-    LruHashMap::with_max_entries(MAX_IN_FLIGHT_SYSCALLS, 0);
+pub static IN_FLIGHT_IO: LruHashMap<u64, InFlightIo> = LruHashMap::with_max_entries(MAX_IN_FLIGHT_SYSCALLS, 0);
 
 #[map]
 pub static IN_FLIGHT_CONNECTIONS: LruHashMap<u64, InFlightConnection> =

@@ -30,10 +30,7 @@ fn trace_before_and_after(
     let early = PythonServer::start(before.0, before.1)?;
     let mut agent = Agent::start(&store)?;
     let late = PythonServer::start(after.0, after.1)?;
-    verdict.step(
-        "waiting for the agent to track the late server",
-        agent.wait_tracking(late.pid()),
-    );
+    verdict.step("waiting for the agent to track the late server", agent.wait_tracking(late.pid()));
 
     let sent_early = traffic::run_plan(early.port(), plan, http10)?;
     let sent_late = traffic::run_plan(late.port(), plan, http10)?;
@@ -50,12 +47,7 @@ fn trace_before_and_after(
 /// The keep-alive server under `interpreter`, before and after the agent.
 fn keepalive_under(interpreter: Interpreter) -> Result<()> {
     let program = ServerProgram::KeepAlive;
-    trace_before_and_after(
-        (&interpreter, program.clone()),
-        (&interpreter, program),
-        &traffic::keepalive_mix(),
-        false,
-    )
+    trace_before_and_after((&interpreter, program.clone()), (&interpreter, program), &traffic::keepalive_mix(), false)
 }
 
 #[test]

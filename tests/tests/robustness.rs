@@ -41,11 +41,7 @@ fn send_random_bytes(port: u16, seed: u64) -> Result<()> {
 /// of the valid request, which must still get its span.
 fn valid_then_random(port: u16, seed: u64) -> Result<Exchange> {
     let mut connection = HttpConnection::connect(port)?;
-    let exchange = traffic::exchange(
-        &mut connection,
-        &Call::new(Request::get("/valid-then-random"), 200),
-        0,
-    )?;
+    let exchange = traffic::exchange(&mut connection, &Call::new(Request::get("/valid-then-random"), 200), 0)?;
     let _ = connection.write_raw(&traffic::pseudo_random_bytes(GARBAGE_LEN, seed));
     let _ = connection.shutdown_write();
     connection.drain(Duration::from_secs(5));
@@ -62,13 +58,9 @@ fn hang_truncated_head(port: u16) -> Result<HttpConnection> {
 
 /// Sends a request to a server that exits while handling it; the client must see no response.
 fn request_in_flight_at_exit(server: &mut PythonServer) -> Result<()> {
-    let outcome =
-        HttpConnection::connect(server.port())?.send(&Request::post("/in-flight", "payload"));
+    let outcome = HttpConnection::connect(server.port())?.send(&Request::post("/in-flight", "payload"));
     if let Ok(response) = outcome {
-        bail!(
-            "the exiting server answered {} (test program bug)",
-            response.status
-        );
+        bail!("the exiting server answered {} (test program bug)", response.status);
     }
     server.wait_exit(Duration::from_secs(10))?;
     Ok(())
@@ -83,19 +75,11 @@ fn hostile_input_and_dying_servers_do_not_break_the_agent() -> Result<()> {
 
     let target = PythonServer::start(&Interpreter::pyenv("3.11.7")?, ServerProgram::KeepAlive)?;
     let target_id = ServerIdentity::of(&target);
-    verdict.step(
-        "tracking the target server",
-        agent.wait_tracking(target.pid()),
-    );
-    let mut sent = traffic::run_plan(
-        target.port(),
-        &one_connection(vec![Call::new(Request::get("/baseline"), 200)]),
-        false,
-    )?;
+    verdict.step("tracking the target server", agent.wait_tracking(target.pid()));
+    let mut sent =
+        traffic::run_plan(target.port(), &one_connection(vec![Call::new(Request::get("/baseline"), 200)]), false)?;
 
-    let live = store.poll_spans(LIVE_FLUSH_TIMEOUT, |spans| {
-        spans.iter().any(|s| target_id.claims(s))
-    });
+    let live = store.poll_spans(LIVE_FLUSH_TIMEOUT, |spans| spans.iter().any(|s| target_id.claims(s)));
     if let Some(spans) = verdict.step("reading the store while the agent runs", live) {
         if !spans.iter().any(|s| target_id.claims(s)) {
             verdict.problem(format!(
@@ -108,10 +92,7 @@ fn hostile_input_and_dying_servers_do_not_break_the_agent() -> Result<()> {
     send_random_bytes(target.port(), 0x5eed_0001)?;
     sent.push(valid_then_random(target.port(), 0x5eed_0002)?);
     let truncated = hang_truncated_head(target.port())?;
-    verdict.step(
-        "agent alive after random bytes and a truncated head",
-        agent.ensure_running(),
-    );
+    verdict.step("agent alive after random bytes and a truncated head", agent.ensure_running());
     sent.extend(traffic::run_plan(
         target.port(),
         &one_connection(vec![
@@ -121,28 +102,15 @@ fn hostile_input_and_dying_servers_do_not_break_the_agent() -> Result<()> {
         false,
     )?);
 
-    let mut doomed =
-        PythonServer::start(&Interpreter::debian()?, ServerProgram::ExitBeforeResponse)?;
-    verdict.step(
-        "tracking the server that will exit",
-        agent.wait_tracking(doomed.pid()),
-    );
+    let mut doomed = PythonServer::start(&Interpreter::debian()?, ServerProgram::ExitBeforeResponse)?;
+    verdict.step("tracking the server that will exit", agent.wait_tracking(doomed.pid()));
     request_in_flight_at_exit(&mut doomed)?;
-    verdict.step(
-        "agent alive after a server exited with a request in flight",
-        agent.ensure_running(),
-    );
+    verdict.step("agent alive after a server exited with a request in flight", agent.ensure_running());
 
     let fresh = PythonServer::start(&Interpreter::pyenv("3.12.1")?, ServerProgram::KeepAlive)?;
-    verdict.step(
-        "tracking the fresh server",
-        agent.wait_tracking(fresh.pid()),
-    );
-    let fresh_sent = traffic::run_plan(
-        fresh.port(),
-        &one_connection(vec![Call::new(Request::get("/fresh"), 200)]),
-        false,
-    )?;
+    verdict.step("tracking the fresh server", agent.wait_tracking(fresh.pid()));
+    let fresh_sent =
+        traffic::run_plan(fresh.port(), &one_connection(vec![Call::new(Request::get("/fresh"), 200)]), false)?;
     sent.extend(traffic::run_plan(
         target.port(),
         &one_connection(vec![Call::new(Request::get("/at-the-end"), 200)]),
@@ -150,25 +118,13 @@ fn hostile_input_and_dying_servers_do_not_break_the_agent() -> Result<()> {
     )?);
 
     let log = agent.log().clone();
-    verdict.step(
-        "stopping the agent (exit status 0 after SIGTERM)",
-        agent.stop(),
-    );
+    verdict.step("stopping the agent (exit status 0 after SIGTERM)", agent.stop());
     drop(truncated);
 
     if let Some(spans) = verdict.step("reading the store", store.spans()) {
         verdict.expect_exchanges(&spans, &target_id, &sent);
-        verdict.expect_no_span_with_path(
-            &spans,
-            &target_id,
-            "/truncated-head",
-            "its head never completed",
-        );
-        verdict.expect_no_spans(
-            &spans,
-            &ServerIdentity::of(&doomed),
-            "it exited before responding",
-        );
+        verdict.expect_no_span_with_path(&spans, &target_id, "/truncated-head", "its head never completed");
+        verdict.expect_no_spans(&spans, &ServerIdentity::of(&doomed), "it exited before responding");
         verdict.expect_exchanges(&spans, &ServerIdentity::of(&fresh), &fresh_sent);
     }
     verdict.finish(&log_context("agent", &log))

@@ -67,10 +67,7 @@ fn sigterm_right_after_ready_exits_zero() -> Result<()> {
     for round in 0..READY_ROUNDS {
         let store = Store::new()?;
         let agent = Agent::start(&store)?;
-        verdict.step(
-            &format!("round {round}: SIGTERM right after `agent ready`"),
-            agent.stop(),
-        );
+        verdict.step(&format!("round {round}: SIGTERM right after `agent ready`"), agent.stop());
     }
     verdict.finish("")
 }

@@ -17,14 +17,8 @@ use scouter_e2e::traffic::{self, Call};
 /// Every first-run span must be in `after`, with identical JSON.
 fn check_preserved(verdict: &mut Verdict, first_run: &[Span], after: &[Span]) {
     for span in first_run {
-        match after
-            .iter()
-            .find(|s| s.trace_id == span.trace_id && s.span_id == span.span_id)
-        {
-            None => verdict.problem(format!(
-                "span {} of the first run is gone after the restart",
-                span.span_id
-            )),
+        match after.iter().find(|s| s.trace_id == span.trace_id && s.span_id == span.span_id) {
+            None => verdict.problem(format!("span {} of the first run is gone after the restart", span.span_id)),
             Some(again) if again.json != span.json => verdict.problem(format!(
                 "span {} changed across the restart:\n  before: {}\n  after:  {}",
                 span.span_id, span.json, again.json
@@ -51,14 +45,8 @@ fn check_listing(verdict: &mut Verdict, store: &Store) {
                 spans.len()
             ));
         }
-        if !spans
-            .iter()
-            .any(|s| s.name == trace.root_name && s.parent_span_id.is_none())
-        {
-            verdict.problem(format!(
-                "trace {}: rootName {:?} names no root span",
-                trace.trace_id, trace.root_name
-            ));
+        if !spans.iter().any(|s| s.name == trace.root_name && s.parent_span_id.is_none()) {
+            verdict.problem(format!("trace {}: rootName {:?} names no root span", trace.trace_id, trace.root_name));
         }
         if trace.service_name.is_empty() {
             verdict.problem(format!("trace {}: empty serviceName", trace.trace_id));
@@ -77,25 +65,16 @@ fn spans_survive_an_agent_restart() -> Result<()> {
     let first = Agent::start(&store)?;
     let mut sent = traffic::run_plan(
         server.port(),
-        &[vec![
-            Call::new(Request::get("/first-run/a"), 200),
-            Call::new(Request::post("/first-run/b", "body"), 200),
-        ]],
+        &[vec![Call::new(Request::get("/first-run/a"), 200), Call::new(Request::post("/first-run/b", "body"), 200)]],
         false,
     )?;
     let first_log = first.log().clone();
     verdict.step("stopping the first agent", first.stop());
-    let first_spans = verdict
-        .step("reading the store after the first run", store.spans())
-        .unwrap_or_default();
+    let first_spans = verdict.step("reading the store after the first run", store.spans()).unwrap_or_default();
     verdict.expect_exchanges(&first_spans, &identity, &sent);
 
     let second = Agent::start(&store)?;
-    sent.extend(traffic::run_plan(
-        server.port(),
-        &[vec![Call::new(Request::get("/second-run"), 200)]],
-        false,
-    )?);
+    sent.extend(traffic::run_plan(server.port(), &[vec![Call::new(Request::get("/second-run"), 200)]], false)?);
     let second_log = second.log().clone();
     verdict.step("stopping the second agent", second.stop());
 
@@ -104,7 +83,6 @@ fn spans_survive_an_agent_restart() -> Result<()> {
         verdict.expect_exchanges(&spans, &identity, &sent);
     }
     check_listing(&mut verdict, &store);
-    let context =
-        log_context("first agent", &first_log) + &log_context("second agent", &second_log);
+    let context = log_context("first agent", &first_log) + &log_context("second agent", &second_log);
     verdict.finish(&context)
 }

@@ -25,9 +25,8 @@ fn handler_threads_are_not_tracked_as_processes() -> Result<()> {
     let server = PythonServer::start(&Interpreter::pyenv("3.12.1")?, ServerProgram::KeepAlive)?;
     verdict.step("tracking the server", agent.wait_tracking(server.pid()));
 
-    let plan: Vec<Vec<Call>> = (0..CONNECTIONS)
-        .map(|n| vec![Call::new(Request::get(&format!("/thread/{n}")), 200)])
-        .collect();
+    let plan: Vec<Vec<Call>> =
+        (0..CONNECTIONS).map(|n| vec![Call::new(Request::get(&format!("/thread/{n}")), 200)]).collect();
     let sent = traffic::run_plan(server.port(), &plan, false)?;
 
     let log = agent.log().clone();

@@ -26,9 +26,7 @@ fn wait_for_report(agent: &Agent, pid: u32) -> Result<String> {
     let pid_field = format!("pid={pid} ");
     let line = agent
         .log()
-        .wait_for(REPORT_TIMEOUT, |line| {
-            line.contains("not tracing this python process") && line.contains(&pid_field)
-        })
+        .wait_for(REPORT_TIMEOUT, |line| line.contains("not tracing this python process") && line.contains(&pid_field))
         .map_err(|_| anyhow::anyhow!("no 'not tracing' report for pid {pid}\n{}", agent.describe()))?;
     if !line.contains(&format!("Python {UNSUPPORTED_VERSION} is not supported")) {
         bail!("the report does not name the version: {line}");
@@ -58,7 +56,10 @@ fn unsupported_interpreters_are_reported_and_not_traced() -> Result<()> {
     let untraced = [before.pid(), after.pid()];
     let leaked: Vec<_> = spans.iter().filter(|s| s.pid().is_some_and(|p| untraced.contains(&(p as u32)))).collect();
     if !leaked.is_empty() {
-        bail!("spans recorded for an unsupported interpreter: {:?}", leaked.iter().map(|s| s.pretty()).collect::<Vec<_>>());
+        bail!(
+            "spans recorded for an unsupported interpreter: {:?}",
+            leaked.iter().map(|s| s.pretty()).collect::<Vec<_>>()
+        );
     }
     let traced = spans.iter().filter(|s| s.pid() == Some(i64::from(supported.pid()))).count();
     if traced != 1 {

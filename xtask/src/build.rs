@@ -20,18 +20,10 @@ pub fn build(ws: &Workspace, with_setup: bool) -> Result<PathBuf> {
         setup::run(ws, setup::Scope::Build)?;
     }
     // The default (stable) toolchain builds userspace; aya-build picks the nightly itself.
-    cmd::run(Command::new("cargo").current_dir(ws.root()).args([
-        "build",
-        "--release",
-        "-p",
-        "scouter-agent",
-    ]))?;
+    cmd::run(Command::new("cargo").current_dir(ws.root()).args(["build", "--release", "-p", "scouter-agent"]))?;
     let binary = ws.agent_binary();
     if !binary.is_file() {
-        bail!(
-            "cargo build succeeded but {} does not exist",
-            binary.display()
-        );
+        bail!("cargo build succeeded but {} does not exist", binary.display());
     }
     println!("built: {}", binary.display());
     Ok(binary)

@@ -13,9 +13,7 @@ use anyhow::{bail, Context as _, Result};
 /// Runs `cmd` to completion with the caller's stdio; fails unless it exits 0.
 pub fn run(cmd: &mut Command) -> Result<()> {
     println!("+ {}", describe(cmd));
-    let status = cmd
-        .status()
-        .with_context(|| format!("cannot start `{}`", describe(cmd)))?;
+    let status = cmd.status().with_context(|| format!("cannot start `{}`", describe(cmd)))?;
     if !status.success() {
         bail!("`{}` failed ({status})", describe(cmd));
     }
@@ -32,17 +30,12 @@ pub fn output(cmd: &mut Command) -> Result<String> {
     if !out.status.success() {
         bail!("`{}` failed ({})", describe(cmd), out.status);
     }
-    String::from_utf8(out.stdout)
-        .with_context(|| format!("`{}` printed non-UTF-8 output", describe(cmd)))
+    String::from_utf8(out.stdout).with_context(|| format!("`{}` printed non-UTF-8 output", describe(cmd)))
 }
 
 /// Runs `cmd` silently; its stdout when it exits 0, `None` if it cannot start or fails.
 pub fn probe(cmd: &mut Command) -> Option<String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
+    let out = cmd.stdin(Stdio::null()).stderr(Stdio::null()).output().ok()?;
     if !out.status.success() {
         return None;
     }
@@ -51,16 +44,10 @@ pub fn probe(cmd: &mut Command) -> Option<String> {
 
 /// `VAR=value program arg...`, with only the variables this tool set explicitly.
 pub fn describe(cmd: &Command) -> String {
-    let envs = cmd.get_envs().filter_map(|(key, value)| {
-        Some(format!(
-            "{}={}",
-            key.to_string_lossy(),
-            value?.to_string_lossy()
-        ))
-    });
-    let program = std::iter::once(cmd.get_program())
-        .chain(cmd.get_args())
-        .map(quote);
+    let envs = cmd
+        .get_envs()
+        .filter_map(|(key, value)| Some(format!("{}={}", key.to_string_lossy(), value?.to_string_lossy())));
+    let program = std::iter::once(cmd.get_program()).chain(cmd.get_args()).map(quote);
     envs.chain(program).collect::<Vec<_>>().join(" ")
 }
 
@@ -82,11 +69,7 @@ mod tests {
     #[test]
     fn describes_env_program_and_quoted_args() {
         let mut cmd = Command::new("apt-get");
-        cmd.env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["install", "-y", "a b", "${Status}"]);
-        assert_eq!(
-            describe(&cmd),
-            "DEBIAN_FRONTEND=noninteractive apt-get install -y 'a b' '${Status}'"
-        );
+        cmd.env("DEBIAN_FRONTEND", "noninteractive").args(["install", "-y", "a b", "${Status}"]);
+        assert_eq!(describe(&cmd), "DEBIAN_FRONTEND=noninteractive apt-get install -y 'a b' '${Status}'");
     }
 }

@@ -23,12 +23,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "xtask",
-    bin_name = "cargo xtask",
-    about = "Scouter Agent's project tasks",
-    version
-)]
+#[command(name = "xtask", bin_name = "cargo xtask", about = "Scouter Agent's project tasks", version)]
 struct Cli {
     #[command(subcommand)]
     command: Task,
@@ -80,11 +75,7 @@ struct RunArgs {
     #[command(flatten)]
     build: BuildArgs,
     /// Arguments for scouter-agent (put them after `--`).
-    #[arg(
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "AGENT ARGS"
-    )]
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "AGENT ARGS")]
     agent_args: Vec<String>,
 }
 
@@ -113,11 +104,7 @@ fn run(task: Task) -> anyhow::Result<()> {
     let ws = workspace::Workspace::locate()?;
     match task {
         Task::Setup(args) => {
-            let scope = if args.build_only {
-                setup::Scope::Build
-            } else {
-                setup::Scope::All
-            };
+            let scope = if args.build_only { setup::Scope::Build } else { setup::Scope::All };
             setup::run(&ws, scope)
         }
         Task::Build(args) => build::build(&ws, !args.no_setup).map(|_| ()),
@@ -139,15 +126,11 @@ mod tests {
     #[test]
     fn run_passes_agent_args_through() {
         let cli = Cli::try_parse_from(["xtask", "run", "--", "--stdout", "--pid", "7"]).unwrap();
-        let Task::Run(args) = cli.command else {
-            panic!("not run")
-        };
+        let Task::Run(args) = cli.command else { panic!("not run") };
         assert_eq!(args.agent_args, ["--stdout", "--pid", "7"]);
 
         let cli = Cli::try_parse_from(["xtask", "run", "traces", "list", "--json"]).unwrap();
-        let Task::Run(args) = cli.command else {
-            panic!("not run")
-        };
+        let Task::Run(args) = cli.command else { panic!("not run") };
         assert_eq!(args.agent_args, ["traces", "list", "--json"]);
     }
 }

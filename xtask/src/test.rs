@@ -21,10 +21,7 @@ use crate::workspace::{self, Workspace};
 const E2E_PACKAGE: &str = "scouter-e2e";
 
 pub fn run(ws: &Workspace, with_setup: bool, filter: Option<&str>) -> Result<()> {
-    workspace::require_root(
-        "test",
-        "the end-to-end tests load eBPF programs, and they may not be skipped",
-    )?;
+    workspace::require_root("test", "the end-to-end tests load eBPF programs, and they may not be skipped")?;
     let mut summary = Summary::default();
 
     if with_setup {
@@ -34,9 +31,7 @@ pub fn run(ws: &Workspace, with_setup: bool, filter: Option<&str>) -> Result<()>
     let agent = summary.record("build", build::build(ws, false))?;
 
     let mut unit = Command::new("cargo");
-    unit.current_dir(ws.root())
-        .args(["test", "--no-fail-fast", "--workspace", "--exclude", E2E_PACKAGE])
-        .args(filter);
+    unit.current_dir(ws.root()).args(["test", "--no-fail-fast", "--workspace", "--exclude", E2E_PACKAGE]).args(filter);
     let unit_result = cmd::run(&mut unit);
     summary.note("unit tests", &unit_result);
 
@@ -89,11 +84,7 @@ impl Summary {
     fn print(&self) {
         println!("\n== cargo xtask test: stages ==");
         for (stage, passed) in &self.stages {
-            println!(
-                "  {:<18} {}",
-                stage,
-                if *passed { "passed" } else { "FAILED" }
-            );
+            println!("  {:<18} {}", stage, if *passed { "passed" } else { "FAILED" });
         }
     }
 }

@@ -15,12 +15,9 @@ pub struct Workspace {
 impl Workspace {
     pub fn locate() -> Result<Self> {
         let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let root = manifest_dir
-            .parent()
-            .with_context(|| format!("{} has no parent directory", manifest_dir.display()))?;
-        Ok(Self {
-            root: root.to_path_buf(),
-        })
+        let root =
+            manifest_dir.parent().with_context(|| format!("{} has no parent directory", manifest_dir.display()))?;
+        Ok(Self { root: root.to_path_buf() })
     }
 
     pub fn root(&self) -> &Path {

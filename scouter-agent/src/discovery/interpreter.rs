@@ -88,8 +88,9 @@ pub fn version_of(candidate: &Candidate) -> Result<(PythonVersion, PathBuf), Int
     }
     match linked_libpython(&elf) {
         Some(soname) => {
-            let (host_path, path) = resolve_library(candidate, &elf, &soname)
-                .ok_or_else(|| InterpreterError::LibraryNotFound { path: candidate.path.clone(), soname: soname.clone() })?;
+            let (host_path, path) = resolve_library(candidate, &elf, &soname).ok_or_else(|| {
+                InterpreterError::LibraryNotFound { path: candidate.path.clone(), soname: soname.clone() }
+            })?;
             let hint = libpython_hint(Path::new(&soname));
             Ok((cached_version(&host_path, hint)?, path))
         }
@@ -129,10 +130,7 @@ fn version_in(elf: &object::File<'_>, bytes: &[u8], hint: Option<(u8, u8)>) -> O
 
 /// `const unsigned long Py_Version` (3.11+), read from the file at the symbol's address.
 fn py_version_symbol(elf: &object::File<'_>, bytes: &[u8]) -> Option<PythonVersion> {
-    let symbol = elf
-        .dynamic_symbols()
-        .chain(elf.symbols())
-        .find(|s| s.name() == Ok("Py_Version"))?;
+    let symbol = elf.dynamic_symbols().chain(elf.symbols()).find(|s| s.name() == Ok("Py_Version"))?;
     let offset = file_offset(elf, symbol.address())?;
     let raw = bytes.get(offset..offset + 4)?;
     let version = PythonVersion::from_hex(u32::from_le_bytes(raw.try_into().ok()?));
@@ -143,8 +141,7 @@ fn file_offset(elf: &object::File<'_>, address: u64) -> Option<usize> {
     elf.sections().find_map(|section| {
         let start = section.address();
         let (file_start, file_size) = section.file_range()?;
-        (address >= start && address < start + file_size)
-            .then(|| (file_start + (address - start)) as usize)
+        (address >= start && address < start + file_size).then(|| (file_start + (address - start)) as usize)
     })
 }
 
@@ -191,7 +188,9 @@ fn resolve_library(candidate: &Candidate, elf: &object::File<'_>, soname: &str) 
             }
         }
     }
-    dirs.extend(["/usr/local/lib", "/usr/lib", "/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu"].map(PathBuf::from));
+    dirs.extend(
+        ["/usr/local/lib", "/usr/lib", "/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu"].map(PathBuf::from),
+    );
     let pid_root = candidate.host_path.to_string_lossy();
     let root = pid_root.strip_suffix(&*candidate.path.to_string_lossy()).unwrap_or("");
     dirs.into_iter()
@@ -205,7 +204,9 @@ fn elf_dynamic_strings(elf: &object::read::elf::ElfFile64<'_>, tag: u32) -> Vec<
     let endian = elf.endian();
     let data = elf.data();
     let Ok(sections) = elf.elf_header().sections(endian, data) else { return Vec::new() };
-    let Some((section_index, section)) = sections.iter().enumerate().find(|(_, s)| s.sh_type(endian) == object::elf::SHT_DYNAMIC) else {
+    let Some((section_index, section)) =
+        sections.iter().enumerate().find(|(_, s)| s.sh_type(endian) == object::elf::SHT_DYNAMIC)
+    else {
         return Vec::new();
     };
     let Ok(Some((entries, _))) = section.dynamic(endian, data) else { return Vec::new() };

@@ -52,14 +52,7 @@ pub fn inspect(pid: u32) -> Result<PythonProcess, Skip> {
     }
     let service_name = procfs::service_name(pid, &executable);
     let resource = Arc::new(resource_for(pid, &executable, &version, &service_name));
-    Ok(PythonProcess {
-        pid,
-        executable,
-        interpreter_binary,
-        version,
-        service_name,
-        resource,
-    })
+    Ok(PythonProcess { pid, executable, interpreter_binary, version, service_name, resource })
 }
 
 impl PythonProcess {

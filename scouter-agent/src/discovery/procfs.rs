@@ -57,7 +57,9 @@ pub fn service_name(pid: u32, executable: &Path) -> String {
 
 fn cmdline(pid: u32) -> Vec<String> {
     fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|raw| raw.split(|&b| b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect())
+        .map(|raw| {
+            raw.split(|&b| b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect()
+        })
         .unwrap_or_default()
 }
 
@@ -111,7 +113,10 @@ mod tests {
         assert_eq!(main_program(&args(&["python3", "-m", "http.server", "8000"])).as_deref(), Some("http.server"));
         assert_eq!(main_program(&args(&["python3", "-u", "/srv/app/server.py"])).as_deref(), Some("server"));
         assert_eq!(main_program(&args(&["python3", "-X", "dev", "-mflask", "run"])).as_deref(), Some("flask"));
-        assert_eq!(main_program(&args(&["/venv/bin/python3", "/venv/bin/gunicorn", "app:wsgi"])).as_deref(), Some("gunicorn"));
+        assert_eq!(
+            main_program(&args(&["/venv/bin/python3", "/venv/bin/gunicorn", "app:wsgi"])).as_deref(),
+            Some("gunicorn")
+        );
         assert_eq!(main_program(&args(&["python3", "-c", "print(1)"])), None);
         assert_eq!(main_program(&args(&["python3"])), None);
     }

@@ -10,8 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ptr;
 
 use scouter_ebpf::{
-    CloseEvent, ConnectionEvent, DataEvent, Direction, EventHeader, EventKind, ProcessEvent,
-    SocketAddress, MAX_CAPTURE,
+    CloseEvent, ConnectionEvent, DataEvent, Direction, EventHeader, EventKind, ProcessEvent, SocketAddress, MAX_CAPTURE,
 };
 
 pub use clock::WallClock;

@@ -66,9 +66,8 @@ impl Exporter {
     /// The sinks `config` asks for: the embedded store always (no other backend exists yet),
     /// plus stdout with `--stdout`.
     pub fn from_config(config: &AgentConfig) -> anyhow::Result<Self> {
-        let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(
-            StoreSink::open(&config.store).context("opening the embedded trace store")?,
-        )];
+        let mut sinks: Vec<Box<dyn Sink>> =
+            vec![Box::new(StoreSink::open(&config.store).context("opening the embedded trace store")?)];
         if config.stdout {
             sinks.push(Box::new(StdoutSink));
         }

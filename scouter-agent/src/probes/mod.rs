@@ -34,8 +34,14 @@ pub const ATTACHMENTS: &[(&str, &str, &[&str])] = &[
         "io_exit",
         "syscalls",
         &[
-            "sys_exit_read", "sys_exit_recvfrom", "sys_exit_readv", "sys_exit_recvmsg",
-            "sys_exit_write", "sys_exit_sendto", "sys_exit_writev", "sys_exit_sendmsg",
+            "sys_exit_read",
+            "sys_exit_recvfrom",
+            "sys_exit_readv",
+            "sys_exit_recvmsg",
+            "sys_exit_write",
+            "sys_exit_sendto",
+            "sys_exit_writev",
+            "sys_exit_sendmsg",
         ],
     ),
 ];
@@ -147,9 +153,7 @@ fn attach_tracepoint(
         .map_err(|source| ProbeError::ProgramLoad { program, source })?;
     tracepoint.load().map_err(|source| load_error(program, source))?;
     for name in names.iter().copied() {
-        tracepoint
-            .attach(category, name)
-            .map_err(|source| ProbeError::Attach { program, category, name, source })?;
+        tracepoint.attach(category, name).map_err(|source| ProbeError::Attach { program, category, name, source })?;
     }
     Ok(())
 }
@@ -173,7 +177,8 @@ mod tests {
 
     #[test]
     fn verifier_rejections_show_the_program_and_the_end_of_the_log() {
-        let log: String = (1..=100).map(|i| format!("line {i}\n")).collect::<String>() + "R1 invalid mem access 'scalar'\n";
+        let log: String =
+            (1..=100).map(|i| format!("line {i}\n")).collect::<String>() + "R1 invalid mem access 'scalar'\n";
         let error = ProgramError::LoadError {
             io_error: std::io::Error::from_raw_os_error(libc::EACCES),
             verifier_log: aya_obj::VerifierLog::new(log),

@@ -144,7 +144,8 @@ impl Assembler {
             let items = connection.requests.feed(&segment, parse_request, RequestHead::body, http1::looks_like_request);
             on_request_items(chunk.socket, connection, items, &mut self.stats, &mut done);
         } else {
-            let segment = Segment { bytes: &chunk.bytes, total_len: chunk.total_len, time: chunk.time, start_time: chunk.time };
+            let segment =
+                Segment { bytes: &chunk.bytes, total_len: chunk.total_len, time: chunk.time, start_time: chunk.time };
             let method = awaiting_method(connection);
             let items = connection.responses.feed(
                 &segment,
@@ -225,7 +226,10 @@ impl Assembler {
 
 /// A connection the kernel follows but whose accept/connect the agent did not see (a lost
 /// event): its role is inferred from who sends the first request.
-fn connection_for<'a>(connections: &'a mut HashMap<SocketId, Connection>, chunk: &DataChunk) -> Option<&'a mut Connection> {
+fn connection_for<'a>(
+    connections: &'a mut HashMap<SocketId, Connection>,
+    chunk: &DataChunk,
+) -> Option<&'a mut Connection> {
     if !connections.contains_key(&chunk.socket) {
         if !http1::looks_like_request(&chunk.bytes) {
             return None;
@@ -255,12 +259,7 @@ fn parse_response(bytes: &[u8]) -> Result<(ResponseHead, usize), ParseError> {
 
 /// The method of the request the next response answers (framing depends on it: HEAD).
 fn awaiting_method(connection: &Connection) -> String {
-    connection
-        .exchanges
-        .iter()
-        .find(|e| e.response.is_none())
-        .map(|e| e.request.method.clone())
-        .unwrap_or_default()
+    connection.exchanges.iter().find(|e| e.response.is_none()).map(|e| e.request.method.clone()).unwrap_or_default()
 }
 
 fn on_request_items(
@@ -307,15 +306,13 @@ fn on_response_items(
     for item in items {
         match item {
             StreamItem::Head { head, .. } if head.is_interim() => connection.interim_pending = true,
-            StreamItem::Head { head, .. } => {
-                match connection.exchanges.iter_mut().find(|e| e.response.is_none()) {
-                    Some(exchange) => {
-                        exchange.response = Some(head);
-                        exchange.last_response_time = time;
-                    }
-                    None => stats.orphan_responses += 1,
+            StreamItem::Head { head, .. } => match connection.exchanges.iter_mut().find(|e| e.response.is_none()) {
+                Some(exchange) => {
+                    exchange.response = Some(head);
+                    exchange.last_response_time = time;
                 }
-            }
+                None => stats.orphan_responses += 1,
+            },
             StreamItem::Complete { .. } if connection.interim_pending => connection.interim_pending = false,
             StreamItem::Complete { time } => {
                 if let Some(index) = connection.exchanges.iter().position(|e| e.response.is_some()) {
@@ -330,7 +327,12 @@ fn on_response_items(
     }
 }
 
-fn complete(socket: SocketId, connection: &Connection, exchange: Exchange, end: Option<u64>) -> Option<CompletedExchange> {
+fn complete(
+    socket: SocketId,
+    connection: &Connection,
+    exchange: Exchange,
+    end: Option<u64>,
+) -> Option<CompletedExchange> {
     let response = exchange.response?;
     let end_time = end.unwrap_or(exchange.last_response_time).max(exchange.start_time);
     Some(CompletedExchange {
@@ -372,7 +374,9 @@ mod tests {
 
     fn summary(done: &[CompletedExchange]) -> Vec<(String, String, u16, u64, u64)> {
         done.iter()
-            .map(|e| (e.request.method.clone(), e.request.path().to_owned(), e.response.status, e.start_time, e.end_time))
+            .map(|e| {
+                (e.request.method.clone(), e.request.path().to_owned(), e.response.status, e.start_time, e.end_time)
+            })
             .collect()
     }
 
@@ -421,7 +425,9 @@ mod tests {
     fn garbage_gives_nothing_and_is_counted() {
         let mut a = server();
         assert!(a.on_data(&chunk(Direction::Ingress, &[0xde, 0xad, 0xbe, 0xef, 0x00, 0x17], 10)).is_empty());
-        assert!(a.on_data(&chunk(Direction::Egress, b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n", 11)).is_empty());
+        assert!(a
+            .on_data(&chunk(Direction::Egress, b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n", 11))
+            .is_empty());
         assert!(a.on_close(SOCKET).is_empty());
         let stats = a.stats();
         assert_eq!((stats.not_http, stats.orphan_responses, stats.exchanges), (1, 1, 0));
@@ -433,7 +439,11 @@ mod tests {
         a.on_data(&chunk(Direction::Ingress, b"HEAD /h HTTP/1.1\r\n\r\n", 10));
         let done = a.on_data(&chunk(Direction::Egress, b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n", 11));
         assert_eq!(summary(&done), [("HEAD".into(), "/h".into(), 200, 10, 11)]);
-        a.on_data(&chunk(Direction::Ingress, b"POST /p HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n", 20));
+        a.on_data(&chunk(
+            Direction::Ingress,
+            b"POST /p HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",
+            20,
+        ));
         assert!(a.on_data(&chunk(Direction::Egress, b"HTTP/1.1 100 Continue\r\n\r\n", 21)).is_empty());
         a.on_data(&chunk(Direction::Ingress, b"hi", 22));
         let done = a.on_data(&chunk(Direction::Egress, b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n", 23));
@@ -449,7 +459,10 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\naHTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
             11,
         ));
-        assert_eq!(summary(&done), [("GET".into(), "/1".into(), 200, 10, 11), ("GET".into(), "/2".into(), 404, 10, 11)]);
+        assert_eq!(
+            summary(&done),
+            [("GET".into(), "/1".into(), 200, 10, 11), ("GET".into(), "/2".into(), 404, 10, 11)]
+        );
     }
 
     #[test]

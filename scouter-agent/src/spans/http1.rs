@@ -16,8 +16,7 @@ const MAX_METHOD_LEN: usize = 16;
 
 /// Methods recognised at the start of a request. A closed list keeps binary protocols and
 /// random bytes from being mistaken for HTTP.
-const METHODS: &[&str] =
-    &["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "TRACE", "CONNECT"];
+const METHODS: &[&str] = &["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "TRACE", "CONNECT"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ParseError {
@@ -128,7 +127,6 @@ impl RequestHead {
         let end = after_authority.find(['?', '#']).unwrap_or(after_authority.len());
         &after_authority[..end]
     }
-
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,8 +145,7 @@ impl ResponseHead {
 
     /// The body framing (RFC 9112 §6.3), given the request method it answers.
     pub fn body(&self, request_method: &str) -> BodyFraming {
-        if request_method == "HEAD" || self.status == 204 || self.status == 304 || self.is_interim()
-        {
+        if request_method == "HEAD" || self.status == 204 || self.status == 304 || self.is_interim() {
             return BodyFraming::Empty;
         }
         if self.fields.chunked {
@@ -302,10 +299,8 @@ fn apply_field(fields: &mut Fields, name: &[u8], value: &[u8]) -> Result<(), Par
             fields.content_length = Some(length);
         }
         b"transfer-encoding" => {
-            fields.chunked = value
-                .rsplit(|&b| b == b',')
-                .next()
-                .is_some_and(|last| trim(last).eq_ignore_ascii_case(b"chunked"));
+            fields.chunked =
+                value.rsplit(|&b| b == b',').next().is_some_and(|last| trim(last).eq_ignore_ascii_case(b"chunked"));
         }
         b"host" => fields.host = Some(text()),
         b"user-agent" => fields.user_agent = Some(text()),

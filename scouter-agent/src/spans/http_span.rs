@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use super::assembly::{CompletedExchange, Role};
 use super::ids::{SpanId, TraceId};
-use super::{Attributes, Resource, Span, SpanKind, Status, StatusCode};
 use super::propagation;
+use super::{Attributes, Resource, Span, SpanKind, Status, StatusCode};
 use crate::events::Peer;
 
 /// Builds the span of one exchange, for the process described by `resource`.

@@ -62,7 +62,11 @@ macro_rules! hex_id {
                 let mut bytes = [0u8; $bytes];
                 hex::decode_to_slice(s, &mut bytes).map_err(|_| invalid())?;
                 let id = Self(bytes);
-                if id.is_valid() { Ok(id) } else { Err(invalid()) }
+                if id.is_valid() {
+                    Ok(id)
+                } else {
+                    Err(invalid())
+                }
             }
         }
 

@@ -1,8 +1,8 @@
 //! Trace context carried in HTTP headers: W3C `traceparent`, and the Scouter SDK's
 //! `trace_id`/`span_id`/`is_sampled` headers.
 
-use super::ids::{SpanId, TraceId};
 use super::http1::Fields;
+use super::ids::{SpanId, TraceId};
 
 /// A remote parent (or, on a client request, the identity its sender chose).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -27,9 +27,14 @@ enum State {
     /// At a message boundary.
     Idle,
     /// A head split across syscalls.
-    Head { buf: Vec<u8>, start_time: u64 },
+    Head {
+        buf: Vec<u8>,
+        start_time: u64,
+    },
     /// Body bytes still to come.
-    Body { remaining: u64 },
+    Body {
+        remaining: u64,
+    },
     Chunked(Chunked),
     /// The body runs until the connection closes.
     UntilClose,
@@ -127,25 +132,23 @@ impl MessageStream {
                         break;
                     }
                 }
-                State::Chunked(chunked) => {
-                    match chunked.advance(captured_rest, segment.total_len - pos) {
-                        ChunkProgress::Consumed => break,
-                        ChunkProgress::Finished(used) => {
-                            pos += used as u64;
-                            self.state = State::Idle;
-                            items.push(StreamItem::Complete { time: segment.time });
-                        }
-                        ChunkProgress::Invalid => {
-                            items.push(StreamItem::Garbage(ParseError::Invalid("bad chunked encoding")));
-                            self.state = State::Lost;
-                            break;
-                        }
-                        ChunkProgress::NotVisible => {
-                            self.lose(&mut items);
-                            break;
-                        }
+                State::Chunked(chunked) => match chunked.advance(captured_rest, segment.total_len - pos) {
+                    ChunkProgress::Consumed => break,
+                    ChunkProgress::Finished(used) => {
+                        pos += used as u64;
+                        self.state = State::Idle;
+                        items.push(StreamItem::Complete { time: segment.time });
                     }
-                }
+                    ChunkProgress::Invalid => {
+                        items.push(StreamItem::Garbage(ParseError::Invalid("bad chunked encoding")));
+                        self.state = State::Lost;
+                        break;
+                    }
+                    ChunkProgress::NotVisible => {
+                        self.lose(&mut items);
+                        break;
+                    }
+                },
                 State::UntilClose | State::Lost => break,
             }
         }
@@ -182,8 +185,12 @@ struct Chunked {
 enum ChunkPhase {
     #[default]
     SizeLine,
-    Data { remaining: u64 },
-    DataEnd { crlf_left: u8 },
+    Data {
+        remaining: u64,
+    },
+    DataEnd {
+        crlf_left: u8,
+    },
     Trailer,
 }
 
@@ -297,7 +304,12 @@ mod tests {
     }
 
     fn feed(stream: &mut MessageStream, bytes: &[u8], total: u64, time: u64) -> Vec<StreamItem<RequestHead>> {
-        stream.feed(&Segment { bytes, total_len: total, time, start_time: time }, parse, |h| h.body(), looks_like_request)
+        stream.feed(
+            &Segment { bytes, total_len: total, time, start_time: time },
+            parse,
+            |h| h.body(),
+            looks_like_request,
+        )
     }
 
     fn kinds(items: &[StreamItem<RequestHead>]) -> Vec<String> {
@@ -319,7 +331,8 @@ mod tests {
     #[test]
     fn pipelined_requests_in_one_read() {
         let mut s = MessageStream::default();
-        let (b, n) = whole(b"GET /a HTTP/1.1\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 3\r\n\r\nxyzGET /c HTTP/1.1\r\n\r\n");
+        let (b, n) =
+            whole(b"GET /a HTTP/1.1\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 3\r\n\r\nxyzGET /c HTTP/1.1\r\n\r\n");
         assert_eq!(
             kinds(&feed(&mut s, b, n, 5)),
             ["head GET /a @5", "complete @5", "head POST /b @5", "complete @5", "head GET /c @5", "complete @5"]

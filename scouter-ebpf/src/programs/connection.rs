@@ -6,10 +6,7 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use scouter_ebpf::{
-    counter, CloseEvent, ConnectionEvent, EventKind, SocketAddress, SocketInfo, SocketKey,
-    SocketRole,
-};
+use scouter_ebpf::{counter, CloseEvent, ConnectionEvent, EventKind, SocketAddress, SocketInfo, SocketKey, SocketRole};
 
 use super::{current_ids, header, syscall_arg, syscall_ret};
 use crate::maps::{count, is_tracked, InFlightConnection, EVENTS, IN_FLIGHT_CONNECTIONS, SOCKETS};

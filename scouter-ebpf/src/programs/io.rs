@@ -144,13 +144,8 @@ fn copy_payload(event: *mut DataEvent, src: u64, available: u64) -> u32 {
         return 0;
     }
     // SAFETY: `len` is bounded by the destination's size; the helper validates `src`.
-    let rc = unsafe {
-        generated::bpf_probe_read_user(
-            (*event).data.as_mut_ptr() as *mut _,
-            len as u32,
-            src as *const _,
-        )
-    };
+    let rc =
+        unsafe { generated::bpf_probe_read_user((*event).data.as_mut_ptr() as *mut _, len as u32, src as *const _) };
     if rc != 0 {
         count(counter::READ_USER_FAILED);
         return 0;

@@ -1,9 +1,7 @@
 //! Which processes are traced: exec (the agent decides), fork (children of tracked processes are
 //! tracked at once, before their first syscall), exit (forget them).
 
-use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
-};
+use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext};
 use scouter_ebpf::{counter, EventKind, ProcessEvent};
 
 use super::{current_ids, header};

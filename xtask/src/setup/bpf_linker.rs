@@ -58,19 +58,8 @@ fn install(tools: &Path) -> Result<()> {
     cmd::run(
         Command::new("cargo")
             .env("LLVM_PREFIX", &prefix)
-            .args([
-                "install",
-                "bpf-linker",
-                "--version",
-                VERSION,
-                "--locked",
-                "--force",
-            ])
-            .args([
-                "--no-default-features",
-                "--features",
-                &format!("llvm-{llvm_major}"),
-            ])
+            .args(["install", "bpf-linker", "--version", VERSION, "--locked", "--force"])
+            .args(["--no-default-features", "--features", &format!("llvm-{llvm_major}")])
             .arg("--root")
             .arg(tools),
     )
@@ -80,8 +69,7 @@ fn install(tools: &Path) -> Result<()> {
 fn nightly_llvm_library(sysroot: &Path, llvm_major: u32) -> Result<PathBuf> {
     let lib_dir = sysroot.join("lib");
     let wanted = format!("libLLVM.so.{llvm_major}.");
-    let entries = std::fs::read_dir(&lib_dir)
-        .with_context(|| format!("cannot list {}", lib_dir.display()))?;
+    let entries = std::fs::read_dir(&lib_dir).with_context(|| format!("cannot list {}", lib_dir.display()))?;
     for entry in entries {
         let entry = entry.with_context(|| format!("cannot list {}", lib_dir.display()))?;
         if entry.file_name().to_string_lossy().starts_with(&wanted) {
@@ -97,17 +85,13 @@ fn nightly_llvm_library(sysroot: &Path, llvm_major: u32) -> Result<PathBuf> {
 /// Makes `<prefix>/lib/{libLLVM.so, <soname>}` point at `library`, replacing stale links.
 fn link_llvm_prefix(prefix: &Path, library: &Path) -> Result<()> {
     let lib_dir = prefix.join("lib");
-    std::fs::create_dir_all(&lib_dir)
-        .with_context(|| format!("cannot create {}", lib_dir.display()))?;
-    let soname = library
-        .file_name()
-        .context("LLVM library path has no file name")?;
+    std::fs::create_dir_all(&lib_dir).with_context(|| format!("cannot create {}", lib_dir.display()))?;
+    let soname = library.file_name().context("LLVM library path has no file name")?;
     for name in [Path::new("libLLVM.so"), Path::new(soname)] {
         let link = lib_dir.join(name);
         // symlink_metadata, not exists(): a dangling link "does not exist" but still blocks.
         if link.symlink_metadata().is_ok() {
-            std::fs::remove_file(&link)
-                .with_context(|| format!("cannot remove {}", link.display()))?;
+            std::fs::remove_file(&link).with_context(|| format!("cannot remove {}", link.display()))?;
         }
         std::os::unix::fs::symlink(library, &link)
             .with_context(|| format!("cannot link {} -> {}", link.display(), library.display()))?;
@@ -121,10 +105,7 @@ mod tests {
 
     #[test]
     fn parses_the_version_line() {
-        assert_eq!(
-            parse_version("bpf-linker 0.13.0\n").as_deref(),
-            Some("0.13.0")
-        );
+        assert_eq!(parse_version("bpf-linker 0.13.0\n").as_deref(), Some("0.13.0"));
         assert_eq!(parse_version("something 0.13.0\n"), None);
         assert_eq!(parse_version(""), None);
     }

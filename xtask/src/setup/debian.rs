@@ -20,29 +20,14 @@ struct Package {
 
 const PACKAGES: &[Package] = &[
     // Debian's own interpreter: a test target of a different shape (static, non-PIE, USDT).
-    Package {
-        name: "python3.11",
-        required: true,
-    },
+    Package { name: "python3.11", required: true },
     // Load generator for tests that drive many requests.
-    Package {
-        name: "wrk",
-        required: true,
-    },
-    Package {
-        name: "curl",
-        required: true,
-    },
+    Package { name: "wrk", required: true },
+    Package { name: "curl", required: true },
     // Test certificates for HTTPS servers.
-    Package {
-        name: "openssl",
-        required: true,
-    },
+    Package { name: "openssl", required: true },
     // Shows what is attached when a test needs debugging.
-    Package {
-        name: "bpftool",
-        required: false,
-    },
+    Package { name: "bpftool", required: false },
 ];
 
 /// `apt-get`, remembering whether the package lists were refreshed in this setup run.
@@ -66,11 +51,7 @@ impl Apt {
             cmd::run(apt_get().arg("update"))?;
             self.updated = true;
         }
-        cmd::run(
-            apt_get()
-                .args(["install", "-y", "--no-install-recommends"])
-                .args(names),
-        )
+        cmd::run(apt_get().args(["install", "-y", "--no-install-recommends"]).args(names))
     }
 }
 
@@ -88,16 +69,11 @@ pub fn is_installed(name: &str) -> bool {
 }
 
 pub fn ensure(apt: &mut Apt, report: &mut Report) -> Result<()> {
-    let (present, missing): (Vec<&Package>, Vec<&Package>) =
-        PACKAGES.iter().partition(|p| is_installed(p.name));
+    let (present, missing): (Vec<&Package>, Vec<&Package>) = PACKAGES.iter().partition(|p| is_installed(p.name));
     for package in present {
         report.already(&format!("Debian package {}", package.name));
     }
-    let required: Vec<&str> = missing
-        .iter()
-        .filter(|p| p.required)
-        .map(|p| p.name)
-        .collect();
+    let required: Vec<&str> = missing.iter().filter(|p| p.required).map(|p| p.name).collect();
     if !required.is_empty() {
         report.installing(&format!("Debian packages {}", required.join(" ")));
         apt.install(&required)?;
@@ -105,10 +81,7 @@ pub fn ensure(apt: &mut Apt, report: &mut Report) -> Result<()> {
     for package in missing.iter().filter(|p| !p.required) {
         report.installing(&format!("Debian package {} (optional)", package.name));
         if let Err(error) = apt.install(&[package.name]) {
-            report.warn(&format!(
-                "optional package {} was not installed: {error:#}",
-                package.name
-            ));
+            report.warn(&format!("optional package {} was not installed: {error:#}", package.name));
         }
     }
     Ok(())

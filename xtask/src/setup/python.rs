@@ -42,10 +42,7 @@ pub fn ensure(ws: &Workspace, apt: &mut Apt, report: &mut Report) -> Result<()> 
     let requirements = Requirements::read(&ws.root().join(REQUIREMENTS))?;
     if !requirements.lists_any() {
         for interpreter in &interpreters {
-            report.nothing_needed(&format!(
-                "pip requirements for {} (none listed)",
-                interpreter.label
-            ));
+            report.nothing_needed(&format!("pip requirements for {} (none listed)", interpreter.label));
         }
         return Ok(());
     }
@@ -63,12 +60,8 @@ struct Requirements {
 
 impl Requirements {
     fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            text,
-        })
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        Ok(Self { path: path.to_path_buf(), text })
     }
 
     /// Whether the file names any package (blank lines and comments do not count).
@@ -109,21 +102,13 @@ fn interpreters() -> Result<Vec<Interpreter>> {
                 python.display()
             );
         }
-        found.push(Interpreter {
-            label: format!("pyenv-{version}"),
-            python,
-            system: false,
-        });
+        found.push(Interpreter { label: format!("pyenv-{version}"), python, system: false });
     }
     let python = PathBuf::from(DEBIAN_PYTHON);
     if !python.is_file() {
         bail!("{DEBIAN_PYTHON} is missing although the python3.11 package step ran");
     }
-    found.push(Interpreter {
-        label: "debian-python3.11".into(),
-        python,
-        system: true,
-    });
+    found.push(Interpreter { label: "debian-python3.11".into(), python, system: true });
     Ok(found)
 }
 
@@ -132,16 +117,11 @@ fn pyenv_root() -> PathBuf {
     if let Some(root) = cmd::probe(Command::new("pyenv").arg("root")) {
         return PathBuf::from(root.trim());
     }
-    std::env::var_os("PYENV_ROOT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/root/.pyenv"))
+    std::env::var_os("PYENV_ROOT").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root/.pyenv"))
 }
 
 fn has_requirements(requirements: &str) -> bool {
-    requirements
-        .lines()
-        .map(str::trim)
-        .any(|line| !line.is_empty() && !line.starts_with('#'))
+    requirements.lines().map(str::trim).any(|line| !line.is_empty() && !line.starts_with('#'))
 }
 
 fn pip_install(interpreter: &Interpreter, requirements: &Path, apt: &mut Apt) -> Result<()> {
@@ -150,15 +130,8 @@ fn pip_install(interpreter: &Interpreter, requirements: &Path, apt: &mut Apt) ->
         apt.install(&["python3-pip"])?;
     }
     let mut pip = Command::new(&interpreter.python);
-    pip.args([
-        "-m",
-        "pip",
-        "install",
-        "--disable-pip-version-check",
-        "--root-user-action=ignore",
-        "-r",
-    ])
-    .arg(requirements);
+    pip.args(["-m", "pip", "install", "--disable-pip-version-check", "--root-user-action=ignore", "-r"])
+        .arg(requirements);
     if interpreter.system {
         // PEP 668: Debian refuses pip installs into its interpreter without this.
         pip.arg("--break-system-packages");
@@ -175,23 +148,15 @@ fn fingerprint(requirements: &str, python: &Path) -> Result<String> {
     let modified = std::fs::metadata(python)
         .and_then(|meta| meta.modified())
         .with_context(|| format!("cannot stat {}", python.display()))?;
-    let since_epoch = modified
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let input = format!(
-        "{requirements}\0{}\0{}",
-        python.display(),
-        since_epoch.as_nanos()
-    );
+    let since_epoch = modified.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let input = format!("{requirements}\0{}\0{}", python.display(), since_epoch.as_nanos());
     Ok(format!("{:016x}\n", fnv1a64(input.as_bytes())))
 }
 
 /// FNV-1a: stable across Rust releases (unlike std's DefaultHasher) and plenty to notice an
 /// edit; this is change detection, not security.
 fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-    })
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
 }
 
 fn write_stamp(stamp: &Path, fingerprint: &str) -> Result<()> {

@@ -23,36 +23,19 @@ fn ensure_nightly(report: &mut Report) -> Result<()> {
         return Ok(());
     }
     report.installing("nightly toolchain");
-    cmd::run(Command::new("rustup").args([
-        "toolchain",
-        "install",
-        "nightly",
-        "--profile",
-        "minimal",
-    ]))
+    cmd::run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))
 }
 
 fn ensure_rust_src(report: &mut Report) -> Result<()> {
-    let installed = cmd::output(Command::new("rustup").args([
-        "component",
-        "list",
-        "--toolchain",
-        "nightly",
-        "--installed",
-    ]))?;
+    let installed =
+        cmd::output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))?;
     // rust-src is target-independent, so rustup lists it without a target triple.
     if installed.lines().any(|line| line.trim() == "rust-src") {
         report.already("rust-src for the nightly toolchain");
         return Ok(());
     }
     report.installing("rust-src for the nightly toolchain");
-    cmd::run(Command::new("rustup").args([
-        "component",
-        "add",
-        "rust-src",
-        "--toolchain",
-        "nightly",
-    ]))
+    cmd::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
 }
 
 /// Whether `rustup toolchain list` shows the toolchain that `+nightly` resolves to
@@ -67,9 +50,8 @@ fn has_plain_nightly(list: &str) -> bool {
 /// The major version of the LLVM that the nightly rustc was built with, from `rustc -vV`.
 pub fn nightly_llvm_major() -> Result<u32> {
     let verbose = cmd::output(Command::new("rustc").args(["+nightly", "-vV"]))?;
-    parse_llvm_major(&verbose).ok_or_else(|| {
-        anyhow::anyhow!("`rustc +nightly -vV` printed no `LLVM version: N.x` line:\n{verbose}")
-    })
+    parse_llvm_major(&verbose)
+        .ok_or_else(|| anyhow::anyhow!("`rustc +nightly -vV` printed no `LLVM version: N.x` line:\n{verbose}"))
 }
 
 /// The nightly toolchain's sysroot (holds `lib/libLLVM.so.*`).
@@ -79,9 +61,7 @@ pub fn nightly_sysroot() -> Result<std::path::PathBuf> {
 }
 
 fn parse_llvm_major(rustc_verbose: &str) -> Option<u32> {
-    let version = rustc_verbose
-        .lines()
-        .find_map(|line| line.strip_prefix("LLVM version:"))?;
+    let version = rustc_verbose.lines().find_map(|line| line.strip_prefix("LLVM version:"))?;
     version.trim().split('.').next()?.parse().ok()
 }
 
@@ -91,16 +71,18 @@ mod tests {
 
     #[test]
     fn recognises_the_plain_nightly_only() {
-        let list =
-            "stable-x86_64-unknown-linux-gnu (active, default)\nnightly-x86_64-unknown-linux-gnu\n";
+        let list = "stable-x86_64-unknown-linux-gnu (active, default)\nnightly-x86_64-unknown-linux-gnu\n";
         assert!(has_plain_nightly(list));
-        assert!(!has_plain_nightly("stable-x86_64-unknown-linux-gnu (default)\nnightly-2024-05-01-x86_64-unknown-linux-gnu\n"));
+        assert!(!has_plain_nightly(
+            "stable-x86_64-unknown-linux-gnu (default)\nnightly-2024-05-01-x86_64-unknown-linux-gnu\n"
+        ));
         assert!(!has_plain_nightly("no installed toolchains\n"));
     }
 
     #[test]
     fn parses_llvm_major() {
-        let verbose = "rustc 1.97.0-nightly (e50aa6fba 2026-05-19)\nhost: x86_64-unknown-linux-gnu\nLLVM version: 22.1.4\n";
+        let verbose =
+            "rustc 1.97.0-nightly (e50aa6fba 2026-05-19)\nhost: x86_64-unknown-linux-gnu\nLLVM version: 22.1.4\n";
         assert_eq!(parse_llvm_major(verbose), Some(22));
         assert_eq!(parse_llvm_major("rustc 1.97.0\n"), None);
     }
