@@ -98,10 +98,13 @@ pub fn version_of(candidate: &Candidate) -> Result<(PythonVersion, PathBuf), Int
     }
 }
 
+/// (device, inode, modification time): a file's identity across paths and mount namespaces.
+type FileIdentity = (u64, u64, i64);
+
 /// Reading a 20 MB libpython for every process would be wasteful: versions are cached per file
 /// identity (device, inode, modification time).
 fn cached_version(path: &Path, hint: Option<(u8, u8)>) -> Result<PythonVersion, InterpreterError> {
-    static CACHE: Mutex<Option<HashMap<(u64, u64, i64), PythonVersion>>> = Mutex::new(None);
+    static CACHE: Mutex<Option<HashMap<FileIdentity, PythonVersion>>> = Mutex::new(None);
     let meta = fs::metadata(path).map_err(|source| InterpreterError::Read { path: path.to_owned(), source })?;
     let key = (meta.dev(), meta.ino(), meta.mtime());
     if let Some(version) = CACHE.lock().ok().and_then(|c| c.as_ref()?.get(&key).copied()) {

@@ -22,7 +22,7 @@ impl WallClock {
         Self { offset_ns }
     }
 
-    pub fn to_unix_nanos(&self, monotonic_ns: u64) -> u64 {
+    pub fn to_unix_nanos(self, monotonic_ns: u64) -> u64 {
         (i128::from(monotonic_ns) + self.offset_ns).clamp(0, i128::from(u64::MAX)) as u64
     }
 
@@ -32,7 +32,7 @@ impl WallClock {
     }
 
     /// The current wall-clock time in Unix ns.
-    pub fn unix_now(&self) -> u64 {
+    pub fn unix_now(self) -> u64 {
         self.to_unix_nanos(Self::monotonic_now())
     }
 }

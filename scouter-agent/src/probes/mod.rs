@@ -4,6 +4,9 @@
 //! verifies the same hooks exist. Dropping [`Probes`] detaches everything (aya closes the links
 //! and the maps go with the last file descriptor), so SIGTERM leaves nothing behind.
 
+// aya's ProgramError is large; these errors happen once, at start-up, so size does not matter.
+#![allow(clippy::result_large_err)]
+
 pub mod tracefs;
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};

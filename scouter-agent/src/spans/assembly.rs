@@ -8,6 +8,7 @@
 //! long idle period end it. A request without a response when its connection or process goes
 //! away produces no span: the agent never invents an outcome.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
@@ -230,17 +231,17 @@ fn connection_for<'a>(
     connections: &'a mut HashMap<SocketId, Connection>,
     chunk: &DataChunk,
 ) -> Option<&'a mut Connection> {
-    if !connections.contains_key(&chunk.socket) {
-        if !http1::looks_like_request(&chunk.bytes) {
-            return None;
+    match connections.entry(chunk.socket) {
+        Entry::Occupied(known) => Some(known.into_mut()),
+        Entry::Vacant(_) if !http1::looks_like_request(&chunk.bytes) => None,
+        Entry::Vacant(unknown) => {
+            let role = match chunk.direction {
+                Direction::Ingress => Role::Server,
+                Direction::Egress => Role::Client,
+            };
+            Some(unknown.insert(Connection::new(role, Peer::Unknown, None, chunk.time)))
         }
-        let role = match chunk.direction {
-            Direction::Ingress => Role::Server,
-            Direction::Egress => Role::Client,
-        };
-        connections.insert(chunk.socket, Connection::new(role, Peer::Unknown, None, chunk.time));
     }
-    connections.get_mut(&chunk.socket)
 }
 
 fn parse_request(bytes: &[u8]) -> Result<(RequestHead, usize), ParseError> {

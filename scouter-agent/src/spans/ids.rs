@@ -30,11 +30,11 @@ macro_rules! hex_id {
                 Self(bytes)
             }
 
-            pub fn is_valid(&self) -> bool {
+            pub fn is_valid(self) -> bool {
                 self.0 != [0; $bytes]
             }
 
-            pub fn to_hex(&self) -> String {
+            pub fn to_hex(self) -> String {
                 hex::encode(self.0)
             }
         }
