@@ -56,10 +56,12 @@ pub fn inspect(pid: u32) -> Result<PythonProcess, Skip> {
 }
 
 impl PythonProcess {
-    /// The same interpreter in a forked child (gunicorn workers, multiprocessing).
+    /// The same interpreter in a forked child (gunicorn workers, multiprocessing): the parent's
+    /// resource with the child's pid.
     pub fn forked(&self, child: u32) -> Self {
-        let resource = Arc::new(resource_for(child, &self.executable, &self.version, &self.service_name));
-        Self { pid: child, resource, ..self.clone() }
+        let mut resource = (*self.resource).clone();
+        resource.attributes.insert("process.pid".to_owned(), child.into());
+        Self { pid: child, resource: Arc::new(resource), ..self.clone() }
     }
 }
 
@@ -91,4 +93,34 @@ fn resource_for(pid: u32, executable: &std::path::Path, version: &PythonVersion,
     put("telemetry.sdk.language", "python".into());
     put("telemetry.sdk.version", env!("CARGO_PKG_VERSION").into());
     resource
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_forked_child_keeps_the_parents_resource_but_its_own_pid() {
+        let version = PythonVersion { major: 3, minor: 11, micro: 7 };
+        let executable = PathBuf::from("/usr/bin/python3.11");
+        let parent = PythonProcess {
+            pid: 10,
+            executable: executable.clone(),
+            interpreter_binary: executable.clone(),
+            version,
+            service_name: "shop".into(),
+            resource: Arc::new(resource_for(10, &executable, &version, "shop")),
+        };
+        let child = parent.forked(11);
+        assert_eq!(child.pid, 11);
+        assert_eq!(child.resource.attributes.get("process.pid"), Some(&AttributeValue::Int(11)));
+        assert_eq!(parent.resource.attributes.get("process.pid"), Some(&AttributeValue::Int(10)));
+        let without_pid = |r: &Resource| {
+            let mut attributes = r.attributes.clone();
+            attributes.remove("process.pid");
+            attributes
+        };
+        assert_eq!(without_pid(&child.resource), without_pid(&parent.resource));
+        assert_eq!(child.resource.service_name(), "shop");
+    }
 }

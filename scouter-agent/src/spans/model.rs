@@ -146,7 +146,8 @@ impl Span {
     }
 }
 
-mod nanos_as_string {
+/// Nanoseconds as decimal strings in JSON (as OTLP/JSON does), numbers accepted on input.
+pub(crate) mod nanos_as_string {
     use serde::{de, Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(value: &u64, serializer: S) -> Result<S::Ok, S::Error> {

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, TransactionBehavior};
-use serde::{Serialize, Serializer};
+use serde::Serialize;
 
 pub use error::StoreError;
 
@@ -49,15 +49,11 @@ pub struct TraceSummary {
     /// Service of the root span.
     pub service_name: String,
     /// Start of the trace's earliest span.
-    #[serde(serialize_with = "decimal_string")]
+    #[serde(serialize_with = "crate::spans::model::nanos_as_string::serialize")]
     pub start_time_unix_nano: u64,
     /// From the earliest start to the latest end among the trace's spans.
     pub duration_nanos: u64,
     pub span_count: u64,
-}
-
-fn decimal_string<S: Serializer>(value: &u64, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.collect_str(value)
 }
 
 /// A connection to the store: read-write for the agent ([`TraceStore::open`]), read-only for the
