@@ -16,7 +16,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
 use crate::config::AgentConfig;
-use crate::discovery::{self, PythonProcess, Skip};
+use crate::discovery::{self, PythonProcess, Skip, UntracedProcesses};
 use crate::events::{self, KernelEvent, SocketId, WallClock};
 use crate::export::Exporter;
 use crate::probes::Probes;
@@ -79,7 +79,7 @@ async fn run_until_signal(config: AgentConfig) -> anyhow::Result<()> {
                     guard.clear_ready();
                 }
             }
-            Some((inspection, result)) = inspected.recv() => agent.on_inspection(inspection, result, &inspections),
+            Some((inspection, result)) = inspected.recv() => agent.decide(inspection, result, Some(&inspections)),
             _ = expiry.tick() => agent.expire_and_report(),
             _ = rescan.tick() => agent.rescan(&inspections),
             _ = sigterm.recv() => { tracing::info!("SIGTERM received"); break; }
@@ -110,8 +110,7 @@ struct Agent {
     processes: HashMap<u32, PythonProcess>,
     /// Local port of each listening socket (pid, fd) seen behind an accept.
     listener_ports: HashMap<(u32, u32), Option<u16>>,
-    /// Processes already reported as not traceable, so rescans don't repeat the warning.
-    reported: HashSet<u32>,
+    untraced: UntracedProcesses,
     decode_errors: u64,
     last_kernel_counters: [u64; scouter_ebpf::counter::COUNT as usize],
 }
@@ -126,7 +125,7 @@ impl Agent {
             assembler: Assembler::default(),
             processes: HashMap::new(),
             listener_ports: HashMap::new(),
-            reported: HashSet::new(),
+            untraced: UntracedProcesses::default(),
             decode_errors: 0,
             last_kernel_counters: Default::default(),
         }
@@ -141,10 +140,12 @@ impl Agent {
 
     /// Looks again for Python processes whose exec the agent missed (e.g. a full ring buffer).
     fn rescan(&mut self, inspections: &mpsc::UnboundedSender<InspectionResult>) {
-        let known: HashSet<u32> = self.processes.keys().chain(self.reported.iter()).copied().collect();
-        let all = discovery::all_pids();
-        self.reported.retain(|pid| all.contains(pid));
-        for pid in all.into_iter().filter(|pid| !known.contains(pid)) {
+        let all: HashSet<u32> = discovery::all_pids().into_iter().collect();
+        self.untraced.retain_alive(&all);
+        for pid in all {
+            if self.processes.contains_key(&pid) || self.untraced.is_unchanged(pid, &discovery::executable(pid)) {
+                continue;
+            }
             spawn_inspection(Inspection { pid, attempt: INSPECTION_RETRIES }, Duration::ZERO, inspections);
         }
     }
@@ -213,15 +214,6 @@ impl Agent {
         self.listener_ports.retain(|(owner, _), _| *owner != pid);
     }
 
-    fn on_inspection(
-        &mut self,
-        inspection: Inspection,
-        result: Result<PythonProcess, Skip>,
-        inspections: &mpsc::UnboundedSender<InspectionResult>,
-    ) {
-        self.decide(inspection, result, Some(inspections));
-    }
-
     fn decide(
         &mut self,
         inspection: Inspection,
@@ -231,11 +223,14 @@ impl Agent {
         let pid = inspection.pid;
         match result {
             Ok(process) => self.track(process),
-            Err(Skip::NotPython) | Err(Skip::Gone) => {
+            Err(skip @ (Skip::NotPython | Skip::Gone)) => {
                 // An exec can turn a traced Python process into something else.
                 if self.processes.remove(&pid).is_some() {
                     self.probes.untrack(pid);
                     tracing::info!(pid, "process is no longer python; stopped tracing it");
+                }
+                if matches!(skip, Skip::NotPython) {
+                    self.remember_untraced(pid);
                 }
             }
             Err(Skip::UnknownVersion(error)) if inspection.attempt < INSPECTION_RETRIES => {
@@ -247,16 +242,22 @@ impl Agent {
                 }
             }
             Err(skip) => {
-                if self.reported.insert(pid) {
+                if self.remember_untraced(pid) {
                     tracing::warn!(pid, reason = %skip, "not tracing this python process");
                 }
             }
         }
     }
 
+    /// Records that `pid` is left alone; true unless it already was, running the same executable.
+    fn remember_untraced(&mut self, pid: u32) -> bool {
+        self.untraced.remember(pid, discovery::executable(pid))
+    }
+
     fn track(&mut self, process: PythonProcess) {
         let pid = process.pid;
         if !self.config.pids.is_empty() && !self.config.pids.contains(&pid) {
+            self.remember_untraced(pid);
             return;
         }
         if let Err(error) = self.probes.track(pid) {
@@ -273,6 +274,7 @@ impl Agent {
                 "tracking python process"
             );
         }
+        self.untraced.forget(pid);
         self.processes.insert(pid, process);
     }
 

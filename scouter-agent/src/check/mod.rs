@@ -6,7 +6,8 @@
 //! `missing` (a required feature is absent: the agent cannot run). Some checks ask the kernel
 //! directly (creating a map, mounting tracefs) because that is the only reliable answer.
 //!
-//! [`require_privileges`] and [`cgroup2_mount`] are the pieces the agent itself uses at startup.
+//! [`require_privileges`] is what the agent itself runs at startup; [`cgroup2_mount`] is where the
+//! sockops/sk_msg programs (trace-context injection, not built yet) will attach.
 
 mod caps;
 mod kernel;

@@ -81,39 +81,36 @@ fn candidate(pid: u32, path: &Path, hint: Option<(u8, u8)>) -> Candidate {
 /// The version of the interpreter in `candidate` and the ELF that holds it (as the process
 /// sees the path), following a not-yet-mapped libpython that a freshly exec'd executable links.
 pub fn version_of(candidate: &Candidate) -> Result<(PythonVersion, PathBuf), InterpreterError> {
-    let bytes = read(&candidate.host_path)?;
-    let elf = parse(&candidate.host_path, &bytes)?;
-    if let Some(version) = version_in(&elf, &bytes, candidate.name_hint) {
+    if let Some(version) = cached_file_version(&candidate.host_path, candidate.name_hint)? {
         return Ok((version, candidate.path.clone()));
     }
-    match linked_libpython(&elf) {
-        Some(soname) => {
-            let (host_path, path) = resolve_library(candidate, &elf, &soname).ok_or_else(|| {
-                InterpreterError::LibraryNotFound { path: candidate.path.clone(), soname: soname.clone() }
-            })?;
-            let hint = libpython_hint(Path::new(&soname));
-            Ok((cached_version(&host_path, hint)?, path))
-        }
-        None => Err(InterpreterError::NoVersion(candidate.path.clone())),
-    }
+    // No version in this file: an executable linking libpython. Only small executables get here.
+    let bytes = read(&candidate.host_path)?;
+    let elf = parse(&candidate.host_path, &bytes)?;
+    let soname = linked_libpython(&elf).ok_or_else(|| InterpreterError::NoVersion(candidate.path.clone()))?;
+    let (host_path, path) = resolve_library(candidate, &elf, &soname)
+        .ok_or_else(|| InterpreterError::LibraryNotFound { path: candidate.path.clone(), soname: soname.clone() })?;
+    let version = cached_file_version(&host_path, libpython_hint(Path::new(&soname)))?
+        .ok_or_else(|| InterpreterError::NoVersion(path.clone()))?;
+    Ok((version, path))
 }
 
 /// (device, inode, modification time): a file's identity across paths and mount namespaces.
 type FileIdentity = (u64, u64, i64);
 
-/// Reading a 20 MB libpython for every process would be wasteful: versions are cached per file
-/// identity (device, inode, modification time).
-fn cached_version(path: &Path, hint: Option<(u8, u8)>) -> Result<PythonVersion, InterpreterError> {
+/// The version recorded in the ELF at `path`, if any. Reading a 20 MB libpython for every
+/// process would be wasteful, so versions found are cached per file identity.
+fn cached_file_version(path: &Path, hint: Option<(u8, u8)>) -> Result<Option<PythonVersion>, InterpreterError> {
     static CACHE: Mutex<Option<HashMap<FileIdentity, PythonVersion>>> = Mutex::new(None);
     let meta = fs::metadata(path).map_err(|source| InterpreterError::Read { path: path.to_owned(), source })?;
     let key = (meta.dev(), meta.ino(), meta.mtime());
     if let Some(version) = CACHE.lock().ok().and_then(|c| c.as_ref()?.get(&key).copied()) {
-        return Ok(version);
+        return Ok(Some(version));
     }
     let bytes = read(path)?;
     let elf = parse(path, &bytes)?;
-    let version = version_in(&elf, &bytes, hint).ok_or_else(|| InterpreterError::NoVersion(path.to_owned()))?;
-    if let Ok(mut cache) = CACHE.lock() {
+    let version = version_in(&elf, &bytes, hint);
+    if let (Some(version), Ok(mut cache)) = (version, CACHE.lock()) {
         cache.get_or_insert_with(HashMap::new).insert(key, version);
     }
     Ok(version)

@@ -8,11 +8,14 @@
 mod interpreter;
 mod procfs;
 pub mod sockets;
+mod untraced;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use interpreter::{InterpreterError, PythonVersion};
+pub use procfs::{all_pids, executable};
+pub use untraced::UntracedProcesses;
 
 use crate::spans::{AttributeValue, Resource};
 
@@ -63,11 +66,6 @@ impl PythonProcess {
         resource.attributes.insert("process.pid".to_owned(), child.into());
         Self { pid: child, resource: Arc::new(resource), ..self.clone() }
     }
-}
-
-/// Pids of every process on the host.
-pub fn all_pids() -> Vec<u32> {
-    procfs::all_pids()
 }
 
 /// Whether task `tid` is alive and leads its own process (a thread does not).
