@@ -89,11 +89,18 @@ pub struct ProcessEvent {
     pub _pad: u32,
 }
 
+/// Values of [`SocketAddress::family`] (Linux `AF_*`); 0 means unknown.
+pub mod address_family {
+    pub const UNIX: u16 = 1;
+    pub const INET: u16 = 2;
+    pub const INET6: u16 = 10;
+}
+
 /// A socket address as the kernel gave it, family-tagged.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SocketAddress {
-    /// `AF_INET` (2), `AF_INET6` (10), or 0 when unknown.
+    /// One of [`address_family`], or 0 when unknown.
     pub family: u16,
     /// Port in host byte order.
     pub port: u16,

@@ -133,9 +133,7 @@ fn read_record<T: Copy>(record: &[u8], kind: Option<EventKind>) -> Result<T, Dec
 }
 
 fn peer(address: &SocketAddress) -> Peer {
-    const AF_UNIX: u16 = 1;
-    const AF_INET: u16 = 2;
-    const AF_INET6: u16 = 10;
+    use scouter_ebpf::address_family::{INET as AF_INET, INET6 as AF_INET6, UNIX as AF_UNIX};
     match address.family {
         AF_INET => {
             let [a, b, c, d, ..] = address.addr;

@@ -71,18 +71,17 @@ impl Exporter {
         if config.stdout {
             sinks.push(Box::new(StdoutSink));
         }
-        Ok(Self::start(sinks, config.housekeeping_interval))
+        Self::start(sinks, config.housekeeping_interval).context("starting the span writer thread")
     }
 
-    pub fn start(sinks: Vec<Box<dyn Sink>>, housekeeping_interval: Duration) -> Self {
+    pub fn start(sinks: Vec<Box<dyn Sink>>, housekeeping_interval: Duration) -> std::io::Result<Self> {
         let (queue, receiver) = mpsc::sync_channel(MAX_QUEUE);
         let counters = Arc::new(ExportCounters::default());
         let writer_counters = Arc::clone(&counters);
         let writer = std::thread::Builder::new()
             .name("span-writer".into())
-            .spawn(move || write_loop(receiver, sinks, &writer_counters, housekeeping_interval))
-            .expect("spawning the span writer thread");
-        Self { queue: Some(queue), writer: Some(writer), counters }
+            .spawn(move || write_loop(receiver, sinks, &writer_counters, housekeeping_interval))?;
+        Ok(Self { queue: Some(queue), writer: Some(writer), counters })
     }
 
     /// Queues a span; never blocks.
@@ -206,7 +205,7 @@ mod tests {
     #[test]
     fn shutdown_writes_everything_accepted() {
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let exporter = Exporter::start(vec![Box::new(Recorder(Arc::clone(&seen)))], Duration::from_secs(60));
+        let exporter = Exporter::start(vec![Box::new(Recorder(Arc::clone(&seen)))], Duration::from_secs(60)).unwrap();
         for i in 0..1000 {
             exporter.submit(span(&i.to_string()));
         }

@@ -6,14 +6,12 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
+use scouter_ebpf::address_family::{INET as AF_INET, INET6 as AF_INET6, UNIX as AF_UNIX};
 use scouter_ebpf::{counter, CloseEvent, ConnectionEvent, EventKind, SocketAddress, SocketInfo, SocketKey, SocketRole};
 
 use super::{current_ids, header, syscall_arg, syscall_ret};
 use crate::maps::{count, is_tracked, InFlightConnection, EVENTS, IN_FLIGHT_CONNECTIONS, SOCKETS};
 
-const AF_UNIX: u16 = 1;
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
 const EINPROGRESS: i64 = 115;
 /// `sizeof(struct sockaddr_in6)`, the largest address read.
 const SOCKADDR_BYTES: usize = 28;
