@@ -43,3 +43,26 @@ pub fn line(span: &Span) -> String {
         span.duration_nanos() as f64 / 1e6,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spans::{AttributeValue, Resource};
+    use std::sync::Arc;
+
+    #[test]
+    fn one_line_names_ids_kind_service_request_status_and_duration() {
+        let mut span = crate::export::tests::span("GET");
+        span.start_time_unix_nano = 1_000_000;
+        span.end_time_unix_nano = 3_500_000;
+        span.attributes.insert("url.path".into(), "/items/7".into());
+        span.attributes.insert("http.response.status_code".into(), AttributeValue::Int(404));
+        let mut resource = Resource::default();
+        resource.attributes.insert("service.name".into(), "shop".into());
+        resource.attributes.insert("process.pid".into(), AttributeValue::Int(42));
+        span.resource = Arc::new(resource);
+        let expected =
+            format!("span {} {} - SERVER shop pid=42 \"GET /items/7\" status=404 2.500ms", span.trace_id, span.span_id);
+        assert_eq!(line(&span), expected);
+    }
+}
