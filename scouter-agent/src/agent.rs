@@ -19,7 +19,7 @@ use crate::config::AgentConfig;
 use crate::discovery::{self, PythonProcess, Skip, UntracedProcesses};
 use crate::events::{self, KernelEvent, SocketId, WallClock};
 use crate::export::Exporter;
-use crate::probes::Probes;
+use crate::probes::{ProbeOptions, Probes};
 use crate::spans::assembly::{Assembler, CompletedExchange};
 use crate::spans::http_span::span_from_exchange;
 use crate::spans::{AttributeValue, Resource};
@@ -58,11 +58,16 @@ async fn run_until_signal(config: AgentConfig) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let exporter = Exporter::from_config(&config)?;
-    let (probes, ring) = Probes::attach().context("attaching the eBPF probes")?;
+    let options = ProbeOptions { propagate: config.propagate, max_transaction: config.max_transaction };
+    let (probes, ring) = Probes::attach(options).context("attaching the eBPF probes")?;
     let mut agent = Agent::new(config, probes, exporter);
     let (inspections, mut inspected) = mpsc::unbounded_channel::<InspectionResult>();
     agent.scan_existing_processes();
-    tracing::info!(processes = agent.processes.len(), "agent ready");
+    tracing::info!(
+        processes = agent.processes.len(),
+        propagation = %agent.probes.propagation(),
+        "agent ready"
+    );
 
     // SAFETY: the ring buffer's map descriptor is owned by `RingFd` and lives as long as it.
     let mut ring = unsafe { AsyncFd::register_with_interest(RingFd(ring), tokio::io::Interest::READABLE) }
@@ -313,8 +318,15 @@ impl Agent {
     fn report_kernel_drops(&mut self) {
         let counters = self.probes.kernel_counters();
         if counters != self.last_kernel_counters {
-            let [ring_full, read_failed, map_full] = counters;
-            tracing::warn!(ring_full, read_failed, map_full, "kernel-side drops (cumulative)");
+            let [ring_full, read_failed, map_full, injection_failed, head_not_scanned] = counters;
+            tracing::warn!(
+                ring_full,
+                read_failed,
+                map_full,
+                injection_failed,
+                head_not_scanned,
+                "kernel-side drops and skipped propagation (cumulative)"
+            );
             self.last_kernel_counters = counters;
         }
     }

@@ -7,8 +7,9 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{AgentConfig, StoreConfig, DEFAULT_STORE_PATH};
 
-/// Scouter Agent traces Python services with eBPF: HTTP server spans for every Python process on
-/// the host, with no code change and no restart.
+/// Scouter Agent traces Python services with eBPF: HTTP server and client spans for every Python
+/// process on the host, joined into one trace across services, with no code change and no
+/// restart.
 ///
 /// With no subcommand it runs the agent (`scouter-agent run`). It needs root (or CAP_BPF,
 /// CAP_PERFMON, CAP_SYS_PTRACE, CAP_SYS_ADMIN and CAP_DAC_READ_SEARCH); `scouter-agent check`
@@ -94,6 +95,17 @@ pub struct RunArgs {
     /// Trace only these process ids (repeatable); default: every Python process.
     #[arg(long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
+
+    /// Do not insert a W3C `traceparent` header into outgoing plain-HTTP requests of traced
+    /// processes. By default one is inserted (exactly one, after the request line, and never
+    /// when the request already has one) so downstream services join the caller's trace.
+    #[arg(long, env = "SCOUTER_AGENT_NO_PROPAGATE")]
+    pub no_propagate: bool,
+
+    /// A request being served stops parenting its thread's outgoing calls after this many
+    /// seconds (guards against a thread that keeps working after its request).
+    #[arg(long, env = "SCOUTER_AGENT_MAX_TRANSACTION_SECS", default_value_t = 300)]
+    pub max_transaction_secs: u64,
 }
 
 impl RunArgs {
@@ -107,6 +119,8 @@ impl RunArgs {
             stdout: self.stdout,
             pids: self.pids.clone(),
             housekeeping_interval: Duration::from_secs(30),
+            propagate: !self.no_propagate,
+            max_transaction: Duration::from_secs(self.max_transaction_secs),
         }
     }
 }

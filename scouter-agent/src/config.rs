@@ -27,4 +27,8 @@ pub struct AgentConfig {
     pub pids: Vec<u32>,
     /// How often the store is pruned and /proc is rescanned as a safety net for missed execs.
     pub housekeeping_interval: Duration,
+    /// Insert a W3C `traceparent` into outgoing plain-HTTP requests of traced processes.
+    pub propagate: bool,
+    /// A request being served parents its thread's client calls for at most this long.
+    pub max_transaction: Duration,
 }

@@ -12,6 +12,11 @@
 /// [`DataEvent::total_len`] so message framing stays exact even when the copy is cut.
 pub const MAX_CAPTURE: usize = 4096;
 
+/// Bytes of a request head the kernel copies and scans when a request starts, to find trace
+/// context headers and the end of the request line. A head longer than this is followed by
+/// userspace as usual but gets no kernel-side context (and nothing is inserted into it).
+pub const HEAD_SCAN: usize = 2048;
+
 /// Capacity of the map of tracked processes (one entry per process, not per thread).
 pub const MAX_TRACKED_PROCESSES: u32 = 16_384;
 /// Capacity of the LRU map of sockets the agent follows.
@@ -26,6 +31,8 @@ pub mod map_names {
     pub const TRACKED_PROCESSES: &str = "TRACKED_PROCESSES";
     pub const EVENTS: &str = "EVENTS";
     pub const COUNTERS: &str = "COUNTERS";
+    /// Sockhash of tracked processes' outgoing TCP connections, the sk_msg program's scope.
+    pub const CLIENT_SOCKETS: &str = "CLIENT_SOCKETS";
 }
 
 /// Names of the globals the agent sets before load (`EbpfLoader::set_global`).
@@ -34,6 +41,8 @@ pub mod global_names {
     pub const FORK_CHILD_PID_OFFSET: &str = "FORK_CHILD_PID_OFFSET";
     /// Offset of `group_dead` in `sched_process_exit`, or `u32::MAX` when the kernel lacks it.
     pub const EXIT_GROUP_DEAD_OFFSET: &str = "EXIT_GROUP_DEAD_OFFSET";
+    /// Nanoseconds after which a request being served is too old to parent a client call.
+    pub const MAX_TRANSACTION_NS: &str = "MAX_TRANSACTION_NS";
 }
 
 /// Discriminant in [`EventHeader::kind`].
@@ -148,7 +157,43 @@ pub struct DataEvent {
     /// Bytes of `data` that hold payload.
     pub captured_len: u32,
     pub _pad2: u32,
+    /// The trace identity the kernel gave the request these bytes start, when they start one
+    /// (`origin` is [`context_origin::NONE`] otherwise).
+    pub context: SpanContext,
     pub data: [u8; MAX_CAPTURE],
+}
+
+/// Values of [`SpanContext::origin`]: where a request's identity came from.
+pub mod context_origin {
+    /// No identity: the bytes do not start a request the kernel recognised.
+    pub const NONE: u8 = 0;
+    /// A new trace: no caller context and no request being served.
+    pub const NEW_TRACE: u8 = 1;
+    /// Server request carrying a `traceparent` (or Scouter headers): the parent is remote.
+    pub const REMOTE_PARENT: u8 = 2;
+    /// Client request made while serving a request: the parent is that server span.
+    pub const LOCAL_PARENT: u8 = 3;
+    /// Client request that already carried a `traceparent`: its ids are the span's own.
+    pub const ADOPTED: u8 = 4;
+}
+
+/// A span's identity, decided in the kernel at the first byte of its request because the
+/// `traceparent` sent downstream must carry it before userspace sees any byte.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpanContext {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    /// All zero for a root span.
+    pub parent_span_id: [u8; 8],
+    /// W3C trace flags (bit 0: sampled).
+    pub flags: u8,
+    /// One of [`context_origin`].
+    pub origin: u8,
+    /// Client requests: 1 when the sk_msg program inserted a `traceparent` carrying this
+    /// context into the bytes sent.
+    pub injected: u8,
+    pub _pad: [u8; 5],
 }
 
 /// `SocketClose`.
@@ -184,7 +229,11 @@ pub enum SocketRole {
 pub struct SocketInfo {
     /// A [`SocketRole`] as `u8`.
     pub role: u8,
-    pub _pad: [u8; 7],
+    /// 1 while the next bytes in the request direction may start a new request: set when the
+    /// socket is followed and whenever bytes move in the response direction, cleared when a
+    /// request starts. Keeps request bodies that happen to start like a method from minting ids.
+    pub awaiting_request: u8,
+    pub _pad: [u8; 6],
 }
 
 /// Value of the tracked-process map; written by the agent (and by the fork program for children
@@ -207,8 +256,15 @@ pub mod counter {
     pub const READ_USER_FAILED: u32 = 1;
     /// A fork child could not be added to the tracked map (map full).
     pub const TRACKED_MAP_FULL: u32 = 2;
-    pub const COUNT: u32 = 3;
+    /// A `traceparent` was due on an outgoing request but could not be inserted.
+    pub const INJECTION_FAILED: u32 = 3;
+    /// A request head was longer than [`HEAD_SCAN`](super::HEAD_SCAN) (or split across
+    /// writes): no kernel-side context, nothing inserted.
+    pub const HEAD_NOT_SCANNED: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
+
+pub mod traceparent;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -229,7 +285,8 @@ mod layout {
         assert_eq!(size_of::<ProcessEvent>(), 32);
         assert_eq!(size_of::<SocketAddress>(), 20);
         assert_eq!(size_of::<ConnectionEvent>(), 56);
-        assert_eq!(size_of::<DataEvent>(), 24 + 8 + 8 + 8 + 8 + MAX_CAPTURE);
+        assert_eq!(size_of::<SpanContext>(), 40);
+        assert_eq!(size_of::<DataEvent>(), 24 + 8 + 8 + 8 + 8 + 40 + MAX_CAPTURE);
         assert_eq!(size_of::<CloseEvent>(), 32);
         assert_eq!(size_of::<SocketKey>(), 8);
         assert_eq!(size_of::<TrackedProcess>(), 8);

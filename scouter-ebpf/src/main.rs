@@ -3,7 +3,10 @@
 //! Split by concern, like the maps they share:
 //! - [`programs::process`]: which processes are traced (exec, fork, exit);
 //! - [`programs::connection`]: which sockets of those processes are followed (accept, connect, close);
-//! - [`programs::io`]: the bytes moved on followed sockets (read/write syscall families).
+//! - [`programs::io`]: the bytes moved on followed sockets (read/write syscall families);
+//! - [`programs::head`] and [`programs::context`]: a request's trace identity, decided at its
+//!   first byte from the head's context headers and the request the thread is serving;
+//! - [`programs::inject`]: the `traceparent` inserted into outgoing requests (sockops + sk_msg).
 //!
 //! Everything is filtered in the kernel by the tracked-process map, so untraced processes pay
 //! one hash lookup per syscall of the families above and nothing else.

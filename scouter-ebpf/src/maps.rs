@@ -2,11 +2,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, SockHash},
 };
 use scouter_ebpf::{
-    counter, SocketInfo, SocketKey, TrackedProcess, EVENTS_RING_BYTES, MAX_IN_FLIGHT_SYSCALLS, MAX_TRACKED_PROCESSES,
-    MAX_TRACKED_SOCKETS,
+    counter, traceparent, SocketInfo, SocketKey, SpanContext, TrackedProcess, EVENTS_RING_BYTES, HEAD_SCAN,
+    MAX_IN_FLIGHT_SYSCALLS, MAX_TRACKED_PROCESSES, MAX_TRACKED_SOCKETS,
 };
 
 /// Processes the agent traces, by tgid. Filled by the agent and by `sched_process_fork`.
@@ -47,6 +47,8 @@ pub struct InFlightIo {
     pub shape: u8,
     pub direction: u8,
     pub _pad: [u8; 2],
+    /// Set at enter when a client request starts (its ids must exist before the bytes leave).
+    pub context: SpanContext,
 }
 
 /// An accept or connect syscall of a tracked process, between enter and exit.
@@ -79,3 +81,79 @@ pub fn is_tracked(pid: u32) -> bool {
     // SAFETY: the value is only checked for presence.
     unsafe { TRACKED_PROCESSES.get(&pid).is_some() }
 }
+
+/// Where a request head is copied to be scanned (one per CPU: programs do not migrate while
+/// they run). Positions are written here rather than kept in registers so the verifier sees
+/// one loop state, not one per combination of headers found.
+#[repr(C)]
+pub struct HeadScratch {
+    pub bytes: [u8; HEAD_SCAN],
+    /// Bytes of `bytes` holding the head's start.
+    pub len: u32,
+    /// Just past the request line's `\n`; 0 when not seen.
+    pub line_end: u32,
+    /// Just past the blank line ending the head; 0 when not seen.
+    pub head_end: u32,
+    /// Value offsets of the context headers, [`NOT_FOUND`] when absent.
+    pub traceparent_at: u32,
+    pub trace_id_at: u32,
+    pub span_id_at: u32,
+    pub is_sampled_at: u32,
+}
+
+pub const NOT_FOUND: u32 = u32::MAX;
+
+#[map]
+pub static HEAD_SCRATCH: PerCpuArray<HeadScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// The request a thread is serving: what its client calls are children of.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct ServedRequest {
+    pub context: SpanContext,
+    pub started_ns: u64,
+    /// The server socket it arrived on; its response ends the thread's service.
+    pub fd: u32,
+    pub _pad: u32,
+}
+
+/// Keyed by `pid_tgid`.
+#[map]
+pub static SERVED_REQUESTS: LruHashMap<u64, ServedRequest> = LruHashMap::with_max_entries(MAX_IN_FLIGHT_SYSCALLS, 0);
+
+/// Values of [`PendingInjection::state`].
+pub mod injection_state {
+    /// The line waits for the sk_msg program.
+    pub const READY: u8 = 1;
+    /// Inserted.
+    pub const DONE: u8 = 2;
+    /// The sk_msg program ran and could not insert it.
+    pub const FAILED: u8 = 3;
+}
+
+/// A `traceparent` line the current write must carry, set by the syscall enter program and
+/// consumed by the sk_msg program that runs inside the same syscall on the same thread.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct PendingInjection {
+    pub line: [u8; traceparent::LINE_LEN],
+    pub state: u8,
+    pub _pad: u8,
+    /// Where the line goes: just after the request line.
+    pub offset: u32,
+}
+
+/// Keyed by `pid_tgid`.
+#[map]
+pub static PENDING_INJECTIONS: LruHashMap<u64, PendingInjection> =
+    LruHashMap::with_max_entries(MAX_IN_FLIGHT_SYSCALLS, 0);
+
+/// Socket cookies of connections tracked processes are opening, between `connect()` (where the
+/// process is known) and the established callback (where the socket can join the sockhash).
+#[map]
+pub static CONNECTING_SOCKETS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(MAX_IN_FLIGHT_SYSCALLS, 0);
+
+/// Outgoing TCP connections of tracked processes, by socket cookie: the sk_msg program runs on
+/// these and on nothing else.
+#[map]
+pub static CLIENT_SOCKETS: SockHash<u64> = SockHash::with_max_entries(MAX_TRACKED_SOCKETS, 0);

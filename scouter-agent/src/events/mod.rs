@@ -10,7 +10,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ptr;
 
 use scouter_ebpf::{
-    CloseEvent, ConnectionEvent, DataEvent, Direction, EventHeader, EventKind, ProcessEvent, SocketAddress, MAX_CAPTURE,
+    context_origin, CloseEvent, ConnectionEvent, DataEvent, Direction, EventHeader, EventKind, ProcessEvent,
+    SocketAddress, SpanContext, MAX_CAPTURE,
 };
 
 pub use clock::WallClock;
@@ -53,6 +54,8 @@ pub struct DataChunk {
     /// Bytes the syscall moved; `bytes` holds at most the first `MAX_CAPTURE` of them.
     pub total_len: u64,
     pub bytes: Vec<u8>,
+    /// The identity the kernel gave the request these bytes start, if they start one.
+    pub context: Option<SpanContext>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -116,6 +119,7 @@ fn decode_data(record: &[u8], header: &EventHeader, clock: &WallClock) -> Result
         time: clock.to_unix_nanos(header.timestamp_ns),
         total_len: event.total_len,
         bytes: event.data[..captured].to_vec(),
+        context: (event.context.origin != context_origin::NONE).then_some(event.context),
     }))
 }
 
@@ -200,12 +204,17 @@ mod tests {
             enter_ns: 900,
             captured_len: 4,
             _pad2: 0,
+            context: SpanContext::default(),
             data: [0; MAX_CAPTURE],
         };
         event.data[..4].copy_from_slice(b"HTTP");
         let clock = WallClock::with_offset(0);
         let KernelEvent::Data(chunk) = decode(&bytes_of(&event), &clock).unwrap() else { panic!() };
         assert_eq!(chunk.bytes, b"HTTP");
+        assert_eq!(chunk.context, None, "origin NONE means no identity");
+        event.context = SpanContext { span_id: [7; 8], origin: context_origin::NEW_TRACE, ..SpanContext::default() };
+        let KernelEvent::Data(chunk) = decode(&bytes_of(&event), &clock).unwrap() else { panic!() };
+        assert_eq!(chunk.context.map(|c| c.span_id), Some([7; 8]));
         assert_eq!(chunk.direction, Direction::Egress);
         assert!((chunk.bytes.len() as u64) < chunk.total_len);
         assert_eq!((chunk.enter_time, chunk.time), (900, 1_000));

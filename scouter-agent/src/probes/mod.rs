@@ -1,18 +1,26 @@
 //! Probes: loads the eBPF object, attaches its programs, and owns the maps the agent writes.
 //!
-//! The attachment table below is the single list of kernel hooks the agent uses; `check`
-//! verifies the same hooks exist. Dropping [`Probes`] detaches everything (aya closes the links
-//! and the maps go with the last file descriptor), so SIGTERM leaves nothing behind.
+//! The attachment table below is the single list of tracepoints the agent uses; `check`
+//! verifies the same hooks exist. Trace context propagation adds a sockops program on the
+//! cgroup v2 root and an sk_msg program on the client-socket sockhash ([`propagation`]); when
+//! they cannot attach, the agent says so and traces without inserting `traceparent`.
+//! Dropping [`Probes`] detaches everything (aya closes the links and the maps go with the last
+//! file descriptor), so SIGTERM leaves nothing behind.
 
 // aya's ProgramError is large; these errors happen once, at start-up, so size does not matter.
 #![allow(clippy::result_large_err)]
 
+mod propagation;
 pub mod tracefs;
+
+use std::time::Duration;
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::{ProgramError, TracePoint};
 use aya::{Ebpf, EbpfLoader};
 use scouter_ebpf::{counter, global_names, map_names, TrackedProcess, TRACK_SOCKETS};
+
+pub use propagation::Propagation;
 
 /// The eBPF object built by build.rs (empty when built with AYA_BUILD_SKIP=1).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/scouter-ebpf"));
@@ -74,6 +82,21 @@ pub enum ProbeError {
     MissingMap(&'static str),
     #[error("map {name}: {source}")]
     Map { name: &'static str, source: aya::maps::MapError },
+    #[error("no cgroup v2 hierarchy is mounted (sockops programs attach to one)")]
+    NoCgroup2,
+    #[error("cannot open cgroup {path}: {source}")]
+    Cgroup { path: std::path::PathBuf, source: std::io::Error },
+    #[error("attaching {program} failed: {source}")]
+    AttachProgram { program: &'static str, source: ProgramError },
+}
+
+/// What the kernel side is asked to do besides following sockets.
+#[derive(Clone, Copy, Debug)]
+pub struct ProbeOptions {
+    /// Insert `traceparent` into outgoing plain-HTTP requests.
+    pub propagate: bool,
+    /// How long a request being served may parent its thread's client calls.
+    pub max_transaction: Duration,
 }
 
 /// The loaded, attached programs and the maps userspace uses.
@@ -82,11 +105,12 @@ pub struct Probes {
     _ebpf: Ebpf,
     tracked: BpfHashMap<MapData, u32, TrackedProcess>,
     counters: PerCpuArray<MapData, u64>,
+    propagation: Propagation,
 }
 
 impl Probes {
     /// Loads the object and attaches every program; returns the probes and the event ring.
-    pub fn attach() -> Result<(Self, RingBuf<MapData>), ProbeError> {
+    pub fn attach(options: ProbeOptions) -> Result<(Self, RingBuf<MapData>), ProbeError> {
         if EBPF_OBJECT.is_empty() {
             return Err(ProbeError::NoObject);
         }
@@ -97,21 +121,29 @@ impl Probes {
         let exit_group_dead = tracefs::tracepoint_format(&tracefs, "sched", "sched_process_exit")?
             .field_offset("group_dead")
             .unwrap_or(u32::MAX);
+        let max_transaction_ns = u64::try_from(options.max_transaction.as_nanos()).unwrap_or(u64::MAX);
         let mut ebpf = EbpfLoader::new()
             .override_global(global_names::FORK_CHILD_PID_OFFSET, &fork_child, true)
             .override_global(global_names::EXIT_GROUP_DEAD_OFFSET, &exit_group_dead, true)
+            .override_global(global_names::MAX_TRANSACTION_NS, &max_transaction_ns, true)
             .load(EBPF_OBJECT)
             .map_err(ProbeError::Load)?;
         for (program, category, names) in ATTACHMENTS {
             attach_tracepoint(&mut ebpf, program, category, names)?;
         }
+        let propagation = propagation::attach(&mut ebpf, options.propagate)?;
         let tracked = BpfHashMap::try_from(take_map(&mut ebpf, map_names::TRACKED_PROCESSES)?)
             .map_err(|source| ProbeError::Map { name: map_names::TRACKED_PROCESSES, source })?;
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, map_names::COUNTERS)?)
             .map_err(|source| ProbeError::Map { name: map_names::COUNTERS, source })?;
         let events = RingBuf::try_from(take_map(&mut ebpf, map_names::EVENTS)?)
             .map_err(|source| ProbeError::Map { name: map_names::EVENTS, source })?;
-        Ok((Self { _ebpf: ebpf, tracked, counters }, events))
+        Ok((Self { _ebpf: ebpf, tracked, counters, propagation }, events))
+    }
+
+    /// Whether outgoing requests get a `traceparent`, and if not, why.
+    pub fn propagation(&self) -> &Propagation {
+        &self.propagation
     }
 
     /// Starts following the sockets of `pid` in the kernel.
@@ -139,7 +171,7 @@ impl Probes {
     }
 }
 
-fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
+pub(crate) fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
     ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))
 }
 
@@ -162,7 +194,7 @@ fn attach_tracepoint(
 }
 
 /// A verifier rejection shows the end of the verifier's log, where it explains itself.
-fn load_error(program: &'static str, source: ProgramError) -> ProbeError {
+pub(crate) fn load_error(program: &'static str, source: ProgramError) -> ProbeError {
     match &source {
         ProgramError::LoadError { verifier_log, .. } => {
             let log = verifier_log.to_string();

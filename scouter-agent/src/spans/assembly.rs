@@ -12,7 +12,7 @@ use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
-use scouter_ebpf::Direction;
+use scouter_ebpf::{Direction, SpanContext};
 
 use super::http1::{self, ParseError, RequestHead, ResponseHead};
 use super::stream::{MessageStream, Segment, StreamItem};
@@ -48,6 +48,9 @@ pub struct CompletedExchange {
     pub response: ResponseHead,
     pub start_time: u64,
     pub end_time: u64,
+    /// The identity the kernel gave the request at its first byte (absent when the kernel did
+    /// not recognise the request's start, e.g. the second of two pipelined requests).
+    pub context: Option<SpanContext>,
 }
 
 /// What assembly dropped or could not follow, for the agent's own metrics.
@@ -67,6 +70,7 @@ pub struct AssemblyStats {
 #[derive(Debug)]
 struct Exchange {
     request: RequestHead,
+    context: Option<SpanContext>,
     start_time: u64,
     response: Option<ResponseHead>,
     last_response_time: u64,
@@ -83,6 +87,9 @@ struct Connection {
     /// A 1xx response was parsed: its (empty) completion is not the exchange's.
     interim_pending: bool,
     last_activity: u64,
+    /// The kernel's identity for the request whose head is being read (heads may span
+    /// several syscalls; the identity comes with the first).
+    next_context: Option<SpanContext>,
 }
 
 impl Connection {
@@ -96,6 +103,7 @@ impl Connection {
             exchanges: VecDeque::new(),
             interim_pending: false,
             last_activity: time,
+            next_context: None,
         }
     }
 }
@@ -141,6 +149,9 @@ impl Assembler {
                 Role::Server => chunk.time,
                 Role::Client => chunk.enter_time,
             };
+            if chunk.context.is_some() {
+                connection.next_context = chunk.context;
+            }
             let segment = Segment { bytes: &chunk.bytes, total_len: chunk.total_len, time: chunk.time, start_time };
             let items = connection.requests.feed(&segment, parse_request, RequestHead::body, http1::looks_like_request);
             on_request_items(chunk.socket, connection, items, &mut self.stats, &mut done);
@@ -282,8 +293,10 @@ fn on_request_items(
                 if connection.responses.is_until_close() {
                     connection.responses = MessageStream::default();
                 }
+                let context = connection.next_context.take();
                 connection.exchanges.push_back(Exchange {
                     request: head,
+                    context,
                     start_time,
                     response: None,
                     last_response_time: start_time,
@@ -345,6 +358,7 @@ fn complete(
         response,
         start_time: exchange.start_time,
         end_time,
+        context: exchange.context,
     })
 }
 
@@ -363,6 +377,7 @@ mod tests {
             time,
             total_len: bytes.len() as u64,
             bytes: bytes.to_vec(),
+            context: None,
         }
     }
 

@@ -39,9 +39,19 @@ struct Identity {
     parent: Option<SpanId>,
 }
 
-/// A server adopts the caller's context as its parent; a client request that already carries
-/// a context (an SDK propagated it) is that context's span.
+/// The kernel's identity when it gave one (it decided it before any byte left, and the
+/// downstream service got it); otherwise the same rules applied to the parsed head: a server
+/// adopts the caller's context as its parent, a client request that already carries a context
+/// (an SDK propagated it) is that context's span.
 fn identity(exchange: &CompletedExchange) -> Identity {
+    if let Some(kernel) = exchange.context {
+        let parent = SpanId(kernel.parent_span_id);
+        return Identity {
+            trace_id: TraceId(kernel.trace_id),
+            span_id: SpanId(kernel.span_id),
+            parent: parent.is_valid().then_some(parent),
+        };
+    }
     let carried = propagation::extract(&exchange.request.fields);
     match (exchange.role, carried) {
         (Role::Server, Some(remote)) => {
@@ -165,6 +175,7 @@ mod tests {
             response: parse_response(response).unwrap(),
             start_time: 100,
             end_time: 200,
+            context: None,
         }
     }
 
@@ -222,6 +233,29 @@ mod tests {
         assert_eq!(span.attributes.get("server.port"), Some(&AttributeValue::Int(9000)));
         assert_eq!(span.span_id.to_string(), "b7ad6b7169203331");
         assert_eq!(span.status.code, StatusCode::Error);
+    }
+
+    #[test]
+    fn the_kernel_identity_wins_over_headers() {
+        let mut e = exchange(
+            Role::Client,
+            b"GET / HTTP/1.1\r\nHost: b\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        );
+        e.context = Some(scouter_ebpf::SpanContext {
+            trace_id: [1; 16],
+            span_id: [2; 8],
+            parent_span_id: [3; 8],
+            flags: 1,
+            origin: scouter_ebpf::context_origin::LOCAL_PARENT,
+            ..Default::default()
+        });
+        let span = span_from_exchange(&e, Arc::new(Resource::default()));
+        assert_eq!(span.trace_id, TraceId([1; 16]));
+        assert_eq!(span.span_id, SpanId([2; 8]));
+        assert_eq!(span.parent_span_id, Some(SpanId([3; 8])));
+        e.context = Some(scouter_ebpf::SpanContext { parent_span_id: [0; 8], ..e.context.unwrap() });
+        assert_eq!(span_from_exchange(&e, Arc::new(Resource::default())).parent_span_id, None, "zero means root");
     }
 
     #[test]

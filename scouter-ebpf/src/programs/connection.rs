@@ -60,7 +60,7 @@ fn take_in_flight(pid_tgid: u64) -> Option<InFlightConnection> {
 
 #[inline(always)]
 fn follow(pid: u32, fd: u32, role: SocketRole) {
-    let info = SocketInfo { role: role as u8, _pad: [0; 7] };
+    let info = SocketInfo { role: role as u8, awaiting_request: 1, _pad: [0; 6] };
     let _ = SOCKETS.insert(&SocketKey { pid, fd }, &info, 0);
 }
 

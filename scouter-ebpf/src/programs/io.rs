@@ -1,14 +1,21 @@
 //! Bytes moved on followed sockets. One enter program per (buffer shape, direction), one exit
 //! program for all: the agent attaches each to every syscall of its family.
+//!
+//! Requests get their trace identity here, at their first byte: a client request at the write's
+//! entry (the sk_msg program inserting its `traceparent` runs inside the syscall), a server
+//! request at the read's exit (when its bytes are in the buffer). See [`super::context`].
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, generated},
     macros::tracepoint,
     programs::TracePointContext,
 };
-use scouter_ebpf::{counter, DataEvent, Direction, EventKind, SocketKey, MAX_CAPTURE};
+use scouter_ebpf::{
+    context_origin, counter, DataEvent, Direction, EventKind, SocketInfo, SocketKey, SocketRole, SpanContext,
+    MAX_CAPTURE,
+};
 
-use super::{current_ids, header, syscall_arg, syscall_ret};
+use super::{context, current_ids, head, header, syscall_arg, syscall_ret};
 use crate::maps::{count, is_tracked, BufferShape, InFlightIo, EVENTS, IN_FLIGHT_IO, SOCKETS};
 
 /// `struct msghdr.msg_iov` offset (after `msg_name` and `msg_namelen` + padding).
@@ -22,11 +29,9 @@ fn enter(ctx: &TracePointContext, shape: BufferShape, direction: Direction) -> u
         return 0;
     }
     let fd = syscall_arg(ctx, 0) as u32;
-    // SAFETY: presence check only.
-    if unsafe { SOCKETS.get(&SocketKey { pid, fd }) }.is_none() {
-        return 0;
-    }
-    let call = InFlightIo {
+    // SAFETY: copied out.
+    let Some(socket) = (unsafe { SOCKETS.get(&SocketKey { pid, fd }) }).copied() else { return 0 };
+    let mut call = InFlightIo {
         buf: syscall_arg(ctx, 1),
         // SAFETY: helper with no preconditions.
         enter_ns: unsafe { bpf_ktime_get_ns() },
@@ -34,9 +39,25 @@ fn enter(ctx: &TracePointContext, shape: BufferShape, direction: Direction) -> u
         shape: shape as u8,
         direction: direction as u8,
         _pad: [0; 2],
+        context: SpanContext::default(),
     };
+    if direction == Direction::Egress && starts_request(&socket, SocketRole::Client) {
+        if let Some((src, len)) = first_segment(&call, syscall_arg(ctx, 2)) {
+            if head::starts_request(src, len) {
+                if let Some(scanned) = head::load(src, len) {
+                    call.context = context::client_request(pid_tgid, scanned);
+                }
+            }
+        }
+    }
     let _ = IN_FLIGHT_IO.insert(&pid_tgid, &call, 0);
     0
+}
+
+/// Whether bytes in the request direction of a `role` socket may start a new request now.
+#[inline(always)]
+fn starts_request(socket: &SocketInfo, role: SocketRole) -> bool {
+    socket.role == role as u8 && socket.awaiting_request != 0
 }
 
 /// `read`, `recvfrom`.
@@ -75,7 +96,8 @@ pub fn io_enter_sendmsg(ctx: TracePointContext) -> u32 {
     enter(&ctx, BufferShape::MsgHdr, Direction::Egress)
 }
 
-/// The user buffer holding the first bytes moved, and how many of them it holds.
+/// The user buffer holding the first bytes moved, and how many of them it holds (at most
+/// `moved`).
 #[inline(always)]
 fn first_segment(call: &InFlightIo, moved: u64) -> Option<(u64, u64)> {
     let iovec_ptr = match call.shape {
@@ -95,24 +117,68 @@ fn first_segment(call: &InFlightIo, moved: u64) -> Option<(u64, u64)> {
 pub fn io_exit(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: copied out before removal.
-    let Some(call) = (unsafe { IN_FLIGHT_IO.get(&pid_tgid) }).copied() else { return 0 };
+    let Some(mut call) = (unsafe { IN_FLIGHT_IO.get(&pid_tgid) }).copied() else { return 0 };
     let _ = IN_FLIGHT_IO.remove(&pid_tgid);
     let ret = syscall_ret(&ctx);
+    if call.context.origin != context_origin::NONE {
+        call.context.injected = context::take_injection(pid_tgid) as u8;
+    }
     if ret <= 0 {
         return 0;
     }
-    emit_data(&call, pid_tgid, ret as u64);
+    let moved = ret as u64;
+    let segment = first_segment(&call, moved);
+    if let Some(socket) = socket_info(pid_tgid, call.fd) {
+        follow_exchange(socket, &mut call, pid_tgid, segment);
+    }
+    emit_data(&call, pid_tgid, moved, segment);
     0
 }
 
 #[inline(always)]
-fn emit_data(call: &InFlightIo, pid_tgid: u64, moved: u64) {
+fn socket_info(pid_tgid: u64, fd: u32) -> Option<&'static mut SocketInfo> {
+    let (pid, _) = current_ids(pid_tgid);
+    // SAFETY: LRU map value; a concurrent removal leaves the memory valid until RCU grace.
+    SOCKETS.get_ptr_mut(&SocketKey { pid, fd }).map(|info| unsafe { &mut *info })
+}
+
+/// Keeps the socket's request/response turn, and gives a server request its identity.
+#[inline(always)]
+fn follow_exchange(socket: &mut SocketInfo, call: &mut InFlightIo, pid_tgid: u64, segment: Option<(u64, u64)>) {
+    let server = socket.role == SocketRole::Server as u8;
+    let egress = call.direction == Direction::Egress as u8;
+    match (server, egress) {
+        // A request (or its body) went out: the next request waits for a response.
+        (false, true) => socket.awaiting_request = 0,
+        // Response bytes: the connection may carry the next request after them.
+        (false, false) => socket.awaiting_request = 1,
+        (true, true) => {
+            socket.awaiting_request = 1;
+            context::server_responded(pid_tgid, call.fd);
+        }
+        (true, false) => {
+            if socket.awaiting_request == 0 {
+                return;
+            }
+            socket.awaiting_request = 0;
+            let Some((src, len)) = segment else { return };
+            if head::starts_request(src, len) {
+                if let Some(scanned) = head::load(src, len) {
+                    call.context = context::server_request(pid_tgid, call.fd, scanned);
+                }
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn emit_data(call: &InFlightIo, pid_tgid: u64, moved: u64, segment: Option<(u64, u64)>) {
     let Some(mut entry) = EVENTS.reserve::<DataEvent>(0) else {
         count(counter::RING_FULL);
         return;
     };
     let event = entry.as_mut_ptr();
-    let captured = match first_segment(call, moved) {
+    let captured = match segment {
         Some((src, available)) => copy_payload(event, src, available),
         None => {
             count(counter::READ_USER_FAILED);
@@ -129,6 +195,7 @@ fn emit_data(call: &InFlightIo, pid_tgid: u64, moved: u64) {
         (*event).enter_ns = call.enter_ns;
         (*event).captured_len = captured;
         (*event)._pad2 = 0;
+        (*event).context = call.context;
     }
     entry.submit(0);
 }

@@ -1,6 +1,9 @@
 //! The programs, one module per concern. Shared helpers live here.
 
 pub mod connection;
+pub mod context;
+pub mod head;
+pub mod inject;
 pub mod io;
 pub mod process;
 
