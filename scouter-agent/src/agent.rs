@@ -278,6 +278,7 @@ impl Agent {
                 interpreter = %process.interpreter_binary.display(),
                 "tracking python process"
             );
+            self.probes.track_asyncio(&discovery::asyncio::module_of(&process));
         }
         self.untraced.forget(pid);
         self.processes.insert(pid, process);

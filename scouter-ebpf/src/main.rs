@@ -6,6 +6,7 @@
 //! - [`programs::io`]: the bytes moved on followed sockets (read/write syscall families);
 //! - [`programs::head`] and [`programs::context`]: a request's trace identity, decided at its
 //!   first byte from the head's context headers and the request the thread is serving;
+//! - [`programs::asyncio`]: which request each asyncio task works for (uprobes on `_asyncio`);
 //! - [`programs::inject`]: the `traceparent` inserted into outgoing requests (sockops + sk_msg).
 //!
 //! Everything is filtered in the kernel by the tracked-process map, so untraced processes pay

@@ -114,7 +114,11 @@ pub struct ServedRequest {
     pub started_ns: u64,
     /// The server socket it arrived on; its response ends the thread's service.
     pub fd: u32,
-    pub _pad: u32,
+    /// 1 while the request's read is the thread's latest socket event: an event loop still
+    /// runs the callback that read it, so a task created or a future resolved now is the
+    /// request's doing.
+    pub fresh: u8,
+    pub _pad: [u8; 3],
 }
 
 /// Keyed by `pid_tgid`.
@@ -157,3 +161,40 @@ pub static CONNECTING_SOCKETS: LruHashMap<u64, u32> = LruHashMap::with_max_entri
 /// these and on nothing else.
 #[map]
 pub static CLIENT_SOCKETS: SockHash<u64> = SockHash::with_max_entries(MAX_TRACKED_SOCKETS, 0);
+
+/// An object (asyncio task or future) of a process, by address. A task's entry is rewritten
+/// by every `Task.__init__` at that address, which is what makes address reuse harmless: the
+/// init is the generation change.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct ObjectKey {
+    pub pid: u32,
+    pub _pad: u32,
+    pub address: u64,
+}
+
+/// The request each asyncio task works for.
+#[map]
+pub static TASK_CONTEXTS: LruHashMap<ObjectKey, ServedRequest> = LruHashMap::with_max_entries(MAX_TRACKED_SOCKETS, 0);
+
+/// Futures resolved by a request's callback (an aiohttp handler's waiter): the task they wake
+/// works for that request from then on.
+#[map]
+pub static FUTURE_CONTEXTS: LruHashMap<ObjectKey, ServedRequest> =
+    LruHashMap::with_max_entries(MAX_IN_FLIGHT_SYSCALLS, 0);
+
+/// Depth of task steps remembered per thread (3.12 eager tasks step inside another's step).
+pub const TASK_NESTING: usize = 4;
+
+/// The asyncio tasks a thread is stepping, innermost last.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct RunningTasks {
+    pub tasks: [u64; TASK_NESTING],
+    pub depth: u32,
+    pub _pad: u32,
+}
+
+/// Keyed by `pid_tgid`.
+#[map]
+pub static RUNNING_TASKS: LruHashMap<u64, RunningTasks> = LruHashMap::with_max_entries(MAX_IN_FLIGHT_SYSCALLS, 0);

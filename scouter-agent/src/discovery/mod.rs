@@ -5,6 +5,7 @@
 //! maps or links, and /proc metadata; it never reads the process's memory, so an unknown
 //! interpreter is reported and left alone.
 
+pub mod asyncio;
 mod interpreter;
 mod procfs;
 pub mod sockets;

@@ -10,6 +10,7 @@
 // aya's ProgramError is large; these errors happen once, at start-up, so size does not matter.
 #![allow(clippy::result_large_err)]
 
+mod asyncio;
 mod propagation;
 pub mod tracefs;
 
@@ -21,6 +22,8 @@ use aya::{Ebpf, EbpfLoader};
 use scouter_ebpf::{counter, global_names, map_names, TrackedProcess, TRACK_SOCKETS};
 
 pub use propagation::Propagation;
+
+use crate::discovery::asyncio::AsyncioModule;
 
 /// The eBPF object built by build.rs (empty when built with AYA_BUILD_SKIP=1).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/scouter-ebpf"));
@@ -101,8 +104,9 @@ pub struct ProbeOptions {
 
 /// The loaded, attached programs and the maps userspace uses.
 pub struct Probes {
-    /// Held for its links: dropping it detaches every program.
-    _ebpf: Ebpf,
+    /// Holds the links: dropping it detaches every program.
+    ebpf: Ebpf,
+    asyncio: asyncio::AsyncioProbes,
     tracked: BpfHashMap<MapData, u32, TrackedProcess>,
     counters: PerCpuArray<MapData, u64>,
     propagation: Propagation,
@@ -132,13 +136,15 @@ impl Probes {
             attach_tracepoint(&mut ebpf, program, category, names)?;
         }
         let propagation = propagation::attach(&mut ebpf, options.propagate)?;
+        asyncio::load(&mut ebpf)?;
         let tracked = BpfHashMap::try_from(take_map(&mut ebpf, map_names::TRACKED_PROCESSES)?)
             .map_err(|source| ProbeError::Map { name: map_names::TRACKED_PROCESSES, source })?;
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, map_names::COUNTERS)?)
             .map_err(|source| ProbeError::Map { name: map_names::COUNTERS, source })?;
         let events = RingBuf::try_from(take_map(&mut ebpf, map_names::EVENTS)?)
             .map_err(|source| ProbeError::Map { name: map_names::EVENTS, source })?;
-        Ok((Self { _ebpf: ebpf, tracked, counters, propagation }, events))
+        let asyncio = asyncio::AsyncioProbes::default();
+        Ok((Self { ebpf, asyncio, tracked, counters, propagation }, events))
     }
 
     /// Whether outgoing requests get a `traceparent`, and if not, why.
@@ -152,6 +158,12 @@ impl Probes {
         self.tracked
             .insert(pid, value, 0)
             .map_err(|source| ProbeError::Map { name: map_names::TRACKED_PROCESSES, source })
+    }
+
+    /// Follows the asyncio tasks of processes using `module`; false when its symbols are
+    /// missing (reported once per module).
+    pub fn track_asyncio(&mut self, module: &AsyncioModule) -> bool {
+        self.asyncio.instrument(&mut self.ebpf, module)
     }
 
     /// Stops following `pid`; absent entries are fine (the kernel removes exited processes).

@@ -9,7 +9,7 @@ use aya_ebpf::{
 use scouter_ebpf::address_family::{INET as AF_INET, INET6 as AF_INET6, UNIX as AF_UNIX};
 use scouter_ebpf::{counter, CloseEvent, ConnectionEvent, EventKind, SocketAddress, SocketInfo, SocketKey, SocketRole};
 
-use super::{current_ids, header, syscall_arg, syscall_ret};
+use super::{context, current_ids, header, syscall_arg, syscall_ret};
 use crate::maps::{count, is_tracked, InFlightConnection, EVENTS, IN_FLIGHT_CONNECTIONS, SOCKETS};
 
 const EINPROGRESS: i64 = 115;
@@ -92,6 +92,7 @@ pub fn accept_exit(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let (pid, _) = current_ids(pid_tgid);
+    context::thread_moved_on(pid_tgid);
     follow(pid, ret as u32, SocketRole::Server);
     emit_connection(EventKind::SocketAccept, pid_tgid, ret as u32, call.fd as i32, peer);
     0
@@ -118,6 +119,7 @@ pub fn connect_exit(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let (pid, _) = current_ids(pid_tgid);
+    context::thread_moved_on(pid_tgid);
     follow(pid, call.fd, SocketRole::Client);
     emit_connection(EventKind::SocketConnect, pid_tgid, call.fd, ret as i32, peer);
     0

@@ -2,17 +2,21 @@
 //!
 //! A server request adopts the caller's `traceparent` (or the Scouter SDK's `trace_id`/
 //! `span_id`/`is_sampled` headers) or starts a trace, and becomes the request its thread is
-//! serving. A client request made by a thread that is serving one is its child; one that
-//! already carries a `traceparent` keeps it as its own identity (never two headers). The
-//! client's `traceparent` line is prepared here and inserted by [`super::inject`].
+//! serving. A client request's parent is the request its asyncio task works for when the thread
+//! is stepping a task ([`super::asyncio`]), else the request its thread is serving; either is
+//! dropped once older than the maximum transaction time. A client request that already carries
+//! a `traceparent` keeps it as its own identity (never two headers). The client's
+//! `traceparent` line is prepared here and inserted by [`super::inject`].
 
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use scouter_ebpf::{context_origin, counter, traceparent, SpanContext};
 
+use super::asyncio::running_task;
+use super::current_ids;
 use super::head::{byte_at, bytes_at};
 use crate::maps::{
-    count, injection_state, HeadScratch, PendingInjection, ServedRequest, NOT_FOUND, PENDING_INJECTIONS,
-    SERVED_REQUESTS,
+    count, injection_state, HeadScratch, ObjectKey, PendingInjection, ServedRequest, FUTURE_CONTEXTS, NOT_FOUND,
+    PENDING_INJECTIONS, SERVED_REQUESTS, TASK_CONTEXTS,
 };
 
 /// Set by the agent before load: how long a request being served may parent client calls.
@@ -42,7 +46,7 @@ pub fn server_request(pid_tgid: u64, fd: u32, head: &HeadScratch) -> SpanContext
         count(counter::HEAD_NOT_SCANNED);
     }
     // SAFETY: helper with no preconditions.
-    let served = ServedRequest { context, started_ns: unsafe { bpf_ktime_get_ns() }, fd, _pad: 0 };
+    let served = ServedRequest { context, started_ns: unsafe { bpf_ktime_get_ns() }, fd, fresh: 1, _pad: [0; 3] };
     let _ = SERVED_REQUESTS.insert(&pid_tgid, &served, 0);
     context
 }
@@ -61,7 +65,7 @@ pub fn server_responded(pid_tgid: u64, fd: u32) {
 /// is complete in this write and carries none.
 #[inline(always)]
 pub fn client_request(pid_tgid: u64, head: &HeadScratch) -> SpanContext {
-    let parent = served_request(pid_tgid);
+    let parent = current_parent(pid_tgid).map(|p| p.context);
     let mut context = SpanContext::default();
     if let Some(own) = header_traceparent(head) {
         context.trace_id = own.trace_id;
@@ -111,16 +115,94 @@ pub fn take_injection(pid_tgid: u64) -> bool {
     state == injection_state::DONE
 }
 
-/// The context of the request this thread is serving, unless older than the transaction limit.
+/// The request the current code works for: its asyncio task's when a task is running (even
+/// none: the thread's latest request belongs to another task), else its thread's.
 #[inline(always)]
-fn served_request(pid_tgid: u64) -> Option<SpanContext> {
-    // SAFETY: copied out.
-    let served = unsafe { SERVED_REQUESTS.get(&pid_tgid) }.copied()?;
+fn current_parent(pid_tgid: u64) -> Option<ServedRequest> {
+    let found = match running_task(pid_tgid) {
+        Some(task) => {
+            // SAFETY: copied out.
+            unsafe { TASK_CONTEXTS.get(&object(pid_tgid, task)) }.copied()
+        }
+        // SAFETY: copied out.
+        None => unsafe { SERVED_REQUESTS.get(&pid_tgid) }.copied(),
+    }?;
+    within_transaction(&found).then_some(found)
+}
+
+#[inline(always)]
+fn within_transaction(served: &ServedRequest) -> bool {
     // SAFETY: a global the agent may set before load; read volatile so it is not folded.
     let limit = unsafe { core::ptr::read_volatile(&MAX_TRANSACTION_NS) };
     // SAFETY: helper with no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    (now.saturating_sub(served.started_ns) <= limit).then_some(served.context)
+    now.saturating_sub(served.started_ns) <= limit
+}
+
+/// The request a callback without a running task is handling: the one it just read.
+#[inline(always)]
+fn fresh_request(pid_tgid: u64) -> Option<ServedRequest> {
+    if running_task(pid_tgid).is_some() {
+        return current_parent(pid_tgid);
+    }
+    // SAFETY: copied out.
+    let served = unsafe { SERVED_REQUESTS.get(&pid_tgid) }.copied()?;
+    (served.fresh != 0 && within_transaction(&served)).then_some(served)
+}
+
+/// Another socket event or a task step on the thread: the request read last is no longer
+/// what the thread is doing right now (it may still be the one it serves).
+#[inline(always)]
+pub fn thread_moved_on(pid_tgid: u64) {
+    if let Some(served) = SERVED_REQUESTS.get_ptr_mut(&pid_tgid) {
+        // SAFETY: this thread's own entry.
+        unsafe { (*served).fresh = 0 };
+    }
+}
+
+/// `Task.__init__`: the new task works for its creator's request (or for none: the entry of a
+/// previous task at the same address must not survive).
+#[inline(always)]
+pub fn task_created(pid_tgid: u64, task: u64) {
+    let key = object(pid_tgid, task);
+    match fresh_request(pid_tgid) {
+        Some(served) => {
+            let _ = TASK_CONTEXTS.insert(&key, &served, 0);
+        }
+        None => {
+            let _ = TASK_CONTEXTS.remove(&key);
+        }
+    }
+}
+
+/// `Future.set_result` in a callback that just read a request: the woken task takes it over.
+#[inline(always)]
+pub fn future_resolved(pid_tgid: u64, future: u64) {
+    let key = object(pid_tgid, future);
+    let fresh = if running_task(pid_tgid).is_some() { None } else { fresh_request(pid_tgid) };
+    match fresh {
+        Some(served) => {
+            let _ = FUTURE_CONTEXTS.insert(&key, &served, 0);
+        }
+        None => {
+            let _ = FUTURE_CONTEXTS.remove(&key);
+        }
+    }
+}
+
+/// `task_wakeup(task, future)`: a task woken by a request's future now works for it.
+#[inline(always)]
+pub fn task_woken(pid_tgid: u64, task: u64, future: u64) {
+    let key = object(pid_tgid, future);
+    // SAFETY: copied out before removal.
+    let Some(served) = (unsafe { FUTURE_CONTEXTS.get(&key) }).copied() else { return };
+    let _ = FUTURE_CONTEXTS.remove(&key);
+    let _ = TASK_CONTEXTS.insert(&object(pid_tgid, task), &served, 0);
+}
+
+#[inline(always)]
+fn object(pid_tgid: u64, address: u64) -> ObjectKey {
+    ObjectKey { pid: current_ids(pid_tgid).0, _pad: 0, address }
 }
 
 /// The caller's context: `traceparent` first, else the Scouter SDK's headers.

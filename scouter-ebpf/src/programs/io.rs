@@ -128,6 +128,7 @@ pub fn io_exit(ctx: TracePointContext) -> u32 {
     }
     let moved = ret as u64;
     let segment = first_segment(&call, moved);
+    context::thread_moved_on(pid_tgid);
     if let Some(socket) = socket_info(pid_tgid, call.fd) {
         follow_exchange(socket, &mut call, pid_tgid, segment);
     }

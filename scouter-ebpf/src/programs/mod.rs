@@ -1,5 +1,6 @@
 //! The programs, one module per concern. Shared helpers live here.
 
+pub mod asyncio;
 pub mod connection;
 pub mod context;
 pub mod head;

@@ -1,0 +1,103 @@
+//! Uprobes on `_asyncio` (see `scouter-ebpf/src/programs/asyncio.rs`): attached once per
+//! module file, for every process that maps it; the kernel side ignores untracked processes.
+//!
+//! A module without the symbols (distribution builds strip `_asyncio`'s static functions) is
+//! reported once; client calls from its tasks are then parented by thread only, which is
+//! exact for thread-per-request servers and approximate on event loops.
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope};
+use aya::programs::UProbe;
+use aya::Ebpf;
+
+use super::{load_error, ProbeError};
+use crate::discovery::asyncio::AsyncioModule;
+
+/// (program, symbol); the first three are required for task tracking.
+const TASK_STEP: (&str, &str) = ("asyncio_task_step", "task_step");
+const TASK_STEP_STATE_FIRST: (&str, &str) = ("asyncio_task_step_state_first", "task_step");
+const TASK_STEP_RETURN: (&str, &str) = ("asyncio_task_step_return", "task_step");
+const TASK_INIT: (&str, &str) = ("asyncio_task_init", "_asyncio_Task___init__");
+const FUTURE_SET_RESULT: (&str, &str) = ("asyncio_future_set_result", "_asyncio_Future_set_result");
+const TASK_WAKEUP: (&str, &str) = ("asyncio_task_wakeup", "task_wakeup");
+const ALL: [(&str, &str); 6] =
+    [TASK_STEP, TASK_STEP_STATE_FIRST, TASK_STEP_RETURN, TASK_INIT, FUTURE_SET_RESULT, TASK_WAKEUP];
+
+/// Loads the programs; attaching waits for the first process of each module.
+pub fn load(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+    for (program, _) in ALL {
+        uprobe(ebpf, program)?.load().map_err(|source| load_error(program, source))?;
+    }
+    Ok(())
+}
+
+/// Modules already handled, by (device, inode): whether their tasks are tracked.
+#[derive(Default)]
+pub struct AsyncioProbes {
+    modules: HashMap<(u64, u64), bool>,
+}
+
+impl AsyncioProbes {
+    /// Attaches to `module` unless done before; returns whether its tasks are tracked.
+    pub fn instrument(&mut self, ebpf: &mut Ebpf, module: &AsyncioModule) -> bool {
+        let Ok(meta) = std::fs::metadata(&module.host_path) else { return false };
+        let key = (meta.dev(), meta.ino());
+        if let Some(&tracked) = self.modules.get(&key) {
+            return tracked;
+        }
+        let tracked = match attach_all(ebpf, module) {
+            Ok(()) => {
+                tracing::info!(module = %module.host_path.display(), "tracking asyncio tasks");
+                true
+            }
+            Err(error) => {
+                tracing::warn!(
+                    module = %module.host_path.display(),
+                    %error,
+                    "asyncio tasks are not tracked for this interpreter; client calls made by tasks are parented by thread only"
+                );
+                false
+            }
+        };
+        self.modules.insert(key, tracked);
+        tracked
+    }
+}
+
+fn attach_all(ebpf: &mut Ebpf, module: &AsyncioModule) -> Result<(), ProbeError> {
+    attach(ebpf, if module.state_argument { TASK_STEP_STATE_FIRST } else { TASK_STEP }, module)?;
+    attach(ebpf, TASK_STEP_RETURN, module)?;
+    attach(ebpf, TASK_INIT, module)?;
+    // Without these, tasks still inherit their creator's request; only handing a request to an
+    // already running task (aiohttp's per-connection handler) is lost.
+    for optional in [FUTURE_SET_RESULT, TASK_WAKEUP] {
+        if optional == TASK_WAKEUP && !module.has_task_wakeup {
+            continue;
+        }
+        if let Err(error) = attach(ebpf, optional, module) {
+            tracing::debug!(%error, "optional asyncio probe not attached");
+        }
+    }
+    Ok(())
+}
+
+fn attach(
+    ebpf: &mut Ebpf,
+    (program, symbol): (&'static str, &'static str),
+    module: &AsyncioModule,
+) -> Result<(), ProbeError> {
+    let point = UProbeAttachPoint { location: UProbeAttachLocation::Symbol(symbol), cookie: None };
+    uprobe(ebpf, program)?
+        .attach(point, &module.host_path, UProbeScope::AllProcesses)
+        .map(|_| ())
+        .map_err(|source| ProbeError::AttachProgram { program, source })
+}
+
+fn uprobe<'a>(ebpf: &'a mut Ebpf, program: &'static str) -> Result<&'a mut UProbe, ProbeError> {
+    ebpf.program_mut(program)
+        .ok_or(ProbeError::MissingProgram(program))?
+        .try_into()
+        .map_err(|source| ProbeError::ProgramLoad { program, source })
+}
