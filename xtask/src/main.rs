@@ -8,10 +8,13 @@
 //!   compiles the eBPF programs with the nightly toolchain and bpf-linker).
 //! - `run` builds, then replaces itself with the agent.
 //! - `test` runs the full setup, builds, then the unit tests and the end-to-end tests.
+//! - `bench` measures what tracing costs a Python HTTP service: no tracing, the agent, and
+//!   OpenTelemetry's zero-code instrumentation, side by side (figures only, no assertions).
 //!
 //! Every external program runs through [`cmd`], with inherited standard streams, so that what
 //! failed is always named in the error.
 
+mod bench;
 mod build;
 mod cmd;
 mod setup;
@@ -53,6 +56,20 @@ enum Task {
     /// The end-to-end tests load eBPF programs, so this refuses to run without root rather
     /// than let them be skipped. FILTER, if given, is passed to both cargo test runs.
     Test(TestArgs),
+    /// Measure tracing overhead as root: no tracing vs the agent vs opentelemetry-instrument.
+    ///
+    /// Two Python services, each making one downstream HTTP call per request: sync (flask on
+    /// gunicorn gthread workers, requests) and asyncio (fastapi on uvicorn with the asyncio
+    /// loop and h11, httpx.AsyncClient). Each runs three times, started fresh: alone; traced by
+    /// the agent (target/release/scouter-agent, built first); under `opentelemetry-instrument`
+    /// exporting OTLP/HTTP to a local receiver that discards. wrk loads each run for a warm-up,
+    /// then for the measured window. Prints requests/s, p50 and p99 latency, the service's CPU
+    /// per request, and the agent's CPU (% of one core) and memory; asserts nothing.
+    ///
+    /// The services run in a virtual environment (target/tools/bench-venv, from pyenv's Python
+    /// 3.12.1) with the packages in xtask/bench/requirements.txt, installed on first use. Service
+    /// logs and agent stores go to target/bench/.
+    Bench(bench::Options),
 }
 
 #[derive(Debug, Args)]
@@ -110,6 +127,7 @@ fn run(task: Task) -> anyhow::Result<()> {
         Task::Build(args) => build::build(&ws, !args.no_setup).map(|_| ()),
         Task::Run(args) => build::run(&ws, !args.build.no_setup, &args.agent_args),
         Task::Test(args) => test::run(&ws, !args.no_setup, args.filter.as_deref()),
+        Task::Bench(options) => bench::run(&ws, &options),
     }
 }
 

@@ -13,12 +13,15 @@
 //! 3. [`debian`]: Debian packages the tests use (one list, in that module);
 //! 4. [`python`]: pip requirements for every interpreter the tests use.
 //!
-//! Steps 1-2 are all that building needs ([`Scope::Build`]); 3-4 serve the tests.
+//! Steps 1-2 are all that building needs ([`Scope::Build`]); 3-4 serve the tests. [`bench`]
+//! takes steps 1-3 (wrk is among the Debian packages) and a virtual environment of its own.
 
 mod bpf_linker;
 mod debian;
 mod python;
 mod toolchain;
+
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
@@ -35,14 +38,31 @@ pub enum Scope {
 
 pub fn run(ws: &Workspace, scope: Scope) -> Result<()> {
     let mut report = Report::default();
-    toolchain::ensure(&mut report)?;
-    bpf_linker::ensure(ws, &mut report)?;
+    ensure(ws, scope, &mut report)?;
+    report.finish();
+    Ok(())
+}
+
+/// What `cargo xtask bench` needs: the build tools, the Debian packages (wrk), and
+/// `requirements` in a virtual environment at `venv` made from pyenv's Python `version`.
+/// Returns the environment's interpreter. The tests' pip packages are left alone.
+pub fn bench(ws: &Workspace, version: &str, venv: &Path, requirements: &Path) -> Result<PathBuf> {
+    let mut report = Report::default();
+    ensure(ws, Scope::Build, &mut report)?;
+    debian::ensure(&mut debian::Apt::default(), &mut report)?;
+    let python = python::ensure_venv(version, venv, requirements, &mut report)?;
+    report.finish();
+    Ok(python)
+}
+
+fn ensure(ws: &Workspace, scope: Scope, report: &mut Report) -> Result<()> {
+    toolchain::ensure(report)?;
+    bpf_linker::ensure(ws, report)?;
     if scope == Scope::All {
         let mut apt = debian::Apt::default();
-        debian::ensure(&mut apt, &mut report)?;
-        python::ensure(ws, &mut apt, &mut report)?;
+        debian::ensure(&mut apt, report)?;
+        python::ensure(ws, &mut apt, report)?;
     }
-    report.finish();
     Ok(())
 }
 

@@ -12,6 +12,10 @@
 //!
 //! An empty requirements file installs nothing anywhere, so Debian's interpreter stays as the
 //! distribution ships it unless a test really needs a package.
+//!
+//! Other tasks with packages of their own (`cargo xtask bench`) use [`ensure_venv`]: a virtual
+//! environment made from one pyenv interpreter, stamped the same way, so their packages never
+//! touch (or change the versions of) what the tests install.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -48,7 +52,8 @@ pub fn ensure(ws: &Workspace, apt: &mut Apt, report: &mut Report) -> Result<()> 
     }
     let stamps = ws.tools_dir().join("stamps");
     for interpreter in &interpreters {
-        ensure_installed(interpreter, &requirements, &stamps, apt, report)?;
+        let stamp = stamps.join(format!("pip-{}", interpreter.label));
+        ensure_installed(interpreter, &requirements, &stamp, apt, report)?;
     }
     Ok(())
 }
@@ -70,46 +75,67 @@ impl Requirements {
     }
 }
 
+/// Installs `requirements` into a virtual environment at `venv` made from pyenv's Python
+/// `version` (created first if missing), and returns the environment's interpreter.
+///
+/// The stamp lives inside the environment, so deleting the environment reinstalls everything.
+pub fn ensure_venv(version: &str, venv: &Path, requirements: &Path, report: &mut Report) -> Result<PathBuf> {
+    let python = venv.join("bin/python3");
+    if !python.is_file() {
+        let base = pyenv_interpreter(&pyenv_root(), version)?;
+        report.installing(&format!("virtual environment {} (Python {version})", venv.display()));
+        cmd::run(Command::new(&base.python).args(["-m", "venv"]).arg(venv))?;
+    }
+    let label = format!("the virtual environment {}", venv.display());
+    let interpreter = Interpreter { label, python: python.clone(), system: false };
+    let requirements = Requirements::read(requirements)?;
+    let stamp = venv.join("scouter-requirements.stamp");
+    ensure_installed(&interpreter, &requirements, &stamp, &mut Apt::default(), report)?;
+    Ok(python)
+}
+
 /// Installs the requirements into one interpreter unless its stamp says they already are.
 fn ensure_installed(
     interpreter: &Interpreter,
     requirements: &Requirements,
-    stamps: &Path,
+    stamp: &Path,
     apt: &mut Apt,
     report: &mut Report,
 ) -> Result<()> {
-    let stamp = stamps.join(format!("pip-{}", interpreter.label));
     let fingerprint = fingerprint(&requirements.text, &interpreter.python)?;
     let what = format!("pip requirements for {}", interpreter.label);
-    if std::fs::read_to_string(&stamp).is_ok_and(|found| found == fingerprint) {
+    if std::fs::read_to_string(stamp).is_ok_and(|found| found == fingerprint) {
         report.already(&what);
         return Ok(());
     }
     report.installing(&what);
     pip_install(interpreter, &requirements.path, apt)?;
-    write_stamp(&stamp, &fingerprint)
+    write_stamp(stamp, &fingerprint)
 }
 
 /// Every interpreter the tests use; fails naming the first one that is missing.
 fn interpreters() -> Result<Vec<Interpreter>> {
     let root = pyenv_root();
-    let mut found = Vec::new();
-    for version in PYENV_VERSIONS {
-        let python = root.join("versions").join(version).join("bin/python3");
-        if !python.is_file() {
-            bail!(
-                "Python {version} is missing: {} does not exist (install it with `pyenv install {version}`)",
-                python.display()
-            );
-        }
-        found.push(Interpreter { label: format!("pyenv-{version}"), python, system: false });
-    }
+    let mut found =
+        PYENV_VERSIONS.iter().map(|version| pyenv_interpreter(&root, version)).collect::<Result<Vec<_>>>()?;
     let python = PathBuf::from(DEBIAN_PYTHON);
     if !python.is_file() {
         bail!("{DEBIAN_PYTHON} is missing although the python3.11 package step ran");
     }
     found.push(Interpreter { label: "debian-python3.11".into(), python, system: true });
     Ok(found)
+}
+
+/// pyenv's interpreter of `version`; fails if it is not installed.
+fn pyenv_interpreter(root: &Path, version: &str) -> Result<Interpreter> {
+    let python = root.join("versions").join(version).join("bin/python3");
+    if !python.is_file() {
+        bail!(
+            "Python {version} is missing: {} does not exist (install it with `pyenv install {version}`)",
+            python.display()
+        );
+    }
+    Ok(Interpreter { label: format!("pyenv-{version}"), python, system: false })
 }
 
 /// `pyenv root` if pyenv is on PATH, else PYENV_ROOT, else where this machine kind keeps it.
