@@ -21,7 +21,7 @@ use crate::events::{self, KernelEvent, SocketId, WallClock};
 use crate::export::Exporter;
 use crate::probes::{ProbeOptions, Probes};
 use crate::spans::assembly::{Assembler, CompletedExchange};
-use crate::spans::http_span::span_from_exchange;
+use crate::spans::http_span::{span_from_exchange, span_from_failed_connect};
 use crate::spans::{AttributeValue, Resource};
 
 /// Records handled per wake-up before other sources get a turn.
@@ -95,6 +95,19 @@ async fn run_until_signal(config: AgentConfig) -> anyhow::Result<()> {
     while !agent.drain(&mut ring.get_mut().0, &inspections) {}
     agent.shutdown();
     Ok(())
+}
+
+/// The `error.type` of a failed `connect()` result, `None` when it succeeded or goes on in the
+/// background.
+fn connect_failure(result: i32) -> Option<&'static str> {
+    match -result {
+        0 | libc::EINPROGRESS => None,
+        libc::ECONNREFUSED => Some("connection_refused"),
+        libc::ETIMEDOUT => Some("timeout"),
+        libc::EHOSTUNREACH => Some("host_unreachable"),
+        libc::ENETUNREACH => Some("network_unreachable"),
+        _ => Some("_OTHER"),
+    }
 }
 
 /// Lets tokio poll the ring buffer's descriptor.
@@ -183,14 +196,21 @@ impl Agent {
                 let port = self.listener_port(socket.pid, listen_fd);
                 self.assembler.on_accept(socket, peer, port, time);
             }
-            KernelEvent::Connected { socket, peer, time } => self.assembler.on_connect(socket, peer, time),
+            KernelEvent::Connected { socket, peer, time, result } => match connect_failure(result) {
+                None => self.assembler.on_connect(socket, peer, time, result == -libc::EINPROGRESS),
+                Some(error) => {
+                    self.assembler.on_connect_failed(socket, peer, time, error);
+                    self.export_failed_connects();
+                }
+            },
             KernelEvent::Data(chunk) => {
                 let done = self.assembler.on_data(&chunk);
                 self.export(done);
             }
-            KernelEvent::Closed { socket, .. } => {
-                let done = self.assembler.on_close(socket);
+            KernelEvent::Closed { socket, time } => {
+                let done = self.assembler.on_close(socket, time);
                 self.export(done);
+                self.export_failed_connects();
             }
         }
     }
@@ -211,8 +231,9 @@ impl Agent {
     }
 
     fn on_exit(&mut self, pid: u32) {
-        let done = self.assembler.on_process_exit(pid);
+        let done = self.assembler.on_process_exit(pid, self.clock.unix_now());
         self.export(done);
+        self.export_failed_connects();
         if self.processes.remove(&pid).is_some() {
             tracing::info!(pid, "python process exited");
         }
@@ -294,6 +315,13 @@ impl Agent {
             let span = span_from_exchange(&exchange, resource);
             tracing::debug!(trace_id = %span.trace_id, name = %span.name, "span finished");
             self.exporter.submit(span);
+        }
+    }
+
+    fn export_failed_connects(&mut self) {
+        for failed in self.assembler.take_failed_connects() {
+            let resource = self.resource_of(failed.socket);
+            self.exporter.submit(span_from_failed_connect(&failed, resource));
         }
     }
 

@@ -124,7 +124,8 @@ pub struct ConnectionEvent {
     pub header: EventHeader,
     /// The connection's file descriptor in the process.
     pub fd: u32,
-    /// For accept: the listening socket's descriptor; for connect: the syscall's return value.
+    /// For accept: the listening socket's descriptor; for connect: the syscall's return value
+    /// (0, `-EINPROGRESS`, or a failure such as `-ECONNREFUSED`: then the socket is not followed).
     pub listen_fd_or_ret: i32,
     /// The peer: the client for accept, the server for connect.
     pub peer: SocketAddress,

@@ -37,7 +37,9 @@ pub enum KernelEvent {
     ProcessExit { pid: u32 },
     ProcessFork { parent: u32, child: u32 },
     Accepted { socket: SocketId, listen_fd: u32, peer: Peer, time: u64 },
-    Connected { socket: SocketId, peer: Peer, time: u64 },
+    /// `result` is `connect()`'s return value: 0, `-EINPROGRESS` (the handshake goes on), or a
+    /// failure (the socket is not followed).
+    Connected { socket: SocketId, peer: Peer, time: u64, result: i32 },
     Data(DataChunk),
     Closed { socket: SocketId, time: u64 },
 }
@@ -94,7 +96,8 @@ pub fn decode(record: &[u8], clock: &WallClock) -> Result<KernelEvent, DecodeErr
         }
         EventKind::SocketConnect => {
             let event: ConnectionEvent = read_record(record, Some(kind))?;
-            KernelEvent::Connected { socket: socket(event.fd), peer: peer(&event.peer), time }
+            let result = event.listen_fd_or_ret;
+            KernelEvent::Connected { socket: socket(event.fd), peer: peer(&event.peer), time, result }
         }
         EventKind::SocketData => decode_data(record, &header, clock)?,
         EventKind::SocketClose => {

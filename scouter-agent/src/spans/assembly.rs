@@ -5,8 +5,13 @@
 //! next response, which also makes pipelining and keep-alive come out right. An exchange is
 //! complete when its response's framing says so; when framing cannot say (a body until close,
 //! lost sync), the last response bytes before the connection closes, the next request, or a
-//! long idle period end it. A request without a response when its connection or process goes
-//! away produces no span: the agent never invents an outcome.
+//! long idle period end it.
+//!
+//! Failures are outcomes too, reported as they were seen, never guessed: a client request still
+//! unanswered when the client closes its connection (or exits) ends as `no_response`, and an
+//! outgoing connection that never moved a byte before it was closed ends as a failed connect
+//! ([`FailedConnect`]). A server request left unanswered produces nothing, and when the agent
+//! itself stops, requests in flight are dropped rather than failed.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
@@ -45,12 +50,36 @@ pub struct CompletedExchange {
     /// The traced process's own port (servers: the listening port).
     pub local_port: Option<u16>,
     pub request: RequestHead,
-    pub response: ResponseHead,
+    /// `None` when the exchange failed before a response arrived (see `error`).
+    pub response: Option<ResponseHead>,
+    /// Why the exchange failed without a response (an OTel `error.type` value).
+    pub error: Option<&'static str>,
     pub start_time: u64,
     pub end_time: u64,
     /// The identity the kernel gave the request at its first byte (absent when the kernel did
     /// not recognise the request's start, e.g. the second of two pipelined requests).
     pub context: Option<SpanContext>,
+}
+
+/// An outgoing connection that failed before any byte moved: refused at `connect()`, or
+/// pending (non-blocking) and then closed unused.
+#[derive(Clone, Debug)]
+pub struct FailedConnect {
+    pub socket: SocketId,
+    pub peer: Peer,
+    pub start_time: u64,
+    pub end_time: u64,
+    /// An OTel `error.type` value.
+    pub error: &'static str,
+}
+
+/// Why a connection's state is being finished.
+#[derive(Clone, Copy, Debug)]
+enum Ending {
+    /// The process closed it (or exited) at this time: unanswered client requests failed.
+    Closed(u64),
+    /// The agent stops or forgets the connection: nothing is known about what is in flight.
+    Unobserved,
 }
 
 /// What assembly dropped or could not follow, for the agent's own metrics.
@@ -90,6 +119,11 @@ struct Connection {
     /// The kernel's identity for the request whose head is being read (heads may span
     /// several syscalls; the identity comes with the first).
     next_context: Option<SpanContext>,
+    /// Client side: `connect()` returned before the handshake finished (non-blocking).
+    connect_pending: bool,
+    /// Whether any byte moved either way.
+    moved_bytes: bool,
+    opened_at: u64,
 }
 
 impl Connection {
@@ -104,6 +138,9 @@ impl Connection {
             interim_pending: false,
             last_activity: time,
             next_context: None,
+            connect_pending: false,
+            moved_bytes: false,
+            opened_at: time,
         }
     }
 }
@@ -112,6 +149,7 @@ impl Connection {
 pub struct Assembler {
     connections: HashMap<SocketId, Connection>,
     stats: AssemblyStats,
+    failed_connects: Vec<FailedConnect>,
 }
 
 impl Assembler {
@@ -128,8 +166,22 @@ impl Assembler {
         self.replace_connection(socket, Connection::new(Role::Server, peer, local_port, time));
     }
 
-    pub fn on_connect(&mut self, socket: SocketId, peer: Peer, time: u64) {
-        self.replace_connection(socket, Connection::new(Role::Client, peer, None, time));
+    /// A connection the process opened; `pending` when `connect()` returned before the
+    /// handshake finished.
+    pub fn on_connect(&mut self, socket: SocketId, peer: Peer, time: u64, pending: bool) {
+        let mut connection = Connection::new(Role::Client, peer, None, time);
+        connection.connect_pending = pending;
+        self.replace_connection(socket, connection);
+    }
+
+    /// `connect()` failed outright.
+    pub fn on_connect_failed(&mut self, socket: SocketId, peer: Peer, time: u64, error: &'static str) {
+        self.failed_connects.push(FailedConnect { socket, peer, start_time: time, end_time: time, error });
+    }
+
+    /// Failed connects seen since the last call.
+    pub fn take_failed_connects(&mut self) -> Vec<FailedConnect> {
+        std::mem::take(&mut self.failed_connects)
     }
 
     /// A descriptor number is reused after close; a close the agent missed must not leak the
@@ -143,6 +195,7 @@ impl Assembler {
     pub fn on_data(&mut self, chunk: &DataChunk) -> Vec<CompletedExchange> {
         let Some(connection) = connection_for(&mut self.connections, chunk) else { return Vec::new() };
         connection.last_activity = chunk.time;
+        connection.moved_bytes = true;
         let mut done = Vec::new();
         if chunk.direction == connection.role.request_direction() {
             let start_time = match connection.role {
@@ -174,22 +227,26 @@ impl Assembler {
         done
     }
 
-    pub fn on_close(&mut self, socket: SocketId) -> Vec<CompletedExchange> {
+    pub fn on_close(&mut self, socket: SocketId, time: u64) -> Vec<CompletedExchange> {
+        self.end(socket, Ending::Closed(time))
+    }
+
+    fn end(&mut self, socket: SocketId, ending: Ending) -> Vec<CompletedExchange> {
         let Some(connection) = self.connections.remove(&socket) else { return Vec::new() };
-        self.finish_connection(socket, connection)
+        self.finish_connection(socket, connection, ending)
     }
 
     /// The agent is stopping: every exchange that has its response is complete as far as it
     /// will ever know.
     pub fn finish_all(&mut self) -> Vec<CompletedExchange> {
         let sockets: Vec<SocketId> = self.connections.keys().copied().collect();
-        sockets.into_iter().flat_map(|socket| self.on_close(socket)).collect()
+        sockets.into_iter().flat_map(|socket| self.end(socket, Ending::Unobserved)).collect()
     }
 
-    /// The process exited: its sockets closed without close() calls the agent could see.
-    pub fn on_process_exit(&mut self, pid: u32) -> Vec<CompletedExchange> {
+    /// The process exited at `time`: its sockets closed without close() calls the agent could see.
+    pub fn on_process_exit(&mut self, pid: u32, time: u64) -> Vec<CompletedExchange> {
         let sockets: Vec<SocketId> = self.connections.keys().filter(|s| s.pid == pid).copied().collect();
-        sockets.into_iter().flat_map(|socket| self.on_close(socket)).collect()
+        sockets.into_iter().flat_map(|socket| self.on_close(socket, time)).collect()
     }
 
     /// Ends exchanges whose response has been quiet for `idle` (bodies without framing on
@@ -214,21 +271,28 @@ impl Assembler {
             .map(|(s, _)| *s)
             .collect();
         for socket in stale {
-            if let Some(connection) = self.connections.remove(&socket) {
-                done.extend(self.finish_connection(socket, connection));
-            }
+            done.extend(self.end(socket, Ending::Unobserved));
         }
         self.stats.exchanges += done.len() as u64;
         done
     }
 
-    fn finish_connection(&mut self, socket: SocketId, mut connection: Connection) -> Vec<CompletedExchange> {
+    fn finish_connection(&mut self, socket: SocketId, mut connection: Connection, ending: Ending) -> Vec<CompletedExchange> {
         let mut done = Vec::new();
+        let closed_at = match ending {
+            Ending::Closed(time) if connection.role == Role::Client => Some(time),
+            _ => None,
+        };
+        if let Some(time) = closed_at.filter(|_| connection.connect_pending && !connection.moved_bytes) {
+            let error = "connection_failed";
+            let (peer, start_time) = (connection.peer, connection.opened_at);
+            self.failed_connects.push(FailedConnect { socket, peer, start_time, end_time: time, error });
+        }
         while let Some(exchange) = connection.exchanges.pop_front() {
-            if exchange.response.is_some() {
-                done.extend(complete(socket, &connection, exchange, None));
-            } else {
-                self.stats.unanswered += 1;
+            match (exchange.response.is_some(), closed_at) {
+                (true, _) => done.extend(complete(socket, &connection, exchange, None)),
+                (false, Some(time)) => done.push(unanswered(socket, &connection, exchange, time)),
+                (false, None) => self.stats.unanswered += 1,
             }
         }
         self.stats.exchanges += done.len() as u64;
@@ -349,17 +413,37 @@ fn complete(
 ) -> Option<CompletedExchange> {
     let response = exchange.response?;
     let end_time = end.unwrap_or(exchange.last_response_time).max(exchange.start_time);
-    Some(CompletedExchange {
+    Some(finished(socket, connection, exchange.request, exchange.context, exchange.start_time, end_time, Ok(response)))
+}
+
+/// A client request whose connection ended at `time` before any response.
+fn unanswered(socket: SocketId, connection: &Connection, exchange: Exchange, time: u64) -> CompletedExchange {
+    let end_time = time.max(exchange.start_time);
+    let outcome = Err("no_response");
+    finished(socket, connection, exchange.request, exchange.context, exchange.start_time, end_time, outcome)
+}
+
+fn finished(
+    socket: SocketId,
+    connection: &Connection,
+    request: RequestHead,
+    context: Option<SpanContext>,
+    start_time: u64,
+    end_time: u64,
+    outcome: Result<ResponseHead, &'static str>,
+) -> CompletedExchange {
+    CompletedExchange {
         socket,
         role: connection.role,
         peer: connection.peer,
         local_port: connection.local_port,
-        request: exchange.request,
-        response,
-        start_time: exchange.start_time,
+        request,
+        error: outcome.as_ref().err().copied(),
+        response: outcome.ok(),
+        start_time,
         end_time,
-        context: exchange.context,
-    })
+        context,
+    }
 }
 
 #[cfg(test)]
@@ -391,7 +475,7 @@ mod tests {
     fn summary(done: &[CompletedExchange]) -> Vec<(String, String, u16, u64, u64)> {
         done.iter()
             .map(|e| {
-                (e.request.method.clone(), e.request.path().to_owned(), e.response.status, e.start_time, e.end_time)
+                (e.request.method.clone(), e.request.path().to_owned(), e.response.as_ref().map_or(0, |r| r.status), e.start_time, e.end_time)
             })
             .collect()
     }
@@ -415,7 +499,7 @@ mod tests {
                 ("GET".into(), "/c".into(), 200, 30, 32)
             ]
         );
-        assert!(a.on_close(SOCKET).is_empty());
+        assert!(a.on_close(SOCKET, 99).is_empty());
     }
 
     #[test]
@@ -424,7 +508,7 @@ mod tests {
         assert!(a.on_data(&chunk(Direction::Ingress, b"GET / HTTP/1.0\r\n\r\n", 10)).is_empty());
         assert!(a.on_data(&chunk(Direction::Egress, b"HTTP/1.0 200 OK\r\nServer: x\r\n\r\n", 11)).is_empty());
         assert!(a.on_data(&chunk(Direction::Egress, b"<html>", 12)).is_empty());
-        let done = a.on_close(SOCKET);
+        let done = a.on_close(SOCKET, 99);
         assert_eq!(summary(&done), [("GET".into(), "/".into(), 200, 10, 12)]);
     }
 
@@ -432,7 +516,7 @@ mod tests {
     fn request_without_response_gives_nothing() {
         let mut a = server();
         assert!(a.on_data(&chunk(Direction::Ingress, b"GET / HTTP/1.1\r\n\r\n", 10)).is_empty());
-        assert!(a.on_process_exit(SOCKET.pid).is_empty());
+        assert!(a.on_process_exit(SOCKET.pid, 99).is_empty());
         assert_eq!(a.stats().unanswered, 1);
         assert_eq!(a.open_connections(), 0);
     }
@@ -444,7 +528,7 @@ mod tests {
         assert!(a
             .on_data(&chunk(Direction::Egress, b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n", 11))
             .is_empty());
-        assert!(a.on_close(SOCKET).is_empty());
+        assert!(a.on_close(SOCKET, 99).is_empty());
         let stats = a.stats();
         assert_eq!((stats.not_http, stats.orphan_responses, stats.exchanges), (1, 1, 0));
     }
@@ -485,7 +569,7 @@ mod tests {
     fn client_role_times_from_write_entry_to_response_end() {
         let mut a = Assembler::default();
         let peer = Peer::Ip { addr: "10.0.0.1".parse().unwrap(), port: 80 };
-        a.on_connect(SOCKET, peer, 1);
+        a.on_connect(SOCKET, peer, 1, false);
         a.on_data(&chunk(Direction::Egress, b"GET /api HTTP/1.1\r\nHost: svc\r\n\r\n", 10));
         let done = a.on_data(&chunk(Direction::Ingress, b"HTTP/1.1 503 Unavailable\r\nContent-Length: 0\r\n\r\n", 15));
         assert_eq!(summary(&done), [("GET".into(), "/api".into(), 503, 9, 15)]);
@@ -512,5 +596,40 @@ mod tests {
         let done = a.on_data(&chunk(Direction::Egress, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 22));
         assert_eq!(summary(&done), [("GET".into(), "/new".into(), 200, 21, 22)]);
         assert_eq!(a.stats().unanswered, 1);
+    }
+
+    fn client() -> Assembler {
+        let mut a = Assembler::default();
+        a.on_connect(SOCKET, Peer::Ip { addr: "127.0.0.1".parse().unwrap(), port: 80 }, 1, true);
+        a
+    }
+
+    #[test]
+    fn an_unanswered_client_request_fails_when_the_client_closes() {
+        let mut a = client();
+        assert!(a.on_data(&chunk(Direction::Egress, b"GET /slow HTTP/1.1\r\n\r\n", 10)).is_empty());
+        let done = a.on_close(SOCKET, 1_000);
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].error, Some("no_response"));
+        assert!(done[0].response.is_none());
+        assert_eq!((done[0].start_time, done[0].end_time), (9, 1_000));
+        assert!(a.take_failed_connects().is_empty(), "bytes moved: the connect worked");
+    }
+
+    #[test]
+    fn in_flight_requests_are_not_failed_when_the_agent_stops() {
+        let mut a = client();
+        assert!(a.on_data(&chunk(Direction::Egress, b"GET /slow HTTP/1.1\r\n\r\n", 10)).is_empty());
+        assert!(a.finish_all().is_empty());
+        assert_eq!(a.stats().unanswered, 1);
+    }
+
+    #[test]
+    fn a_pending_connect_closed_unused_is_a_failed_connect() {
+        let mut a = client();
+        assert!(a.on_close(SOCKET, 50).is_empty());
+        let failed = a.take_failed_connects();
+        assert_eq!(failed.len(), 1);
+        assert_eq!((failed[0].error, failed[0].start_time, failed[0].end_time), ("connection_failed", 1, 50));
     }
 }

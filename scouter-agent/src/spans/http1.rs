@@ -220,7 +220,8 @@ fn split_head(bytes: &[u8]) -> Result<(&[u8], &[u8], usize), ParseError> {
 
 fn validate_partial_start(bytes: &[u8]) -> Result<(), ParseError> {
     let line_end = find(bytes, b"\r\n").unwrap_or(bytes.len());
-    let line = &bytes[..line_end];
+    // A read may end between the start line's CR and LF.
+    let line = bytes[..line_end].strip_suffix(b"\r").unwrap_or(&bytes[..line_end]);
     if line.iter().any(|&b| b == 0 || (b < 0x20 && b != b'\t') || b == 0x7f) {
         return Err(ParseError::Invalid("control characters in the start line"));
     }

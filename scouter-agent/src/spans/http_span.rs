@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use super::assembly::{CompletedExchange, Role};
+use super::assembly::{CompletedExchange, FailedConnect, Role};
 use super::ids::{SpanId, TraceId};
 use super::propagation;
 use super::{Attributes, Resource, Span, SpanKind, Status, StatusCode};
@@ -69,7 +69,12 @@ fn attributes(exchange: &CompletedExchange) -> Attributes {
         attributes.insert(key.to_owned(), value);
     };
     put("http.request.method", request.method.clone().into());
-    put("http.response.status_code", exchange.response.status.into());
+    if let Some(response) = &exchange.response {
+        put("http.response.status_code", response.status.into());
+    }
+    if let Some(error) = error_type(exchange) {
+        put("error.type", error.into());
+    }
     put("network.protocol.name", "http".into());
     put("network.protocol.version", request.version.as_semconv().into());
     put("url.scheme", "http".into());
@@ -109,17 +114,51 @@ fn attributes(exchange: &CompletedExchange) -> Attributes {
     attributes
 }
 
-/// Server spans fail on 5xx only (4xx is the caller's error); client spans on 4xx and 5xx.
-fn status(exchange: &CompletedExchange) -> Status {
-    let code = exchange.response.status;
+/// Why the exchange failed, as semantic conventions spell it: the failure when no response
+/// came, else the status code when it counts as an error for this side.
+fn error_type(exchange: &CompletedExchange) -> Option<String> {
+    let Some(response) = &exchange.response else { return exchange.error.map(str::to_owned) };
     let failed = match exchange.role {
-        Role::Server => code >= 500,
-        Role::Client => code >= 400,
+        // 4xx is the caller's error, not the server's.
+        Role::Server => response.status >= 500,
+        Role::Client => response.status >= 400,
     };
-    if failed {
-        Status { code: StatusCode::Error, message: String::new() }
-    } else {
-        Status::default()
+    failed.then(|| response.status.to_string())
+}
+
+fn status(exchange: &CompletedExchange) -> Status {
+    match error_type(exchange) {
+        Some(_) => error_status(),
+        None => Status::default(),
+    }
+}
+
+fn error_status() -> Status {
+    Status { code: StatusCode::Error, message: String::new() }
+}
+
+/// A CLIENT span for a connection that failed before a request could be sent. Nothing says
+/// which protocol it was for, so it is named after what happened, not after HTTP.
+pub fn span_from_failed_connect(failed: &FailedConnect, resource: Arc<Resource>) -> Span {
+    let mut attributes = Attributes::new();
+    if let Peer::Ip { addr, port } = failed.peer {
+        attributes.insert("server.address".into(), addr.to_string().into());
+        attributes.insert("server.port".into(), port.into());
+        attributes.insert("network.peer.address".into(), addr.to_string().into());
+    }
+    attributes.insert("network.transport".into(), "tcp".into());
+    attributes.insert("error.type".into(), failed.error.into());
+    Span {
+        trace_id: TraceId::random(),
+        span_id: SpanId::random(),
+        parent_span_id: None,
+        name: "connect".into(),
+        kind: SpanKind::Client,
+        start_time_unix_nano: failed.start_time,
+        end_time_unix_nano: failed.end_time,
+        attributes,
+        status: error_status(),
+        resource,
     }
 }
 
@@ -172,7 +211,8 @@ mod tests {
             peer: Peer::Ip { addr: "127.0.0.1".parse().unwrap(), port: 5000 },
             local_port: Some(8080),
             request: parse_request(request).unwrap(),
-            response: parse_response(response).unwrap(),
+            response: Some(parse_response(response).unwrap()),
+            error: None,
             start_time: 100,
             end_time: 200,
             context: None,

@@ -340,6 +340,18 @@ mod tests {
     }
 
     #[test]
+    fn a_request_written_three_bytes_at_a_time() {
+        let mut s = MessageStream::default();
+        let request = b"POST /inject/fragmented HTTP/1.1\r\nHost: 127.0.0.1:9\r\nContent-Length: 5\r\n\r\nhello";
+        let mut seen = Vec::new();
+        for (i, piece) in request.chunks(3).enumerate() {
+            seen.extend(kinds(&feed(&mut s, piece, piece.len() as u64, i as u64)));
+        }
+        let last = (request.len() - 1) / 3;
+        assert_eq!(seen, ["head POST /inject/fragmented @0".to_string(), format!("complete @{last}")]);
+    }
+
+    #[test]
     fn head_split_across_reads_and_body_across_reads() {
         let mut s = MessageStream::default();
         let (b, n) = whole(b"POST /up HTTP/1.1\r\nContent-Le");

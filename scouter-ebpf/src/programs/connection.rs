@@ -110,17 +110,18 @@ pub fn connect_exit(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let Some(call) = take_in_flight(pid_tgid) else { return 0 };
     let ret = syscall_ret(&ctx);
-    // Non-blocking sockets (asyncio) report EINPROGRESS and finish the handshake later.
-    if ret != 0 && ret != -EINPROGRESS {
-        return 0;
-    }
     let peer = read_sockaddr(call.addr);
     if !matches!(peer.family, AF_INET | AF_INET6) {
         return 0;
     }
+    // Non-blocking sockets (asyncio) report EINPROGRESS and finish the handshake later. Other
+    // failures (a refused connection) are reported, for the failed call's span, but the
+    // socket is not followed.
     let (pid, _) = current_ids(pid_tgid);
     context::thread_moved_on(pid_tgid);
-    follow(pid, call.fd, SocketRole::Client);
+    if ret == 0 || ret == -EINPROGRESS {
+        follow(pid, call.fd, SocketRole::Client);
+    }
     emit_connection(EventKind::SocketConnect, pid_tgid, call.fd, ret as i32, peer);
     0
 }

@@ -42,7 +42,10 @@ fn enter(ctx: &TracePointContext, shape: BufferShape, direction: Direction) -> u
         context: SpanContext::default(),
     };
     if direction == Direction::Egress && starts_request(&socket, SocketRole::Client) {
-        if let Some((src, len)) = first_segment(&call, syscall_arg(ctx, 2)) {
+        // write/sendto pass the length third; writev/sendmsg pass a count or flags there, and
+        // their first iovec's own length is the bound.
+        let length = if shape == BufferShape::Plain { syscall_arg(ctx, 2) } else { u64::MAX };
+        if let Some((src, len)) = first_segment(&call, length) {
             if head::starts_request(src, len) {
                 if let Some(scanned) = head::load(src, len) {
                     call.context = context::client_request(pid_tgid, scanned);
