@@ -15,10 +15,12 @@ use aya::Ebpf;
 use super::{load_error, ProbeError};
 use crate::discovery::asyncio::AsyncioModule;
 
-/// (program, symbol); the first three are required for task tracking.
-const TASK_STEP: (&str, &str) = ("asyncio_task_step", "task_step");
-const TASK_STEP_STATE_FIRST: (&str, &str) = ("asyncio_task_step_state_first", "task_step");
-const TASK_STEP_RETURN: (&str, &str) = ("asyncio_task_step_return", "task_step");
+/// (program, symbol); the step and init probes are required for task tracking. Steps are
+/// probed at `task_step_impl`, the one function every step runs: `task_step` is inlined into
+/// some of its callers (the first step of a task, via `TaskStepMethWrapper`, skips it).
+const TASK_STEP: (&str, &str) = ("asyncio_task_step", "task_step_impl");
+const TASK_STEP_STATE_FIRST: (&str, &str) = ("asyncio_task_step_state_first", "task_step_impl");
+const TASK_STEP_RETURN: (&str, &str) = ("asyncio_task_step_return", "task_step_impl");
 const TASK_INIT: (&str, &str) = ("asyncio_task_init", "_asyncio_Task___init__");
 const FUTURE_SET_RESULT: (&str, &str) = ("asyncio_future_set_result", "_asyncio_Future_set_result");
 const TASK_WAKEUP: (&str, &str) = ("asyncio_task_wakeup", "task_wakeup");

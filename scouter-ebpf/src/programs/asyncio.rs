@@ -3,8 +3,8 @@
 //! An event loop serves many requests on one thread, so "the request this thread serves" is
 //! wrong there; the task is the unit. Uprobes on the `_asyncio` C module (its static symbols,
 //! found by the agent) keep three facts:
-//! - `task_step` entry/return: the task the thread is stepping (a small stack: 3.12 eager tasks
-//!   step inside another task's step);
+//! - `task_step_impl` entry/return: the task the thread is stepping (a small stack: 3.12 eager
+//!   tasks step inside another task's step);
 //! - `Task.__init__`: a new task works for its creator's request: the running task's, or, when
 //!   a callback creates it (uvicorn: the protocol's `data_received`), the request that callback
 //!   just read;
@@ -22,13 +22,13 @@ use aya_ebpf::{
 use super::{context, current_ids};
 use crate::maps::{is_tracked, RunningTasks, RUNNING_TASKS, TASK_NESTING};
 
-/// `task_step(task, exc)`, up to 3.11.
+/// `task_step_impl(task, exc)`, up to 3.11.
 #[uprobe]
 pub fn asyncio_task_step(ctx: ProbeContext) -> u32 {
     task_step(ctx.arg::<u64>(0))
 }
 
-/// `task_step(state, task, exc)`, from 3.12 (the module state comes first).
+/// `task_step_impl(state, task, exc)`, from 3.12 (the module state comes first).
 #[uprobe]
 pub fn asyncio_task_step_state_first(ctx: ProbeContext) -> u32 {
     task_step(ctx.arg::<u64>(1))
