@@ -154,9 +154,45 @@ impl Drop for Agent {
     }
 }
 
-/// An agent's captured log, framed for failure messages (for use after [`Agent::stop`]).
+/// An agent's captured log, framed for failure messages (for use after [`Agent::stop`]), with a
+/// warning if other agents run on this host.
 pub fn log_context(title: &str, log: &LineLog) -> String {
-    format!("--- {title}: stderr, last {LOG_TAIL} lines ---\n{}\n--- end of {title} ---\n", log.tail(LOG_TAIL))
+    let mut text =
+        format!("--- {title}: stderr, last {LOG_TAIL} lines ---\n{}\n--- end of {title} ---\n", log.tail(LOG_TAIL));
+    let others = other_agents();
+    if !others.is_empty() {
+        text.push_str(&format!(
+            "WARNING: other scouter-agent processes run on this host and trace the same Python processes \
+             (their probes can add spans, or their own traceparent, to what this test sees):\n  {}\n",
+            others.join("\n  ")
+        ));
+    }
+    text
+}
+
+/// `scouter-agent run` processes on this host other than the tests' own children, as
+/// "pid: command line".
+pub fn other_agents() -> Vec<String> {
+    let own = std::process::id().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let args: Vec<String> = raw.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        let is_agent =
+            args.first().is_some_and(|a| a.ends_with("scouter-agent")) && args.get(1).is_some_and(|a| a == "run");
+        let parent = std::fs::read_to_string(entry.path().join("stat")).ok().and_then(|stat| {
+            stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1).map(str::to_owned))
+        });
+        if is_agent && parent.as_deref() != Some(own.as_str()) {
+            found.push(format!("{pid}: {}", args.join(" ").trim()));
+        }
+    }
+    found
 }
 
 /// Sends `signal` to process `pid`.

@@ -22,14 +22,25 @@
 //!    [`expect`] compares them with the recorded exchanges, collecting *all* problems before
 //!    failing so one run reports every mismatch along with the spans and the agent's log.
 //!
+//! Cross-service tests follow the same shape with more moving parts: [`chain::Chain`] runs three
+//! `chain_service.py` services A → B → C on real Python stacks (Flask, gunicorn, FastAPI/uvicorn,
+//! aiohttp; requests, urllib3, httpx, aiohttp, ...), optionally over HTTPS ([`tls::TlsFiles`]),
+//! and [`traces`] checks that each request becomes one linked five-span trace. Traced one-shot Python
+//! clients ([`python::PythonClient`]) drive the injection tests, whose requests an echo server
+//! returns byte for byte so [`injection::compare`] can tell what the agent changed on the wire.
+//!
 //! Guards clean up on drop (servers are killed, the agent is terminated), so a failing test does
 //! not leak processes into the next one. Tests are meant to run with `--test-threads=1`.
 
 pub mod agent;
+pub mod chain;
 pub mod env;
 pub mod expect;
 pub mod http;
+pub mod injection;
 pub mod lines;
 pub mod python;
 pub mod store;
+pub mod tls;
+pub mod traces;
 pub mod traffic;

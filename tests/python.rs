@@ -7,12 +7,17 @@
 //! [`PythonServer`] runs one of the [`ServerProgram`]s on a free port picked in Rust (bind port 0,
 //! read it, close), waits until the port accepts connections, and kills the process on drop. Its
 //! stdout/stderr are captured (which also keeps request logs out of the test output) and shown if
-//! it fails to start.
+//! it fails to start. A program that forks workers (gunicorn) announces each as `WORKER pid=N`;
+//! the server waits for all of them, reports them in [`PythonServer::pids`], and kills them too.
+//!
+//! [`PythonClient`] runs a one-shot traced client program: it announces `READY pid=N` and waits
+//! for its input on stdin, so the test can wait for the agent to track it before it sends anything.
 
 use std::collections::HashSet;
+use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -20,6 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::agent::wait_with_timeout;
+use crate::chain::ServiceConfig;
 use crate::env::python_dir;
 use crate::lines::LineLog;
 
@@ -109,6 +115,10 @@ pub enum ServerProgram {
     HttpServerModule,
     /// `exit_before_response.py`: reads one request, then `os._exit(3)` without responding.
     ExitBeforeResponse,
+    /// `echo_server.py`: answers every request with the raw bytes it received (head and body).
+    Echo,
+    /// `chain_service.py`: one service of an HTTP call chain (see [`crate::chain`]).
+    Chain(ServiceConfig),
 }
 
 impl ServerProgram {
@@ -118,6 +128,12 @@ impl ServerProgram {
         match self {
             Self::KeepAlive => vec![script("keepalive_server.py"), port.to_string()],
             Self::ExitBeforeResponse => vec![script("exit_before_response.py"), port.to_string()],
+            Self::Echo => vec![script("echo_server.py"), port.to_string()],
+            Self::Chain(config) => {
+                let mut arguments = vec![script("chain_service.py"), "--port".into(), port.to_string()];
+                arguments.extend(config.arguments());
+                arguments
+            }
             Self::HttpServerModule => vec![
                 "-m".into(),
                 "http.server".into(),
@@ -129,6 +145,22 @@ impl ServerProgram {
             ],
         }
     }
+
+    /// Worker processes the program forks and announces (`WORKER pid=N` on stdout).
+    fn workers(&self) -> usize {
+        match self {
+            Self::Chain(config) => config.server.workers(),
+            _ => 0,
+        }
+    }
+
+    /// A short name for messages.
+    pub fn name(&self) -> String {
+        match self {
+            Self::Chain(config) => config.describe(),
+            other => format!("{other:?}"),
+        }
+    }
 }
 
 /// A running test server; killed on drop.
@@ -138,6 +170,8 @@ pub struct PythonServer {
     interpreter: Interpreter,
     program: ServerProgram,
     output: LineLog,
+    /// Pids of the worker processes it forked (gunicorn), in the order they announced.
+    workers: Vec<u32>,
     exited: Option<ExitStatus>,
 }
 
@@ -157,8 +191,10 @@ impl PythonServer {
         let output = LineLog::new();
         output.follow(child.stdout.take().expect("stdout is piped"));
         output.follow(child.stderr.take().expect("stderr is piped"));
-        let mut server = Self { child, port, interpreter: interpreter.clone(), program, output, exited: None };
+        let mut server =
+            Self { child, port, interpreter: interpreter.clone(), program, output, workers: Vec::new(), exited: None };
         server.wait_listening()?;
+        server.wait_workers()?;
         Ok(server)
     }
 
@@ -174,9 +210,21 @@ impl PythonServer {
         &self.interpreter
     }
 
+    /// Every process of the server: its own pid, then its workers'.
+    pub fn pids(&self) -> Vec<u32> {
+        std::iter::once(self.pid()).chain(self.workers.iter().copied()).collect()
+    }
+
     /// A one-line description for messages.
     pub fn describe(&self) -> String {
-        format!("{:?} under {} (pid {}, port {})", self.program, self.interpreter.label, self.pid(), self.port)
+        let workers = if self.workers.is_empty() { String::new() } else { format!(", workers {:?}", self.workers) };
+        format!(
+            "{} under {} (pid {}{workers}, port {})",
+            self.program.name(),
+            self.interpreter.label,
+            self.pid(),
+            self.port
+        )
     }
 
     /// The server's captured output.
@@ -204,6 +252,28 @@ impl PythonServer {
         }
     }
 
+    /// Waits until every worker the program forks has announced itself (`WORKER pid=N`).
+    fn wait_workers(&mut self) -> Result<()> {
+        let expected = self.program.workers();
+        let deadline = Instant::now() + LISTEN_TIMEOUT;
+        while self.workers.len() < expected {
+            let known = self.workers.clone();
+            let found = self.output.wait_for(deadline.saturating_duration_since(Instant::now()), |line| {
+                announced_pid(line, "WORKER").is_some_and(|pid| !known.contains(&pid))
+            });
+            match found {
+                Ok(line) => self.workers.extend(announced_pid(&line, "WORKER")),
+                Err(_) => bail!(
+                    "{} announced {} of its {expected} workers within {LISTEN_TIMEOUT:?}:\n{}",
+                    self.describe(),
+                    self.workers.len(),
+                    self.output()
+                ),
+            }
+        }
+        Ok(())
+    }
+
     /// Waits for the server to exit on its own.
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
         if self.exited.is_none() {
@@ -214,6 +284,117 @@ impl PythonServer {
 }
 
 impl Drop for PythonServer {
+    fn drop(&mut self) {
+        // Workers first: killed alone, a gunicorn master leaves them running until they notice.
+        for &worker in &self.workers {
+            let _ = crate::agent::signal(worker, libc::SIGKILL);
+        }
+        if self.exited.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The pid in a program's announcement line, `TAG pid=N ...` (e.g. `WORKER pid=42`).
+pub fn announced_pid(line: &str, tag: &str) -> Option<u32> {
+    let fields = line.strip_prefix(tag)?.strip_prefix(' ')?;
+    fields.split_whitespace().find_map(|field| field.strip_prefix("pid="))?.parse().ok()
+}
+
+/// A traced one-shot Python program (`raw_client.py`, `client_calls.py`).
+///
+/// The program prints `READY pid=N` and then waits for one line on stdin, so the test can wait
+/// for the agent to track it before it does anything; it prints its results on stdout, then
+/// `DONE`, and exits. Killed on drop if still running.
+pub struct PythonClient {
+    child: Child,
+    script: String,
+    interpreter: Interpreter,
+    stdin: Option<ChildStdin>,
+    stdout: LineLog,
+    stderr: LineLog,
+    exited: Option<ExitStatus>,
+}
+
+impl PythonClient {
+    /// Starts `tests/python/SCRIPT ARGS...` under `interpreter` and waits for its `READY` line.
+    pub fn start(interpreter: &Interpreter, script: &str, args: &[String]) -> Result<Self> {
+        let mut child = Command::new(&interpreter.path)
+            .arg(python_dir().join(script))
+            .args(args)
+            .env("PYTHONUNBUFFERED", "1")
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {script} under {}", interpreter.label))?;
+        let (stdout, stderr) = (LineLog::new(), LineLog::new());
+        stdout.follow(child.stdout.take().expect("stdout is piped"));
+        stderr.follow(child.stderr.take().expect("stderr is piped"));
+        let stdin = child.stdin.take();
+        let client = Self {
+            child,
+            script: script.to_owned(),
+            interpreter: interpreter.clone(),
+            stdin,
+            stdout,
+            stderr,
+            exited: None,
+        };
+        let ready = client.stdout.wait_for(LISTEN_TIMEOUT, |line| announced_pid(line, "READY").is_some());
+        if ready.is_err() {
+            bail!("{} did not print READY within {LISTEN_TIMEOUT:?}\n{}", client.describe(), client.output());
+        }
+        Ok(client)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn interpreter(&self) -> &Interpreter {
+        &self.interpreter
+    }
+
+    /// A one-line description for messages.
+    pub fn describe(&self) -> String {
+        format!("{} under {} (pid {})", self.script, self.interpreter.label, self.pid())
+    }
+
+    /// Its stdout and stderr so far, for messages.
+    pub fn output(&self) -> String {
+        format!("--- stdout ---\n{}\n--- stderr ---\n{}\n--- end ---", self.stdout.text(), self.stderr.text())
+    }
+
+    /// Sends `input` as one line, waits for `DONE` and a successful exit, and returns the lines
+    /// printed between `READY` and `DONE`.
+    pub fn run(&mut self, input: &str, timeout: Duration) -> Result<Vec<String>> {
+        let mut stdin = self.stdin.take().context("the input was already sent")?;
+        stdin.write_all(format!("{input}\n").as_bytes()).with_context(|| format!("writing to {}", self.describe()))?;
+        drop(stdin);
+        self.exited = wait_with_timeout(&mut self.child, timeout);
+        match self.exited {
+            None => bail!("{} did not finish within {timeout:?}\n{}", self.describe(), self.output()),
+            Some(status) if !status.success() => bail!("{} exited with {status}\n{}", self.describe(), self.output()),
+            Some(_) => {}
+        }
+        self.stdout.wait_closed(Duration::from_secs(5));
+        let text = self.stdout.text();
+        let lines: Vec<&str> = text.lines().collect();
+        let Some(done) = lines.iter().position(|line| *line == "DONE") else {
+            bail!("{} exited without printing DONE\n{}", self.describe(), self.output());
+        };
+        Ok(lines[..done]
+            .iter()
+            .filter(|line| announced_pid(line, "READY").is_none())
+            .map(|l| (*l).to_owned())
+            .collect())
+    }
+}
+
+impl Drop for PythonClient {
     fn drop(&mut self) {
         if self.exited.is_none() {
             let _ = self.child.kill();

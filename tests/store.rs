@@ -80,6 +80,20 @@ impl Store {
         }
     }
 
+    /// Polls `traces list` (one cheap command per attempt, unlike [`Store::spans`]) until the
+    /// store holds at least `at_least` spans or `timeout` passes; returns the last count.
+    pub fn poll_span_count(&self, timeout: Duration, at_least: usize) -> Result<usize> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let count = self.traces().map(|traces| traces.iter().map(|t| t.span_count as usize).sum::<usize>());
+            match count {
+                Ok(count) if count >= at_least || Instant::now() >= deadline => return Ok(count),
+                Err(error) if Instant::now() >= deadline => return Err(error),
+                _ => thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+
     fn cli(&self, args: &[&str]) -> Result<String> {
         let binary = require_ebpf_host()?;
         let output = Command::new(&binary)
