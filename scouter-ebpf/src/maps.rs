@@ -125,6 +125,13 @@ pub struct ServedRequest {
 #[map]
 pub static SERVED_REQUESTS: LruHashMap<u64, ServedRequest> = LruHashMap::with_max_entries(MAX_IN_FLIGHT_SYSCALLS, 0);
 
+/// The latest request started on each server socket. A task working for an earlier request
+/// on the same connection that creates a task has handed the connection over (uvicorn starts
+/// a keep-alive connection's next request from the task that finishes the previous one).
+#[map]
+pub static CONNECTION_REQUESTS: LruHashMap<SocketKey, ServedRequest> =
+    LruHashMap::with_max_entries(MAX_TRACKED_SOCKETS, 0);
+
 /// Values of [`PendingInjection::state`].
 pub mod injection_state {
     /// The line waits for the sk_msg program.

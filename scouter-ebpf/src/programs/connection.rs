@@ -140,6 +140,7 @@ pub fn close_enter(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let _ = SOCKETS.remove(&key);
+    context::connection_closed(pid_tgid, fd);
     let event = CloseEvent { header: header(EventKind::SocketClose, pid_tgid), fd, _pad: 0 };
     if EVENTS.output::<CloseEvent>(&event, 0).is_err() {
         count(counter::RING_FULL);

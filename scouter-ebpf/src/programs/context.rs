@@ -14,9 +14,11 @@ use scouter_ebpf::{context_origin, counter, traceparent, SpanContext};
 use super::asyncio::running_task;
 use super::current_ids;
 use super::head::{byte_at, bytes_at};
+use scouter_ebpf::SocketKey;
+
 use crate::maps::{
-    count, injection_state, HeadScratch, ObjectKey, PendingInjection, ServedRequest, FUTURE_CONTEXTS, NOT_FOUND,
-    PENDING_INJECTIONS, SERVED_REQUESTS, TASK_CONTEXTS,
+    count, injection_state, HeadScratch, ObjectKey, PendingInjection, ServedRequest, CONNECTION_REQUESTS,
+    FUTURE_CONTEXTS, NOT_FOUND, PENDING_INJECTIONS, SERVED_REQUESTS, TASK_CONTEXTS,
 };
 
 /// Set by the agent before load: how long a request being served may parent client calls.
@@ -48,6 +50,7 @@ pub fn server_request(pid_tgid: u64, fd: u32, head: &HeadScratch) -> SpanContext
     // SAFETY: helper with no preconditions.
     let served = ServedRequest { context, started_ns: unsafe { bpf_ktime_get_ns() }, fd, fresh: 1, _pad: [0; 3] };
     let _ = SERVED_REQUESTS.insert(&pid_tgid, &served, 0);
+    let _ = CONNECTION_REQUESTS.insert(&connection(pid_tgid, fd), &served, 0);
     context
 }
 
@@ -165,7 +168,7 @@ pub fn thread_moved_on(pid_tgid: u64) {
 #[inline(always)]
 pub fn task_created(pid_tgid: u64, task: u64) {
     let key = object(pid_tgid, task);
-    match fresh_request(pid_tgid) {
+    match fresh_request(pid_tgid).map(|served| latest_on_connection(pid_tgid, served)) {
         Some(served) => {
             let _ = TASK_CONTEXTS.insert(&key, &served, 0);
         }
@@ -190,14 +193,43 @@ pub fn future_resolved(pid_tgid: u64, future: u64) {
     }
 }
 
-/// `task_wakeup(task, future)`: a task woken by a request's future now works for it.
+/// `task_wakeup(task, future)`: a task that works for no request yet and is woken by a
+/// request's future works for it from now on (aiohttp's per-connection handler). A task that
+/// already works for one keeps it: uvicorn wakes a request's task when the next request arrives
+/// on its connection, long before it is done with its own; a connection's next request reaches
+/// its handler through [`latest_on_connection`] instead.
 #[inline(always)]
 pub fn task_woken(pid_tgid: u64, task: u64, future: u64) {
     let key = object(pid_tgid, future);
     // SAFETY: copied out before removal.
     let Some(served) = (unsafe { FUTURE_CONTEXTS.get(&key) }).copied() else { return };
     let _ = FUTURE_CONTEXTS.remove(&key);
-    let _ = TASK_CONTEXTS.insert(&object(pid_tgid, task), &served, 0);
+    let task = object(pid_tgid, task);
+    // SAFETY: presence check only.
+    if unsafe { TASK_CONTEXTS.get(&task) }.is_none() {
+        let _ = TASK_CONTEXTS.insert(&task, &served, 0);
+    }
+}
+
+/// `served`, unless its connection has started a newer request since: then that one.
+#[inline(always)]
+fn latest_on_connection(pid_tgid: u64, served: ServedRequest) -> ServedRequest {
+    // SAFETY: copied out.
+    match unsafe { CONNECTION_REQUESTS.get(&connection(pid_tgid, served.fd)) }.copied() {
+        Some(latest) if latest.started_ns > served.started_ns => ServedRequest { fresh: 0, ..latest },
+        _ => served,
+    }
+}
+
+/// The connection ended: its requests are over (and its descriptor may be reused).
+#[inline(always)]
+pub fn connection_closed(pid_tgid: u64, fd: u32) {
+    let _ = CONNECTION_REQUESTS.remove(&connection(pid_tgid, fd));
+}
+
+#[inline(always)]
+fn connection(pid_tgid: u64, fd: u32) -> SocketKey {
+    SocketKey { pid: current_ids(pid_tgid).0, fd }
 }
 
 #[inline(always)]
