@@ -312,22 +312,7 @@ fn status_issues(span: &Span, status: u16) -> Vec<String> {
 }
 
 fn resource_issues(span: &Span, server: &ServerIdentity) -> Vec<String> {
-    let mut issues = Vec::new();
-    if span.pid() != Some(i64::from(server.pid)) {
-        issues.push(format!(
-            "resource process.pid is {}, expected {}",
-            shown(span.resource_attr("process.pid")),
-            server.pid
-        ));
-    }
-    let runtime = span.resource_attr("process.runtime.version").and_then(Value::as_str);
-    if !runtime.is_some_and(|v| v.starts_with(&server.runtime_version)) {
-        issues.push(format!(
-            "resource process.runtime.version is {}, expected it to start with {:?}",
-            shown(span.resource_attr("process.runtime.version")),
-            server.runtime_version
-        ));
-    }
+    let mut issues = process_issues(span, &[server.pid], &server.runtime_version);
     let service = span.resource_attr("service.name").and_then(Value::as_str);
     if service.is_none_or(str::is_empty) {
         issues.push(format!(
@@ -352,7 +337,27 @@ fn is_hex_id(id: &str, digits: usize) -> bool {
         && id.bytes().any(|b| b != b'0')
 }
 
-fn shown(value: Option<&Value>) -> String {
+/// A span's process must be one of `pids`, running a Python whose version starts with `runtime`.
+pub fn process_issues(span: &Span, pids: &[u32], runtime: &str) -> Vec<String> {
+    let mut issues = Vec::new();
+    if !span.pid().is_some_and(|pid| pids.iter().any(|p| i64::from(*p) == pid)) {
+        issues.push(format!(
+            "resource process.pid is {}, expected one of {pids:?}",
+            shown(span.resource_attr("process.pid"))
+        ));
+    }
+    let version = span.resource_attr("process.runtime.version").and_then(Value::as_str);
+    if !version.is_some_and(|v| v.starts_with(runtime)) {
+        issues.push(format!(
+            "resource process.runtime.version is {}, expected it to start with {runtime:?}",
+            shown(span.resource_attr("process.runtime.version"))
+        ));
+    }
+    issues
+}
+
+/// A JSON value for a failure message, or "missing".
+pub fn shown(value: Option<&Value>) -> String {
     value.map_or("missing".to_owned(), Value::to_string)
 }
 

@@ -23,7 +23,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde_json::Value;
 
-use crate::expect::{Verdict, CLOCK_SLACK_NANOS};
+use crate::expect::{process_issues, shown, Verdict, CLOCK_SLACK_NANOS};
 use crate::store::Span;
 use crate::traffic::Exchange;
 
@@ -324,22 +324,11 @@ fn span_issues(span: &Span, layout: &ChainLayout, role: Role, id: &str) -> Vec<S
             issues.push(format!("attribute {key} is {}, expected {want}", shown(span.attr(key))));
         }
     }
-    if !service.has_pid(span) {
-        issues.push(format!(
-            "resource process.pid is {}, expected one of {}'s processes {:?}",
-            shown(span.resource_attr("process.pid")),
-            service.label,
-            service.pids
-        ));
-    }
-    let runtime = span.resource_attr("process.runtime.version").and_then(Value::as_str);
-    if !runtime.is_some_and(|v| v.starts_with(&service.runtime_version)) {
-        issues.push(format!(
-            "resource process.runtime.version is {}, expected {}",
-            shown(span.resource_attr("process.runtime.version")),
-            service.runtime_version
-        ));
-    }
+    issues.extend(
+        process_issues(span, &service.pids, &service.runtime_version)
+            .into_iter()
+            .map(|issue| format!("{issue} ({})", service.label)),
+    );
     if span.json.to_string().contains(SECRET_PREFIX) {
         issues.push(format!("the secret query value {:?} appears in the span", secret(id)));
     }
@@ -475,10 +464,6 @@ pub fn describe_span(span: &Span) -> String {
         span.span_id,
         span.parent_span_id.as_deref().unwrap_or("none")
     )
-}
-
-fn shown(value: Option<&Value>) -> String {
-    value.map_or("missing".to_owned(), Value::to_string)
 }
 
 #[cfg(test)]

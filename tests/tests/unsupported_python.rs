@@ -9,7 +9,6 @@ use anyhow::{bail, Result};
 use scouter_e2e::agent::Agent;
 use scouter_e2e::env::require_ebpf_host;
 use scouter_e2e::http::Request;
-use scouter_e2e::lines::has_field;
 use scouter_e2e::python::{Interpreter, PythonServer, ServerProgram};
 use scouter_e2e::store::Store;
 use scouter_e2e::traffic::{self, Call};
