@@ -301,6 +301,10 @@ impl Agent {
             );
             self.probes.track_asyncio(&discovery::asyncio::module_of(&process));
         }
+        // On every inspection, not only the first: the maps may show a libssl the files did not.
+        for library in discovery::libssl::libraries_of(&process) {
+            self.probes.track_tls(&library);
+        }
         self.untraced.forget(pid);
         self.processes.insert(pid, process);
     }
@@ -347,13 +351,16 @@ impl Agent {
     fn report_kernel_drops(&mut self) {
         let counters = self.probes.kernel_counters();
         if counters != self.last_kernel_counters {
-            let [ring_full, read_failed, map_full, injection_failed, head_not_scanned] = counters;
+            let [ring_full, read_failed, map_full, injection_failed, head_not_scanned, tls_socket_unknown, trace_option_failed] =
+                counters;
             tracing::warn!(
                 ring_full,
                 read_failed,
                 map_full,
                 injection_failed,
                 head_not_scanned,
+                tls_socket_unknown,
+                trace_option_failed,
                 "kernel-side drops and skipped propagation (cumulative)"
             );
             self.last_kernel_counters = counters;

@@ -150,7 +150,9 @@ pub struct DataEvent {
     pub fd: u32,
     /// A [`Direction`] as `u8`.
     pub direction: u8,
-    pub _pad: [u8; 3],
+    /// [`data_flags`] bits.
+    pub flags: u8,
+    pub _pad: [u8; 2],
     /// Bytes the syscall moved (its return value); may exceed `captured_len`.
     pub total_len: u64,
     /// When the syscall was entered; `header.timestamp_ns` is when it returned.
@@ -162,6 +164,14 @@ pub struct DataEvent {
     /// (`origin` is [`context_origin::NONE`] otherwise).
     pub context: SpanContext,
     pub data: [u8; MAX_CAPTURE],
+}
+
+/// Bits of [`DataEvent::flags`].
+pub mod data_flags {
+    /// The bytes are the plaintext of a TLS connection, read from the process's buffer by the
+    /// libssl uprobes (`SSL_read`/`SSL_write` and their `_ex` forms) rather than at the
+    /// syscall, which only carries ciphertext. Same framing rules: one event per call.
+    pub const TLS: u8 = 1;
 }
 
 /// Values of [`SpanContext::origin`]: where a request's identity came from.
@@ -192,7 +202,8 @@ pub struct SpanContext {
     /// One of [`context_origin`].
     pub origin: u8,
     /// Client requests: 1 when the sk_msg program inserted a `traceparent` carrying this
-    /// context into the bytes sent.
+    /// context into the bytes sent. Always 0 over TLS, where the context travels in a TCP
+    /// header option instead ([`trace_option`]), whose delivery the sender cannot know.
     pub injected: u8,
     pub _pad: [u8; 5],
 }
@@ -224,7 +235,7 @@ pub enum SocketRole {
     Client = 2,
 }
 
-/// Value of the kernel's socket map.
+/// Value of the kernel's socket map (kernel-only: the agent never reads or writes it).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SocketInfo {
@@ -233,8 +244,17 @@ pub struct SocketInfo {
     /// 1 while the next bytes in the request direction may start a new request: set when the
     /// socket is followed and whenever bytes move in the response direction, cleared when a
     /// request starts. Keeps request bodies that happen to start like a method from minting ids.
+    /// On a TLS socket only plaintext (libssl) calls move it, never the ciphertext syscalls.
     pub awaiting_request: u8,
-    pub _pad: [u8; 6],
+    /// 1 once the socket is known to carry TLS: its first bytes in the request direction were
+    /// a TLS handshake record, or a libssl call made a syscall on it. Its syscalls' bytes
+    /// (ciphertext) are then not emitted; its plaintext comes from the libssl uprobes.
+    pub tls: u8,
+    pub _pad: [u8; 5],
+    /// Server sockets: the client's address as `accept()` returned it, under which the kernel
+    /// files a trace context received in a TCP header option ([`trace_option`]).
+    pub peer: SocketAddress,
+    pub _pad2: [u8; 4],
 }
 
 /// Value of the tracked-process map; written by the agent (and by the fork program for children
@@ -262,9 +282,16 @@ pub mod counter {
     /// A request head was longer than [`HEAD_SCAN`](super::HEAD_SCAN) (or split across
     /// writes): no kernel-side context, nothing inserted.
     pub const HEAD_NOT_SCANNED: u32 = 4;
-    pub const COUNT: u32 = 5;
+    /// Plaintext of a libssl call dropped because its socket was not known: the `SSL*` was
+    /// never seen doing I/O on a followed TLS socket (e.g. a connection opened before the
+    /// process was tracked).
+    pub const TLS_SOCKET_UNKNOWN: u32 = 5;
+    /// A trace context due in a TCP header option did not fit the segment's option space.
+    pub const TRACE_OPTION_FAILED: u32 = 6;
+    pub const COUNT: u32 = 7;
 }
 
+pub mod trace_option;
 pub mod traceparent;
 
 #[cfg(feature = "user")]
@@ -290,6 +317,7 @@ mod layout {
         assert_eq!(size_of::<DataEvent>(), 24 + 8 + 8 + 8 + 8 + 40 + MAX_CAPTURE);
         assert_eq!(size_of::<CloseEvent>(), 32);
         assert_eq!(size_of::<SocketKey>(), 8);
+        assert_eq!(size_of::<SocketInfo>(), 32);
         assert_eq!(size_of::<TrackedProcess>(), 8);
     }
 

@@ -7,7 +7,9 @@
 //! - [`programs::head`] and [`programs::context`]: a request's trace identity, decided at its
 //!   first byte from the head's context headers and the request the thread is serving;
 //! - [`programs::asyncio`]: which request each asyncio task works for (uprobes on `_asyncio`);
-//! - [`programs::inject`]: the `traceparent` inserted into outgoing requests (sockops + sk_msg).
+//! - [`programs::inject`]: the `traceparent` inserted into outgoing requests (sockops + sk_msg);
+//! - [`programs::tls`]: HTTPS plaintext from libssl uprobes, and [`programs::trace_option`]: the
+//!   trace context TLS requests carry in a TCP header option instead of a header.
 //!
 //! Everything is filtered in the kernel by the tracked-process map, so untraced processes pay
 //! one hash lookup per syscall of the families above and nothing else.

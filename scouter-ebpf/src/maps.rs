@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, SockHash},
 };
 use scouter_ebpf::{
-    counter, traceparent, SocketInfo, SocketKey, SpanContext, TrackedProcess, EVENTS_RING_BYTES, HEAD_SCAN,
-    MAX_IN_FLIGHT_SYSCALLS, MAX_TRACKED_PROCESSES, MAX_TRACKED_SOCKETS,
+    counter, trace_option, traceparent, SocketAddress, SocketInfo, SocketKey, SpanContext, TrackedProcess,
+    EVENTS_RING_BYTES, HEAD_SCAN, MAX_IN_FLIGHT_SYSCALLS, MAX_TRACKED_PROCESSES, MAX_TRACKED_SOCKETS,
 };
 
 /// Processes the agent traces, by tgid. Filled by the agent and by `sched_process_fork`.
@@ -46,7 +46,9 @@ pub struct InFlightIo {
     pub fd: u32,
     pub shape: u8,
     pub direction: u8,
-    pub _pad: [u8; 2],
+    /// 1 when the syscall was made inside a libssl call (its bytes are that call's ciphertext).
+    pub in_tls_call: u8,
+    pub _pad: u8,
     /// Set at enter when a client request starts (its ids must exist before the bytes leave).
     pub context: SpanContext,
 }
@@ -205,3 +207,104 @@ pub struct RunningTasks {
 /// Keyed by `pid_tgid`.
 #[map]
 pub static RUNNING_TASKS: LruHashMap<u64, RunningTasks> = LruHashMap::with_max_entries(MAX_IN_FLIGHT_SYSCALLS, 0);
+
+/// No descriptor known yet (a libssl call whose socket is still unknown).
+pub const NO_FD: u32 = u32::MAX;
+
+/// Values of [`TlsCall::kind`].
+pub mod tls_call {
+    /// `SSL_read`/`SSL_read_ex` or `SSL_write`/`SSL_write_ex`: plaintext moves.
+    pub const DATA: u8 = 1;
+    /// `SSL_do_handshake`: no plaintext, but its I/O tells the socket.
+    pub const HANDSHAKE: u8 = 2;
+}
+
+/// A libssl call of a thread, between entry and return.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct TlsCall {
+    /// The plaintext transfer as if it were a syscall on the TLS socket: user buffer, entry
+    /// time, descriptor ([`NO_FD`] until known), direction, and the request's identity.
+    pub io: InFlightIo,
+    /// The `SSL*`.
+    pub ssl: u64,
+    /// `SSL_read_ex`/`SSL_write_ex`: where the byte count is written; 0 for the plain forms,
+    /// which return it.
+    pub count_ptr: u64,
+    /// One of [`tls_call`].
+    pub kind: u8,
+    pub _pad: [u8; 7],
+}
+
+/// Keyed by `pid_tgid`: libssl does not call these functions from each other, so a thread is
+/// in at most one of them.
+#[map]
+pub static TLS_CALLS: LruHashMap<u64, TlsCall> = LruHashMap::with_max_entries(MAX_IN_FLIGHT_SYSCALLS, 0);
+
+/// The descriptor of each `SSL*` of a process (key: pid and the `SSL*`), learnt from the
+/// syscalls a libssl call makes, or for memory-BIO connections (asyncio) from the ciphertext
+/// read that just preceded the call. Overwritten by every new piece of evidence, so an `SSL*`
+/// address reused for another connection is remapped at its handshake.
+#[map]
+pub static TLS_SOCKETS: LruHashMap<ObjectKey, u32> = LruHashMap::with_max_entries(MAX_TRACKED_SOCKETS, 0);
+
+/// Keyed by `pid_tgid`: the TLS socket a thread last read ciphertext from outside any libssl
+/// call (an asyncio transport feeding a memory BIO). Taken by the thread's next libssl call.
+#[map]
+pub static TLS_LAST_READS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(MAX_IN_FLIGHT_SYSCALLS, 0);
+
+/// Values of [`PendingTraceOption::state`].
+pub mod trace_option_state {
+    /// Waits for the socket's next data segment.
+    pub const READY: u8 = 1;
+    /// Written into a segment.
+    pub const SENT: u8 = 2;
+}
+
+/// The TCP header option a TLS client request's first segment must carry, set at `SSL_write`
+/// entry and written by the sockops program while the thread sends that socket's ciphertext
+/// (inside the call for socket BIOs, right after it for memory BIOs).
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct PendingTraceOption {
+    pub option: [u8; trace_option::LEN],
+    /// The TLS socket the option is for: another socket's write drops it.
+    pub fd: u32,
+    pub state: u8,
+    pub _pad: [u8; 3],
+    pub created_ns: u64,
+}
+
+/// Keyed by `pid_tgid`.
+#[map]
+pub static PENDING_TRACE_OPTIONS: LruHashMap<u64, PendingTraceOption> =
+    LruHashMap::with_max_entries(MAX_IN_FLIGHT_SYSCALLS, 0);
+
+/// Socket cookies of the connections tracked processes open, by descriptor: noted in the
+/// sockops connect callback (which runs inside `connect()`, whose descriptor the syscall
+/// tracepoint left in [`IN_FLIGHT_CONNECTIONS`]), taken when the first bytes tell whether the
+/// connection is TLS.
+#[map]
+pub static CONNECT_COOKIES: LruHashMap<SocketKey, u64> = LruHashMap::with_max_entries(MAX_TRACKED_SOCKETS, 0);
+
+/// Values of [`CLIENT_TRANSPORTS`].
+pub mod transport {
+    pub const TLS: u8 = 1;
+    pub const PLAIN: u8 = 2;
+}
+
+/// What tracked processes' outgoing connections carry, by socket cookie, until the sockops
+/// program acts on it.
+#[map]
+pub static CLIENT_TRANSPORTS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(MAX_IN_FLIGHT_SYSCALLS, 0);
+
+/// Clients of tracked servers whose connection turned out to be TLS, by the client's address,
+/// until the sockops program lets the connection parse header options.
+#[map]
+pub static TLS_SERVER_PEERS: LruHashMap<SocketAddress, u8> = LruHashMap::with_max_entries(MAX_IN_FLIGHT_SYSCALLS, 0);
+
+/// Contexts received in TCP header options on this host's passive connections, by the
+/// client's address; taken by the server request that starts on the connection.
+#[map]
+pub static PEER_CONTEXTS: LruHashMap<SocketAddress, traceparent::TraceParent> =
+    LruHashMap::with_max_entries(MAX_IN_FLIGHT_SYSCALLS, 0);

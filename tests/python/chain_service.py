@@ -43,7 +43,9 @@ CLIENT_TIMEOUT = 30.0
 
 
 def announce(text):
-    print(text, flush=True)
+    # One write per line: gunicorn workers share the master's stdout, and print() may split a
+    # line into two writes that interleave with another worker's.
+    os.write(sys.stdout.fileno(), (text + "\n").encode())
 
 
 def split_chain_path(path):

@@ -61,7 +61,7 @@ fn downstream_calls_in_create_task() -> Result<()> {
     )
 }
 
-/// Downstream calls in `asyncio.gather`: A aiohttp + httpx async (3.11.7) → B uvicorn + aiohttp
+/// Downstream calls in `asyncio.gather`: A uvicorn + httpx async (3.11.7) → B uvicorn + aiohttp
 /// (3.9.18) → C uvicorn (3.12.1). Debian's python3.11 ships `_asyncio` stripped of the task
 /// functions the agent probes, so its tasks are parented by thread only (see the README); the
 /// asyncio hops here run on builds with symbols.
@@ -69,7 +69,7 @@ fn downstream_calls_in_create_task() -> Result<()> {
 fn downstream_calls_in_gather() -> Result<()> {
     trace_chain(
         [
-            Hop::new(&Interpreter::pyenv("3.11.7")?, Server::Aiohttp)
+            Hop::new(&Interpreter::pyenv("3.11.7")?, Server::Uvicorn)
                 .calling(Client::HttpxAsync)
                 .mode(AsyncMode::Gather),
             Hop::new(&Interpreter::pyenv("3.9.18")?, Server::Uvicorn).calling(Client::Aiohttp).mode(AsyncMode::Gather),

@@ -29,14 +29,14 @@ pub fn module_of(process: &PythonProcess) -> AsyncioModule {
     let minor = process.version.minor;
     let host_path = lib_dynload_dirs(&process.interpreter_binary, minor)
         .into_iter()
-        .find_map(|dir| extension_in(&in_process_root(process.pid, &dir), minor))
+        .find_map(|dir| extension_in(&in_process_root(process.pid, &dir), "_asyncio", minor))
         .unwrap_or_else(|| in_process_root(process.pid, &process.interpreter_binary));
     AsyncioModule { host_path, state_argument: minor >= 12, has_task_wakeup: minor >= 10 }
 }
 
 /// `lib/python3.X/lib-dynload` beside a libpython (`<prefix>/lib/libpython3.X.so`) or below
 /// an executable's prefix (`<prefix>/bin/python3.X`), as the process sees them.
-fn lib_dynload_dirs(interpreter: &Path, minor: u8) -> Vec<PathBuf> {
+pub(super) fn lib_dynload_dirs(interpreter: &Path, minor: u8) -> Vec<PathBuf> {
     let stdlib = format!("python3.{minor}/lib-dynload");
     let Some(dir) = interpreter.parent() else { return Vec::new() };
     let mut dirs = vec![dir.join(&stdlib)];
@@ -46,15 +46,17 @@ fn lib_dynload_dirs(interpreter: &Path, minor: u8) -> Vec<PathBuf> {
     dirs
 }
 
-/// `_asyncio.cpython-3X-<platform>.so` (or the plain `_asyncio.so` some builds use) in `dir`.
-fn extension_in(dir: &Path, minor: u8) -> Option<PathBuf> {
-    let tagged = format!("_asyncio.cpython-3{minor}");
+/// The C extension `module`: `<module>.cpython-3X-<platform>.so` (or the plain `<module>.so`
+/// some builds use) in `dir`.
+pub(super) fn extension_in(dir: &Path, module: &str, minor: u8) -> Option<PathBuf> {
+    let tagged = format!("{module}.cpython-3{minor}");
+    let plain = format!("{module}.so");
     let mut found: Vec<PathBuf> = fs::read_dir(dir)
         .ok()?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
         .filter(|path| {
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            (name.starts_with(&tagged) || name == "_asyncio.so") && name.ends_with(".so")
+            (name.starts_with(&tagged) || name == plain) && name.ends_with(".so")
         })
         .collect();
     found.sort();
@@ -84,9 +86,9 @@ mod tests {
             fs::write(dir.path().join(name), b"").unwrap();
         }
         assert_eq!(
-            extension_in(dir.path(), 12).unwrap().file_name().unwrap(),
+            extension_in(dir.path(), "_asyncio", 12).unwrap().file_name().unwrap(),
             "_asyncio.cpython-312-x86_64-linux-gnu.so"
         );
-        assert_eq!(extension_in(dir.path(), 11), None);
+        assert_eq!(extension_in(dir.path(), "_asyncio", 11), None);
     }
 }

@@ -199,7 +199,8 @@ fn resolve_library(candidate: &Candidate, elf: &object::File<'_>, soname: &str) 
         .find(|(host_path, _)| host_path.is_file())
 }
 
-fn elf_dynamic_strings(elf: &object::read::elf::ElfFile64<'_>, tag: u32) -> Vec<String> {
+/// The strings of a dynamic-section tag (`DT_NEEDED`, `DT_RUNPATH`, ...).
+pub(super) fn elf_dynamic_strings(elf: &object::read::elf::ElfFile64<'_>, tag: u32) -> Vec<String> {
     use object::read::elf::{Dyn, FileHeader, SectionHeader};
     let endian = elf.endian();
     let data = elf.data();

@@ -7,6 +7,7 @@
 
 pub mod asyncio;
 mod interpreter;
+pub mod libssl;
 mod procfs;
 pub mod sockets;
 mod untraced;

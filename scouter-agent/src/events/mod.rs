@@ -10,8 +10,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ptr;
 
 use scouter_ebpf::{
-    context_origin, CloseEvent, ConnectionEvent, DataEvent, Direction, EventHeader, EventKind, ProcessEvent,
-    SocketAddress, SpanContext, MAX_CAPTURE,
+    context_origin, data_flags, CloseEvent, ConnectionEvent, DataEvent, Direction, EventHeader, EventKind,
+    ProcessEvent, SocketAddress, SpanContext, MAX_CAPTURE,
 };
 
 pub use clock::WallClock;
@@ -33,15 +33,35 @@ pub enum Peer {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KernelEvent {
-    ProcessExec { pid: u32 },
-    ProcessExit { pid: u32 },
-    ProcessFork { parent: u32, child: u32 },
-    Accepted { socket: SocketId, listen_fd: u32, peer: Peer, time: u64 },
+    ProcessExec {
+        pid: u32,
+    },
+    ProcessExit {
+        pid: u32,
+    },
+    ProcessFork {
+        parent: u32,
+        child: u32,
+    },
+    Accepted {
+        socket: SocketId,
+        listen_fd: u32,
+        peer: Peer,
+        time: u64,
+    },
     /// `result` is `connect()`'s return value: 0, `-EINPROGRESS` (the handshake goes on), or a
     /// failure (the socket is not followed).
-    Connected { socket: SocketId, peer: Peer, time: u64, result: i32 },
+    Connected {
+        socket: SocketId,
+        peer: Peer,
+        time: u64,
+        result: i32,
+    },
     Data(DataChunk),
-    Closed { socket: SocketId, time: u64 },
+    Closed {
+        socket: SocketId,
+        time: u64,
+    },
 }
 
 /// Bytes one syscall moved on a followed socket.
@@ -58,6 +78,8 @@ pub struct DataChunk {
     pub bytes: Vec<u8>,
     /// The identity the kernel gave the request these bytes start, if they start one.
     pub context: Option<SpanContext>,
+    /// The bytes are a TLS connection's plaintext (from the libssl uprobes).
+    pub tls: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -123,6 +145,7 @@ fn decode_data(record: &[u8], header: &EventHeader, clock: &WallClock) -> Result
         total_len: event.total_len,
         bytes: event.data[..captured].to_vec(),
         context: (event.context.origin != context_origin::NONE).then_some(event.context),
+        tls: event.flags & data_flags::TLS != 0,
     }))
 }
 
@@ -202,7 +225,8 @@ mod tests {
             header: header(EventKind::SocketData),
             fd: 5,
             direction: Direction::Egress as u8,
-            _pad: [0; 3],
+            flags: 0,
+            _pad: [0; 2],
             total_len: 10_000,
             enter_ns: 900,
             captured_len: 4,
@@ -221,6 +245,10 @@ mod tests {
         assert_eq!(chunk.direction, Direction::Egress);
         assert!((chunk.bytes.len() as u64) < chunk.total_len);
         assert_eq!((chunk.enter_time, chunk.time), (900, 1_000));
+        assert!(!chunk.tls);
+        event.flags = data_flags::TLS;
+        let KernelEvent::Data(chunk) = decode(&bytes_of(&event), &clock).unwrap() else { panic!() };
+        assert!(chunk.tls);
         event.captured_len = MAX_CAPTURE as u32 + 1;
         assert!(matches!(decode(&bytes_of(&event), &clock), Err(DecodeError::BadCaptureLength(_))));
     }

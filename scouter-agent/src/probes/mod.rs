@@ -3,7 +3,9 @@
 //! The attachment table below is the single list of tracepoints the agent uses; `check`
 //! verifies the same hooks exist. Trace context propagation adds a sockops program on the
 //! cgroup v2 root and an sk_msg program on the client-socket sockhash ([`propagation`]); when
-//! they cannot attach, the agent says so and traces without inserting `traceparent`.
+//! they cannot attach, the agent says so and traces without inserting `traceparent` (the same
+//! sockops program carries TLS requests' contexts in a TCP option). Uprobes attach per library
+//! file as processes are found: `_asyncio` ([`asyncio`]) and libssl for HTTPS ([`tls`]).
 //! Dropping [`Probes`] detaches everything (aya closes the links and the maps go with the last
 //! file descriptor), so SIGTERM leaves nothing behind.
 
@@ -12,6 +14,7 @@
 
 mod asyncio;
 mod propagation;
+mod tls;
 pub mod tracefs;
 
 use std::time::Duration;
@@ -107,6 +110,7 @@ pub struct Probes {
     /// Holds the links: dropping it detaches every program.
     ebpf: Ebpf,
     asyncio: asyncio::AsyncioProbes,
+    tls: tls::TlsProbes,
     tracked: BpfHashMap<MapData, u32, TrackedProcess>,
     counters: PerCpuArray<MapData, u64>,
     propagation: Propagation,
@@ -137,6 +141,7 @@ impl Probes {
         }
         let propagation = propagation::attach(&mut ebpf, options.propagate)?;
         asyncio::load(&mut ebpf)?;
+        tls::load(&mut ebpf)?;
         let tracked = BpfHashMap::try_from(take_map(&mut ebpf, map_names::TRACKED_PROCESSES)?)
             .map_err(|source| ProbeError::Map { name: map_names::TRACKED_PROCESSES, source })?;
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, map_names::COUNTERS)?)
@@ -144,7 +149,8 @@ impl Probes {
         let events = RingBuf::try_from(take_map(&mut ebpf, map_names::EVENTS)?)
             .map_err(|source| ProbeError::Map { name: map_names::EVENTS, source })?;
         let asyncio = asyncio::AsyncioProbes::default();
-        Ok((Self { ebpf, asyncio, tracked, counters, propagation }, events))
+        let tls = tls::TlsProbes::default();
+        Ok((Self { ebpf, asyncio, tls, tracked, counters, propagation }, events))
     }
 
     /// Whether outgoing requests get a `traceparent`, and if not, why.
@@ -164,6 +170,12 @@ impl Probes {
     /// missing (reported once per module).
     pub fn track_asyncio(&mut self, module: &AsyncioModule) -> bool {
         self.asyncio.instrument(&mut self.ebpf, module)
+    }
+
+    /// Traces the HTTPS plaintext of processes using the libssl at `library` (a path the agent
+    /// opens); false when it cannot be probed (reported once per library).
+    pub fn track_tls(&mut self, library: &std::path::Path) -> bool {
+        self.tls.instrument(&mut self.ebpf, library)
     }
 
     /// Stops following `pid`; absent entries are fine (the kernel removes exited processes).

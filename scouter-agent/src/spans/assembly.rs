@@ -59,6 +59,8 @@ pub struct CompletedExchange {
     /// The identity the kernel gave the request at its first byte (absent when the kernel did
     /// not recognise the request's start, e.g. the second of two pipelined requests).
     pub context: Option<SpanContext>,
+    /// The connection is TLS (its bytes came from the libssl uprobes): `https`.
+    pub tls: bool,
 }
 
 /// An outgoing connection that failed before any byte moved: refused at `connect()`, or
@@ -123,6 +125,8 @@ struct Connection {
     connect_pending: bool,
     /// Whether any byte moved either way.
     moved_bytes: bool,
+    /// Its bytes are TLS plaintext.
+    tls: bool,
     opened_at: u64,
 }
 
@@ -140,6 +144,7 @@ impl Connection {
             next_context: None,
             connect_pending: false,
             moved_bytes: false,
+            tls: false,
             opened_at: time,
         }
     }
@@ -196,6 +201,7 @@ impl Assembler {
         let Some(connection) = connection_for(&mut self.connections, chunk) else { return Vec::new() };
         connection.last_activity = chunk.time;
         connection.moved_bytes = true;
+        connection.tls |= chunk.tls;
         let mut done = Vec::new();
         if chunk.direction == connection.role.request_direction() {
             let start_time = match connection.role {
@@ -277,7 +283,12 @@ impl Assembler {
         done
     }
 
-    fn finish_connection(&mut self, socket: SocketId, mut connection: Connection, ending: Ending) -> Vec<CompletedExchange> {
+    fn finish_connection(
+        &mut self,
+        socket: SocketId,
+        mut connection: Connection,
+        ending: Ending,
+    ) -> Vec<CompletedExchange> {
         let mut done = Vec::new();
         let closed_at = match ending {
             Ending::Closed(time) if connection.role == Role::Client => Some(time),
@@ -443,6 +454,7 @@ fn finished(
         start_time,
         end_time,
         context,
+        tls: connection.tls,
     }
 }
 
@@ -462,6 +474,7 @@ mod tests {
             total_len: bytes.len() as u64,
             bytes: bytes.to_vec(),
             context: None,
+            tls: false,
         }
     }
 
@@ -475,7 +488,13 @@ mod tests {
     fn summary(done: &[CompletedExchange]) -> Vec<(String, String, u16, u64, u64)> {
         done.iter()
             .map(|e| {
-                (e.request.method.clone(), e.request.path().to_owned(), e.response.as_ref().map_or(0, |r| r.status), e.start_time, e.end_time)
+                (
+                    e.request.method.clone(),
+                    e.request.path().to_owned(),
+                    e.response.as_ref().map_or(0, |r| r.status),
+                    e.start_time,
+                    e.end_time,
+                )
             })
             .collect()
     }

@@ -77,7 +77,8 @@ fn attributes(exchange: &CompletedExchange) -> Attributes {
     }
     put("network.protocol.name", "http".into());
     put("network.protocol.version", request.version.as_semconv().into());
-    put("url.scheme", "http".into());
+    let scheme = if exchange.tls { "https" } else { "http" };
+    put("url.scheme", scheme.into());
     if let Some(agent) = &request.fields.user_agent {
         put("user_agent.original", agent.clone().into());
     }
@@ -99,11 +100,11 @@ fn attributes(exchange: &CompletedExchange) -> Attributes {
         Role::Client => {
             let (name, port) = match (host, exchange.peer) {
                 (Some((name, port)), Peer::Ip { port: peer_port, .. }) => (name.to_owned(), port.unwrap_or(peer_port)),
-                (Some((name, port)), _) => (name.to_owned(), port.unwrap_or(80)),
+                (Some((name, port)), _) => (name.to_owned(), port.unwrap_or(default_port(scheme))),
                 (None, Peer::Ip { addr, port }) => (addr.to_string(), port),
-                (None, _) => (String::new(), 80),
+                (None, _) => (String::new(), default_port(scheme)),
             };
-            put("url.full", redacted_url(&name, port, &request.target).into());
+            put("url.full", redacted_url(scheme, &name, port, &request.target).into());
             put("server.address", name.into());
             put("server.port", port.into());
             if let Peer::Ip { addr, .. } = exchange.peer {
@@ -176,12 +177,20 @@ fn split_host_port(host: &str) -> (&str, Option<u16>) {
 
 /// `url.full` with every query value replaced by `REDACTED` (keys stay: they are low-risk
 /// and useful).
-fn redacted_url(host: &str, port: u16, target: &str) -> String {
+fn redacted_url(scheme: &str, host: &str, port: u16, target: &str) -> String {
     if target.contains("://") {
         return redact_query(target);
     }
-    let authority = if port == 80 { host.to_owned() } else { format!("{host}:{port}") };
-    redact_query(&format!("http://{authority}{target}"))
+    let authority = if port == default_port(scheme) { host.to_owned() } else { format!("{host}:{port}") };
+    redact_query(&format!("{scheme}://{authority}{target}"))
+}
+
+fn default_port(scheme: &str) -> u16 {
+    if scheme == "https" {
+        443
+    } else {
+        80
+    }
 }
 
 fn redact_query(url: &str) -> String {
@@ -216,6 +225,7 @@ mod tests {
             start_time: 100,
             end_time: 200,
             context: None,
+            tls: false,
         }
     }
 
@@ -273,6 +283,22 @@ mod tests {
         assert_eq!(span.attributes.get("server.port"), Some(&AttributeValue::Int(9000)));
         assert_eq!(span.span_id.to_string(), "b7ad6b7169203331");
         assert_eq!(span.status.code, StatusCode::Error);
+    }
+
+    #[test]
+    fn tls_exchanges_are_https_with_443_as_the_default_port() {
+        let ok = b"HTTP/1.1 200 OK\r\n\r\n";
+        let mut e = exchange(Role::Client, b"GET /a?k=v HTTP/1.1\r\nHost: api.local\r\n\r\n", ok);
+        e.tls = true;
+        e.peer = Peer::Unknown;
+        let span = span_from_exchange(&e, Arc::new(Resource::default()));
+        assert_eq!(text(&span, "url.scheme").as_deref(), Some("https"));
+        assert_eq!(text(&span, "url.full").as_deref(), Some("https://api.local/a?k=REDACTED"));
+        assert_eq!(span.attributes.get("server.port"), Some(&AttributeValue::Int(443)));
+        let mut e = exchange(Role::Client, b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8443\r\n\r\n", ok);
+        e.tls = true;
+        let span = span_from_exchange(&e, Arc::new(Resource::default()));
+        assert_eq!(text(&span, "url.full").as_deref(), Some("https://127.0.0.1:8443/"));
     }
 
     #[test]

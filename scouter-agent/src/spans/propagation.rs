@@ -18,7 +18,11 @@ pub struct TraceContext {
 /// lives in the shared ABI crate).
 pub fn parse_traceparent(value: &str) -> Option<TraceContext> {
     let parsed = traceparent::parse_slice(value.trim().as_bytes())?;
-    Some(TraceContext { trace_id: TraceId(parsed.trace_id), span_id: SpanId(parsed.span_id), sampled: parsed.sampled() })
+    Some(TraceContext {
+        trace_id: TraceId(parsed.trace_id),
+        span_id: SpanId(parsed.span_id),
+        sampled: parsed.sampled(),
+    })
 }
 
 /// The context a message carries: `traceparent` first, else the Scouter SDK's headers.

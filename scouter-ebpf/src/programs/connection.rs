@@ -60,7 +60,14 @@ fn take_in_flight(pid_tgid: u64) -> Option<InFlightConnection> {
 
 #[inline(always)]
 fn follow(pid: u32, fd: u32, role: SocketRole) {
-    let info = SocketInfo { role: role as u8, awaiting_request: 1, _pad: [0; 6] };
+    follow_peer(pid, fd, role, SocketAddress::default());
+}
+
+/// Follows a socket and remembers its peer: an accepted connection's client address is what a
+/// trace context received in a TCP header option is filed under (see `super::trace_option`).
+#[inline(always)]
+fn follow_peer(pid: u32, fd: u32, role: SocketRole, peer: SocketAddress) {
+    let info = SocketInfo { role: role as u8, awaiting_request: 1, tls: 0, _pad: [0; 5], peer, _pad2: [0; 4] };
     let _ = SOCKETS.insert(&SocketKey { pid, fd }, &info, 0);
 }
 
@@ -93,7 +100,7 @@ pub fn accept_exit(ctx: TracePointContext) -> u32 {
     }
     let (pid, _) = current_ids(pid_tgid);
     context::thread_moved_on(pid_tgid);
-    follow(pid, ret as u32, SocketRole::Server);
+    follow_peer(pid, ret as u32, SocketRole::Server, peer);
     emit_connection(EventKind::SocketAccept, pid_tgid, ret as u32, call.fd as i32, peer);
     0
 }

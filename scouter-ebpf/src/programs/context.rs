@@ -7,15 +7,18 @@
 //! dropped once older than the maximum transaction time. A client request that already carries
 //! a `traceparent` keeps it as its own identity (never two headers). The client's
 //! `traceparent` line is prepared here and inserted by [`super::inject`].
+//!
+//! TLS requests take the same decisions from their plaintext ([`super::tls`]); only the carrier
+//! differs: no line is inserted (the bytes are encrypted), the context goes in a TCP header
+//! option, and a server adopts such an option's context when the head has no `traceparent`
+//! (the header wins: it is what the caller's own code sent).
 
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
-use scouter_ebpf::{context_origin, counter, traceparent, SpanContext};
+use scouter_ebpf::{context_origin, counter, traceparent, SocketAddress, SocketKey, SpanContext};
 
 use super::asyncio::running_task;
-use super::current_ids;
 use super::head::{byte_at, bytes_at};
-use scouter_ebpf::SocketKey;
-
+use super::{current_ids, trace_option};
 use crate::maps::{
     count, injection_state, HeadScratch, ObjectKey, PendingInjection, ServedRequest, CONNECTION_REQUESTS,
     FUTURE_CONTEXTS, NOT_FOUND, PENDING_INJECTIONS, SERVED_REQUESTS, TASK_CONTEXTS,
@@ -28,8 +31,10 @@ static MAX_TRANSACTION_NS: u64 = 5 * 60 * 1_000_000_000;
 const SAMPLED: u8 = 1;
 
 /// A server request starts on `fd`: its identity, now also the thread's served request.
+/// `client` (TLS connections) is the caller's address, under which a context it sent in a TCP
+/// header option may wait; used when the head carries none.
 #[inline(always)]
-pub fn server_request(pid_tgid: u64, fd: u32, head: &HeadScratch) -> SpanContext {
+pub fn server_request(pid_tgid: u64, fd: u32, head: &HeadScratch, client: Option<&SocketAddress>) -> SpanContext {
     let mut context = SpanContext { span_id: random_id(), ..SpanContext::default() };
     match remote_parent(head) {
         Some(remote) => {
@@ -38,6 +43,7 @@ pub fn server_request(pid_tgid: u64, fd: u32, head: &HeadScratch) -> SpanContext
             context.flags = remote.flags;
             context.origin = context_origin::REMOTE_PARENT;
         }
+        None if client.is_some_and(|client| trace_option::adopt_peer_context(client, &mut context)) => {}
         None => {
             context.trace_id = random_id();
             context.flags = SAMPLED;
@@ -64,10 +70,10 @@ pub fn server_responded(pid_tgid: u64, fd: u32) {
     }
 }
 
-/// A client request starts: its identity, and the `traceparent` line to insert when the head
-/// is complete in this write and carries none.
+/// A client request starts: its identity, and, when `inject` (plain HTTP), the `traceparent`
+/// line to insert when the head is complete in this write and carries none.
 #[inline(always)]
-pub fn client_request(pid_tgid: u64, head: &HeadScratch) -> SpanContext {
+pub fn client_request(pid_tgid: u64, head: &HeadScratch, inject: bool) -> SpanContext {
     let parent = current_parent(pid_tgid).map(|p| p.context);
     let mut context = SpanContext::default();
     if let Some(own) = header_traceparent(head) {
@@ -94,13 +100,20 @@ pub fn client_request(pid_tgid: u64, head: &HeadScratch) -> SpanContext {
             context.origin = context_origin::NEW_TRACE;
         }
     }
+    if !inject {
+        return context;
+    }
     // Only a head known to be complete is known to carry no traceparent further on.
     if head.head_end == 0 || head.line_end == 0 {
         count(counter::HEAD_NOT_SCANNED);
         return context;
     }
-    let mut pending =
-        PendingInjection { line: [0; traceparent::LINE_LEN], state: injection_state::READY, _pad: 0, offset: head.line_end };
+    let mut pending = PendingInjection {
+        line: [0; traceparent::LINE_LEN],
+        state: injection_state::READY,
+        _pad: 0,
+        offset: head.line_end,
+    };
     traceparent::write_line(&context.trace_id, &context.span_id, context.flags, &mut pending.line);
     let _ = PENDING_INJECTIONS.insert(&pid_tgid, &pending, 0);
     context
@@ -260,7 +273,8 @@ fn scouter_headers(head: &HeadScratch) -> Option<traceparent::TraceParent> {
     let trace_id = traceparent::parse_hex::<16, 32>(&bytes_at::<32>(head, head.trace_id_at)?)?;
     let span_id = traceparent::parse_hex::<8, 16>(&bytes_at::<16>(head, head.span_id_at)?)?;
     // The SDK sends "true"/"false"; absent means sampled.
-    let unsampled = head.is_sampled_at != NOT_FOUND && matches!(byte_at(head, head.is_sampled_at as usize), b'f' | b'F');
+    let unsampled =
+        head.is_sampled_at != NOT_FOUND && matches!(byte_at(head, head.is_sampled_at as usize), b'f' | b'F');
     Some(traceparent::TraceParent { trace_id, span_id, flags: if unsampled { 0 } else { SAMPLED } })
 }
 

@@ -40,7 +40,8 @@ pub fn load(src: u64, available: u64) -> Option<&'static HeadScratch> {
         return None;
     }
     // SAFETY: `len` is in 1..=HEAD_SCAN, the destination's size; the helper validates `src`.
-    let rc = unsafe { generated::bpf_probe_read_user((*scratch).bytes.as_mut_ptr() as *mut _, len as u32, src as *const _) };
+    let rc =
+        unsafe { generated::bpf_probe_read_user((*scratch).bytes.as_mut_ptr() as *mut _, len as u32, src as *const _) };
     if rc != 0 {
         return None;
     }

@@ -9,38 +9,60 @@
 //!   [`CLIENT_SOCKETS`] once established. Nobody else's sockets are touched.
 //! - [`insert_traceparent`] (sk_msg) inserts the line that [`super::context::client_request`]
 //!   prepared for the writing thread, once, after the request line.
+//!
+//! The sockops program also carries TLS requests' contexts in a TCP header option
+//! ([`super::trace_option`]): it lets tracked processes' outgoing TLS connections write
+//! options, and tracked servers' TLS connections show it options the kernel does not know. To
+//! learn which connections those are, it asks every new connection (a tracked process's
+//! outgoing ones, and every accepted one on the host, whose process is unknown at that point)
+//! for RTT callbacks until the first one after the connection sent data: one callback per
+//! connection for everyone else, nothing else changed.
 
 use aya_ebpf::{
-    bindings::{sk_action::SK_PASS, BPF_NOEXIST, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_TCP_CONNECT_CB},
+    bindings::{
+        sk_action::SK_PASS, BPF_NOEXIST, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_HDR_OPT_LEN_CB,
+        BPF_SOCK_OPS_PARSE_HDR_OPT_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RTT_CB,
+        BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_WRITE_HDR_OPT_CB,
+    },
     helpers::{bpf_get_current_pid_tgid, bpf_get_socket_cookie, generated::bpf_msg_pull_data},
     macros::{sk_msg, sock_ops},
     programs::{SkMsgContext, SockOpsContext},
 };
-use scouter_ebpf::traceparent::LINE_LEN;
+use scouter_ebpf::{traceparent::LINE_LEN, HEAD_SCAN};
 
-use super::current_ids;
+use super::{current_ids, trace_option};
 use crate::maps::{injection_state, is_tracked, CLIENT_SOCKETS, CONNECTING_SOCKETS, PENDING_INJECTIONS};
 
 #[sock_ops]
 pub fn follow_client_socket(ctx: SockOpsContext) -> u32 {
-    // SAFETY: the helper accepts the sock_ops context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops as *mut _) };
+    // SAFETY: the helper accepts the sock_ops context. Not for the per-segment callbacks.
+    let cookie = || unsafe { bpf_get_socket_cookie(ctx.ops as *mut _) };
     match ctx.op() {
         BPF_SOCK_OPS_TCP_CONNECT_CB => {
-            let (pid, _) = current_ids(bpf_get_current_pid_tgid());
+            let pid_tgid = bpf_get_current_pid_tgid();
+            let (pid, _) = current_ids(pid_tgid);
             if is_tracked(pid) {
+                let cookie = cookie();
                 let _ = CONNECTING_SOCKETS.insert(&cookie, &pid, 0);
+                trace_option::connecting(pid_tgid, cookie);
             }
         }
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
+            let cookie = cookie();
             // SAFETY: presence check only.
             if unsafe { CONNECTING_SOCKETS.get(&cookie) }.is_some() {
                 let _ = CONNECTING_SOCKETS.remove(&cookie);
                 let mut key = cookie;
                 // SAFETY: the context is a live `bpf_sock_ops`.
                 let _ = CLIENT_SOCKETS.update(&mut key, unsafe { &mut *ctx.ops }, BPF_NOEXIST as u64);
+                trace_option::watch_transport(&ctx);
             }
         }
+        BPF_SOCK_OPS_RTT_CB => trace_option::transport_known(&ctx, cookie()),
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => trace_option::watch_transport(&ctx),
+        BPF_SOCK_OPS_HDR_OPT_LEN_CB => trace_option::reserve(&ctx),
+        BPF_SOCK_OPS_WRITE_HDR_OPT_CB => trace_option::write(&ctx),
+        BPF_SOCK_OPS_PARSE_HDR_OPT_CB => trace_option::parse(&ctx),
         _ => {}
     }
     1
@@ -55,30 +77,40 @@ pub fn insert_traceparent(ctx: SkMsgContext) -> u32 {
     if pending.state != injection_state::READY {
         return SK_PASS;
     }
-    pending.state = if insert(&ctx, pending.offset, &pending.line) { injection_state::DONE } else { injection_state::FAILED };
+    pending.state =
+        if insert(&ctx, pending.offset, &pending.line) { injection_state::DONE } else { injection_state::FAILED };
     SK_PASS
 }
 
 /// Inserts `line` at `offset` of the message; on failure the message is left as it was.
+///
+/// The message's first bytes, through the inserted line and up to [`HEAD_SCAN`] bytes of the
+/// head after it, are then pulled into one buffer. `bpf_msg_push_data` splits the message into
+/// scatterlist elements (before, line, after), and the kernel sends each element as a segment
+/// of its own (no `MSG_MORE` between them; `TCP_NODELAY` clients flush each at once): a server
+/// that reads fast could get the request line alone, decide the request's identity without the
+/// `traceparent`, and lose the caller. One element, one segment: the head arrives whole.
 #[inline(always)]
 fn insert(ctx: &SkMsgContext, offset: u32, line: &[u8; LINE_LEN]) -> bool {
-    if offset == 0 || offset > ctx.size() {
+    // `offset` is a request line's end in a scanned head: bounded, which the verifier needs.
+    if offset == 0 || offset as usize > HEAD_SCAN || offset > ctx.size() {
         return false;
     }
     if ctx.push_data(offset, LINE_LEN as u32, 0).is_err() {
         return false;
     }
+    let end = core::cmp::min(ctx.size(), offset + (LINE_LEN + HEAD_SCAN) as u32);
     // SAFETY: the helper takes the program's own context.
-    let pulled = unsafe { bpf_msg_pull_data(ctx.msg, offset, offset + LINE_LEN as u32, 0) } == 0;
-    let data = ctx.data();
-    if !pulled || data + LINE_LEN > ctx.data_end() {
+    let pulled = unsafe { bpf_msg_pull_data(ctx.msg, 0, end, 0) } == 0;
+    let out = ctx.data() + offset as usize;
+    if !pulled || out + LINE_LEN > ctx.data_end() {
         // Never send the uninitialised bytes just pushed.
         let _ = ctx.pop_data(offset, LINE_LEN as u32, 0);
         return false;
     }
-    let out = data as *mut u8;
+    let out = out as *mut u8;
     for (k, &byte) in line.iter().enumerate() {
-        // SAFETY: `data + LINE_LEN <= data_end` was checked above.
+        // SAFETY: `data + offset + LINE_LEN <= data_end` was checked above.
         unsafe { *out.add(k) = byte };
     }
     true

@@ -4,6 +4,10 @@
 //! Requests get their trace identity here, at their first byte: a client request at the write's
 //! entry (the sk_msg program inserting its `traceparent` runs inside the syscall), a server
 //! request at the read's exit (when its bytes are in the buffer). See [`super::context`].
+//!
+//! TLS sockets are recognised here too (a handshake record where a request would start, or a
+//! syscall made inside a libssl call): their syscalls move ciphertext, which is not emitted;
+//! [`super::tls`] emits their plaintext through the same [`data_moved`] path instead.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, generated},
@@ -15,7 +19,7 @@ use scouter_ebpf::{
     MAX_CAPTURE,
 };
 
-use super::{context, current_ids, head, header, syscall_arg, syscall_ret};
+use super::{context, current_ids, head, header, syscall_arg, syscall_ret, tls, trace_option};
 use crate::maps::{count, is_tracked, BufferShape, InFlightIo, EVENTS, IN_FLIGHT_IO, SOCKETS};
 
 /// `struct msghdr.msg_iov` offset (after `msg_name` and `msg_namelen` + padding).
@@ -29,8 +33,7 @@ fn enter(ctx: &TracePointContext, shape: BufferShape, direction: Direction) -> u
         return 0;
     }
     let fd = syscall_arg(ctx, 0) as u32;
-    // SAFETY: copied out.
-    let Some(socket) = (unsafe { SOCKETS.get(&SocketKey { pid, fd }) }).copied() else { return 0 };
+    let Some(socket) = socket_info(pid_tgid, fd) else { return 0 };
     let mut call = InFlightIo {
         buf: syscall_arg(ctx, 1),
         // SAFETY: helper with no preconditions.
@@ -38,18 +41,20 @@ fn enter(ctx: &TracePointContext, shape: BufferShape, direction: Direction) -> u
         fd,
         shape: shape as u8,
         direction: direction as u8,
-        _pad: [0; 2],
+        in_tls_call: tls::syscall_entered(pid_tgid, fd, direction, socket) as u8,
+        _pad: 0,
         context: SpanContext::default(),
     };
-    if direction == Direction::Egress && starts_request(&socket, SocketRole::Client) {
+    if direction == Direction::Egress && socket.tls == 0 && starts_request(socket, SocketRole::Client) {
         // write/sendto pass the length third; writev/sendmsg pass a count or flags there, and
         // their first iovec's own length is the bound.
         let length = if shape == BufferShape::Plain { syscall_arg(ctx, 2) } else { u64::MAX };
         if let Some((src, len)) = first_segment(&call, length) {
             if head::starts_request(src, len) {
-                if let Some(scanned) = head::load(src, len) {
-                    call.context = context::client_request(pid_tgid, scanned);
-                }
+                call.context = client_request(pid_tgid, src, len, true);
+                trace_option::client_transport(pid_tgid, fd, false);
+            } else if tls::is_handshake(src, len) {
+                tls::mark_tls(pid_tgid, fd, socket);
             }
         }
     }
@@ -59,8 +64,19 @@ fn enter(ctx: &TracePointContext, shape: BufferShape, direction: Direction) -> u
 
 /// Whether bytes in the request direction of a `role` socket may start a new request now.
 #[inline(always)]
-fn starts_request(socket: &SocketInfo, role: SocketRole) -> bool {
+pub fn starts_request(socket: &SocketInfo, role: SocketRole) -> bool {
     socket.role == role as u8 && socket.awaiting_request != 0
+}
+
+/// The identity of the client request whose head starts at `src` (the caller checked the
+/// method); `inject` asks for a `traceparent` line to insert (plain HTTP only). No identity
+/// when the head cannot be copied.
+#[inline(always)]
+pub fn client_request(pid_tgid: u64, src: u64, len: u64, inject: bool) -> SpanContext {
+    match head::load(src, len) {
+        Some(scanned) => context::client_request(pid_tgid, scanned, inject),
+        None => SpanContext::default(),
+    }
 }
 
 /// `read`, `recvfrom`.
@@ -99,6 +115,20 @@ pub fn io_enter_sendmsg(ctx: TracePointContext) -> u32 {
     enter(&ctx, BufferShape::MsgHdr, Direction::Egress)
 }
 
+/// [`first_segment`] of bytes a syscall moved, `(0, 0)` (and counted) when its iovec cannot be
+/// read. Not an `Option`: LLVM leaves a `None`'s payload undefined and may spill it, which the
+/// verifier refuses (reading an uninitialised register).
+#[inline(always)]
+fn moved_segment(call: &InFlightIo, moved: u64) -> (u64, u64) {
+    match first_segment(call, moved) {
+        Some(segment) => segment,
+        None => {
+            count(counter::READ_USER_FAILED);
+            (0, 0)
+        }
+    }
+}
+
 /// The user buffer holding the first bytes moved, and how many of them it holds (at most
 /// `moved`).
 #[inline(always)]
@@ -127,20 +157,45 @@ pub fn io_exit(ctx: TracePointContext) -> u32 {
         call.context.injected = context::take_injection(pid_tgid) as u8;
     }
     if ret <= 0 {
+        if call.direction == Direction::Egress as u8 {
+            tls::write_done(pid_tgid, call.fd);
+        }
         return 0;
     }
     let moved = ret as u64;
-    let segment = first_segment(&call, moved);
-    context::thread_moved_on(pid_tgid);
-    if let Some(socket) = socket_info(pid_tgid, call.fd) {
-        follow_exchange(socket, &mut call, pid_tgid, segment);
+    let segment = moved_segment(&call, moved);
+    let mut socket = socket_info(pid_tgid, call.fd);
+    if let Some(socket) = socket.as_deref_mut() {
+        if tls::carries_ciphertext(pid_tgid, socket, &call, segment) {
+            tls::ciphertext_moved(pid_tgid, &call);
+            return 0;
+        }
     }
-    emit_data(&call, pid_tgid, moved, segment);
+    data_moved(pid_tgid, &mut call, socket, moved, segment, 0);
     0
 }
 
+/// Bytes moved on a followed socket (a syscall, or a libssl call on a TLS socket): the
+/// thread's turn, the socket's request/response turn and identity, and the event. `flags` are
+/// [`scouter_ebpf::data_flags`].
 #[inline(always)]
-fn socket_info(pid_tgid: u64, fd: u32) -> Option<&'static mut SocketInfo> {
+pub fn data_moved(
+    pid_tgid: u64,
+    call: &mut InFlightIo,
+    socket: Option<&mut SocketInfo>,
+    moved: u64,
+    segment: (u64, u64),
+    flags: u8,
+) {
+    context::thread_moved_on(pid_tgid);
+    if let Some(socket) = socket {
+        follow_exchange(socket, call, pid_tgid, segment);
+    }
+    emit_data(call, pid_tgid, moved, segment, flags);
+}
+
+#[inline(always)]
+pub fn socket_info(pid_tgid: u64, fd: u32) -> Option<&'static mut SocketInfo> {
     let (pid, _) = current_ids(pid_tgid);
     // SAFETY: LRU map value; a concurrent removal leaves the memory valid until RCU grace.
     SOCKETS.get_ptr_mut(&SocketKey { pid, fd }).map(|info| unsafe { &mut *info })
@@ -148,7 +203,7 @@ fn socket_info(pid_tgid: u64, fd: u32) -> Option<&'static mut SocketInfo> {
 
 /// Keeps the socket's request/response turn, and gives a server request its identity.
 #[inline(always)]
-fn follow_exchange(socket: &mut SocketInfo, call: &mut InFlightIo, pid_tgid: u64, segment: Option<(u64, u64)>) {
+fn follow_exchange(socket: &mut SocketInfo, call: &mut InFlightIo, pid_tgid: u64, segment: (u64, u64)) {
     let server = socket.role == SocketRole::Server as u8;
     let egress = call.direction == Direction::Egress as u8;
     match (server, egress) {
@@ -165,10 +220,12 @@ fn follow_exchange(socket: &mut SocketInfo, call: &mut InFlightIo, pid_tgid: u64
                 return;
             }
             socket.awaiting_request = 0;
-            let Some((src, len)) = segment else { return };
+            let (src, len) = segment;
             if head::starts_request(src, len) {
                 if let Some(scanned) = head::load(src, len) {
-                    call.context = context::server_request(pid_tgid, call.fd, scanned);
+                    // Over TLS the caller's context may have come in a TCP header option.
+                    let client = if socket.tls != 0 { Some(&socket.peer) } else { None };
+                    call.context = context::server_request(pid_tgid, call.fd, scanned, client);
                 }
             }
         }
@@ -176,25 +233,20 @@ fn follow_exchange(socket: &mut SocketInfo, call: &mut InFlightIo, pid_tgid: u64
 }
 
 #[inline(always)]
-fn emit_data(call: &InFlightIo, pid_tgid: u64, moved: u64, segment: Option<(u64, u64)>) {
+fn emit_data(call: &InFlightIo, pid_tgid: u64, moved: u64, (src, available): (u64, u64), flags: u8) {
     let Some(mut entry) = EVENTS.reserve::<DataEvent>(0) else {
         count(counter::RING_FULL);
         return;
     };
     let event = entry.as_mut_ptr();
-    let captured = match segment {
-        Some((src, available)) => copy_payload(event, src, available),
-        None => {
-            count(counter::READ_USER_FAILED);
-            0
-        }
-    };
+    let captured = copy_payload(event, src, available);
     // SAFETY: `event` points at a reserved, exclusively owned ring-buffer record.
     unsafe {
         (*event).header = header(EventKind::SocketData, pid_tgid);
         (*event).fd = call.fd;
         (*event).direction = call.direction;
-        (*event)._pad = [0; 3];
+        (*event).flags = flags;
+        (*event)._pad = [0; 2];
         (*event).total_len = moved;
         (*event).enter_ns = call.enter_ns;
         (*event).captured_len = captured;

@@ -7,6 +7,8 @@ pub mod head;
 pub mod inject;
 pub mod io;
 pub mod process;
+pub mod tls;
+pub mod trace_option;
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TracePointContext};
 use scouter_ebpf::{EventHeader, EventKind};

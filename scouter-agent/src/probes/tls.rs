@@ -1,0 +1,116 @@
+//! Uprobes on libssl (see `scouter-ebpf/src/programs/tls.rs`): attached once per library file,
+//! for every process that maps it; the kernel side ignores untracked processes. Each uprobe
+//! hit costs about a microsecond (a uretprobe as much again), which every OpenSSL user on the
+//! host pays on its TLS reads and writes, traced or not.
+//!
+//! `SSL_read` and `SSL_write` (and their returns) are required; without them the library is
+//! left alone, with a warning, and its processes' HTTPS is not traced. `SSL_read_ex` and
+//! `SSL_write_ex` (OpenSSL 1.1.1+, what CPython 3.10+ calls) and `SSL_do_handshake` are
+//! attached when present. Returns are attached before entries, so an entry never lacks its
+//! return.
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope};
+use aya::programs::UProbe;
+use aya::Ebpf;
+
+use super::{load_error, ProbeError};
+
+/// The return program, shared by every probed function.
+const RETURN: &str = "ssl_return";
+/// (entry program, symbol, required).
+const FUNCTIONS: [(&str, &str, bool); 5] = [
+    ("ssl_write", "SSL_write", true),
+    ("ssl_read", "SSL_read", true),
+    ("ssl_write_ex", "SSL_write_ex", false),
+    ("ssl_read_ex", "SSL_read_ex", false),
+    ("ssl_do_handshake", "SSL_do_handshake", false),
+];
+
+/// Loads the programs; attaching waits for the first process of each library.
+pub fn load(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+    for program in FUNCTIONS.iter().map(|(program, _, _)| *program).chain([RETURN]) {
+        uprobe(ebpf, program)?.load().map_err(|source| load_error(program, source))?;
+    }
+    Ok(())
+}
+
+/// Libraries already handled, by (device, inode): whether their calls are traced.
+#[derive(Default)]
+pub struct TlsProbes {
+    libraries: HashMap<(u64, u64), bool>,
+}
+
+impl TlsProbes {
+    /// Attaches to `library` unless done before; returns whether its calls are traced.
+    pub fn instrument(&mut self, ebpf: &mut Ebpf, library: &Path) -> bool {
+        let Ok(meta) = std::fs::metadata(library) else { return false };
+        let key = (meta.dev(), meta.ino());
+        if let Some(&traced) = self.libraries.get(&key) {
+            return traced;
+        }
+        let traced = match attach_all(ebpf, library) {
+            Ok(optional_missing) => {
+                tracing::info!(library = %library.display(), ?optional_missing, "tracing HTTPS through libssl");
+                true
+            }
+            Err(error) => {
+                tracing::warn!(
+                    library = %library.display(),
+                    %error,
+                    "HTTPS of the processes using this library is not traced"
+                );
+                false
+            }
+        };
+        self.libraries.insert(key, traced);
+        traced
+    }
+}
+
+/// Attaches every function's probes; returns the optional functions that are missing. On a
+/// required function's failure, whatever was attached to this library is detached again.
+fn attach_all(ebpf: &mut Ebpf, library: &Path) -> Result<Vec<&'static str>, ProbeError> {
+    let mut links: Vec<(&'static str, UProbeLinkId)> = Vec::new();
+    let mut missing = Vec::new();
+    for (program, symbol, required) in FUNCTIONS {
+        let attached = attach(ebpf, RETURN, symbol, library)
+            .map(|link| links.push((RETURN, link)))
+            .and_then(|()| attach(ebpf, program, symbol, library).map(|link| links.push((program, link))));
+        match attached {
+            Ok(()) => {}
+            Err(_) if !required => missing.push(symbol),
+            Err(error) => {
+                for (program, link) in links {
+                    if let Ok(probe) = uprobe(ebpf, program) {
+                        let _ = probe.detach(link);
+                    }
+                }
+                return Err(error);
+            }
+        }
+    }
+    Ok(missing)
+}
+
+fn attach(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    symbol: &'static str,
+    library: &Path,
+) -> Result<UProbeLinkId, ProbeError> {
+    let point = UProbeAttachPoint { location: UProbeAttachLocation::Symbol(symbol), cookie: None };
+    uprobe(ebpf, program)?
+        .attach(point, library, UProbeScope::AllProcesses)
+        .map_err(|source| ProbeError::AttachProgram { program, source })
+}
+
+fn uprobe<'a>(ebpf: &'a mut Ebpf, program: &'static str) -> Result<&'a mut UProbe, ProbeError> {
+    ebpf.program_mut(program)
+        .ok_or(ProbeError::MissingProgram(program))?
+        .try_into()
+        .map_err(|source| ProbeError::ProgramLoad { program, source })
+}

@@ -1,0 +1,286 @@
+//! HTTPS: plaintext from uprobes on libssl, attached by the agent to the library each traced
+//! process loads (every process using that file fires them; untracked ones are ignored here).
+//!
+//! A TLS socket's syscalls move ciphertext, so [`super::io`] stops emitting them once it knows
+//! the socket is TLS (`SocketInfo::tls`), and the plaintext is emitted from here as the same
+//! `DataEvent`s (flagged `data_flags::TLS`), one per `SSL_read`/`SSL_write` call, through the
+//! same path ([`io::data_moved`]): the same request/response turns, the same identity rules
+//! (a client request at `SSL_write` entry, a server request at `SSL_read` return), the same
+//! thread bookkeeping. Userspace assembles them like plain HTTP.
+//!
+//! Which socket an `SSL*` uses is learnt, not read (the `SSL`'s BIO is opaque):
+//! - socket BIO (blocking Python sockets: `requests`, `http.server`, gunicorn): the syscalls a
+//!   libssl call makes on a followed socket name it ([`syscall_entered`]);
+//! - memory BIO (asyncio's SSL transports): libssl makes no syscall; the transport reads the
+//!   ciphertext from the socket and feeds it to the `SSL*` at once, so the TLS socket the
+//!   thread last read outside any libssl call belongs to the thread's next libssl read or
+//!   handshake ([`ciphertext_moved`] notes it, [`socket_of`] takes it). Writes need nothing new:
+//!   the handshake and the reads that precede any request already named the socket.
+//!
+//! The `SSL*` → descriptor map is kept for later calls, which libssl may serve from its buffer
+//! without any I/O. `SSL_do_handshake` is probed too, so a connection is known before its first
+//! `SSL_write`: the client's request must get its identity at that call's entry.
+//!
+//! A socket is marked TLS ([`mark_tls`]) from its first bytes, before any libssl call names it:
+//! a handshake record where a request would start (the client's ClientHello at write entry,
+//! the server's at read exit, see [`is_handshake`]), or a syscall made inside a libssl call.
+//! From then on only plaintext moves the socket's request/response turns and the thread's
+//! "moved on" state ([`super::context::thread_moved_on`]); its ciphertext syscalls do neither,
+//! so a request an asyncio callback just decrypted is still the callback's fresh request.
+//!
+//! Not covered: sockets a process opened before it was tracked (their `SSL*` never shows its
+//! descriptor: counted as `TLS_SOCKET_UNKNOWN`), TLS libraries other than OpenSSL's libssl,
+//! and OpenSSL linked into a binary without exporting `SSL_read`/`SSL_write`.
+//!
+//! The bytes are read from the caller's buffer when the call returns, for writes too: only the
+//! return says how many were taken, and a write that fails (`SSL_ERROR_WANT_WRITE`) is retried
+//! with the same bytes, which must not be emitted twice. The buffer is unchanged at return.
+//!
+//! Plain-HTTP `traceparent` insertion does not apply (the bytes are encrypted before the
+//! kernel sees them); the client's context travels in a TCP header option instead
+//! ([`super::trace_option`]).
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
+    macros::{uprobe, uretprobe},
+    programs::{ProbeContext, RetProbeContext},
+};
+use scouter_ebpf::{context_origin, counter, data_flags, Direction, SocketInfo, SocketRole, SpanContext};
+
+use super::{current_ids, head, io, trace_option};
+use crate::maps::{
+    count, is_tracked, tls_call, BufferShape, InFlightIo, ObjectKey, TlsCall, NO_FD, TLS_CALLS, TLS_LAST_READS,
+    TLS_SOCKETS,
+};
+
+/// TLS record type of a handshake message.
+const RECORD_HANDSHAKE: u8 = 0x16;
+
+/// `SSL_write(ssl, buf, int num)`.
+#[uprobe]
+pub fn ssl_write(ctx: ProbeContext) -> u32 {
+    enter(&ctx, Direction::Egress, false)
+}
+
+/// `SSL_write_ex(ssl, buf, size_t num, size_t *written)`.
+#[uprobe]
+pub fn ssl_write_ex(ctx: ProbeContext) -> u32 {
+    enter(&ctx, Direction::Egress, true)
+}
+
+/// `SSL_read(ssl, buf, int num)`.
+#[uprobe]
+pub fn ssl_read(ctx: ProbeContext) -> u32 {
+    enter(&ctx, Direction::Ingress, false)
+}
+
+/// `SSL_read_ex(ssl, buf, size_t num, size_t *readbytes)`.
+#[uprobe]
+pub fn ssl_read_ex(ctx: ProbeContext) -> u32 {
+    enter(&ctx, Direction::Ingress, true)
+}
+
+/// `SSL_do_handshake(ssl)`: moves no plaintext, but names the socket early.
+#[uprobe]
+pub fn ssl_do_handshake(ctx: ProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !is_tracked(current_ids(pid_tgid).0) {
+        return 0;
+    }
+    let Some(ssl) = ctx.arg::<u64>(0) else { return 0 };
+    let mut call = new_call(ssl, 0, Direction::Ingress, 0, socket_of(pid_tgid, ssl, true));
+    call.kind = tls_call::HANDSHAKE;
+    let _ = TLS_CALLS.insert(&pid_tgid, &call, 0);
+    0
+}
+
+#[inline(always)]
+fn enter(ctx: &ProbeContext, direction: Direction, ex: bool) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !is_tracked(current_ids(pid_tgid).0) {
+        return 0;
+    }
+    let (Some(ssl), Some(buf)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else { return 0 };
+    // The plain forms take an `int`: a negative one moves nothing.
+    let num = if ex { ctx.arg::<u64>(2).unwrap_or(0) } else { ctx.arg::<i32>(2).unwrap_or(0).max(0) as u64 };
+    let count_ptr = if ex { ctx.arg::<u64>(3).unwrap_or(0) } else { 0 };
+    let fd = socket_of(pid_tgid, ssl, direction == Direction::Ingress);
+    let mut call = new_call(ssl, buf, direction, count_ptr, fd);
+    if direction == Direction::Egress && fd != NO_FD {
+        if let Some(socket) = io::socket_info(pid_tgid, fd) {
+            call.io.context = client_request(pid_tgid, socket, fd, buf, num);
+        }
+    }
+    let _ = TLS_CALLS.insert(&pid_tgid, &call, 0);
+    0
+}
+
+#[inline(always)]
+fn new_call(ssl: u64, buf: u64, direction: Direction, count_ptr: u64, fd: u32) -> TlsCall {
+    TlsCall {
+        io: InFlightIo {
+            buf,
+            // SAFETY: helper with no preconditions.
+            enter_ns: unsafe { bpf_ktime_get_ns() },
+            fd,
+            shape: BufferShape::Plain as u8,
+            direction: direction as u8,
+            in_tls_call: 0,
+            _pad: 0,
+            context: SpanContext::default(),
+        },
+        ssl,
+        count_ptr,
+        kind: tls_call::DATA,
+        _pad: [0; 7],
+    }
+}
+
+/// The identity of a client request starting in this `SSL_write`, and its TCP option.
+#[inline(always)]
+fn client_request(pid_tgid: u64, socket: &SocketInfo, fd: u32, buf: u64, num: u64) -> SpanContext {
+    if !io::starts_request(socket, SocketRole::Client) || !head::starts_request(buf, num) {
+        return SpanContext::default();
+    }
+    let context = io::client_request(pid_tgid, buf, num, false);
+    // A request that carries its own traceparent (an SDK's) tells the server itself.
+    if context.origin != context_origin::NONE && context.origin != context_origin::ADOPTED {
+        trace_option::prepare(pid_tgid, fd, &context);
+    }
+    context
+}
+
+/// Return of every probed call: emits the plaintext a read or write moved.
+#[uretprobe]
+pub fn ssl_return(ctx: RetProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: copied out before removal.
+    let Some(mut call) = (unsafe { TLS_CALLS.get(&pid_tgid) }).copied() else { return 0 };
+    let _ = TLS_CALLS.remove(&pid_tgid);
+    if call.kind != tls_call::DATA {
+        return 0;
+    }
+    let ret = ctx.ret::<i32>();
+    let moved = if call.count_ptr != 0 {
+        if ret == 1 {
+            // SAFETY: the helper validates the user pointer.
+            unsafe { bpf_probe_read_user(call.count_ptr as *const u64) }.unwrap_or(0)
+        } else {
+            0
+        }
+    } else {
+        ret.max(0) as u64
+    };
+    if moved == 0 {
+        if call.io.context.origin != context_origin::NONE {
+            trace_option::cancel(pid_tgid);
+        }
+        return 0;
+    }
+    let mut socket = if call.io.fd == NO_FD { None } else { io::socket_info(pid_tgid, call.io.fd) };
+    // Only a followed TLS socket: a descriptor remembered for an `SSL*` whose address was reused
+    // must not feed plaintext into a plain connection's stream.
+    if !socket.as_deref_mut().is_some_and(|socket| socket.tls != 0) {
+        count(counter::TLS_SOCKET_UNKNOWN);
+        return 0;
+    }
+    let segment = (call.io.buf, moved);
+    io::data_moved(pid_tgid, &mut call.io, socket, moved, segment, data_flags::TLS);
+    0
+}
+
+/// The descriptor `ssl` uses in the current process, [`NO_FD`] when unknown. Every libssl call
+/// takes the thread's pending ciphertext read; reads and handshakes adopt it (memory BIO).
+#[inline(always)]
+fn socket_of(pid_tgid: u64, ssl: u64, adopt_last_read: bool) -> u32 {
+    let key = ObjectKey { pid: current_ids(pid_tgid).0, _pad: 0, address: ssl };
+    // SAFETY: copied out before removal.
+    if let Some(fd) = (unsafe { TLS_LAST_READS.get(&pid_tgid) }).copied() {
+        let _ = TLS_LAST_READS.remove(&pid_tgid);
+        if adopt_last_read {
+            let _ = TLS_SOCKETS.insert(&key, &fd, 0);
+            return fd;
+        }
+    }
+    // SAFETY: copied out.
+    unsafe { TLS_SOCKETS.get(&key) }.copied().unwrap_or(NO_FD)
+}
+
+/// A syscall on followed socket `fd` begins; true when the thread is inside a libssl call,
+/// which makes `fd` that call's socket, and a TLS one.
+#[inline(always)]
+pub fn syscall_entered(pid_tgid: u64, fd: u32, direction: Direction, socket: &mut SocketInfo) -> bool {
+    if direction == Direction::Egress {
+        trace_option::socket_write_starts(pid_tgid, fd);
+    }
+    let Some(call) = TLS_CALLS.get_ptr_mut(&pid_tgid) else { return false };
+    // SAFETY: this thread's own entry.
+    let call = unsafe { &mut *call };
+    call.io.fd = fd;
+    let key = ObjectKey { pid: current_ids(pid_tgid).0, _pad: 0, address: call.ssl };
+    let _ = TLS_SOCKETS.insert(&key, &fd, 0);
+    if socket.tls == 0 {
+        mark_tls(pid_tgid, fd, socket);
+    }
+    true
+}
+
+/// Whether the bytes at `src` begin a TLS handshake record (a ClientHello, where a request
+/// would start).
+#[inline(always)]
+pub fn is_handshake(src: u64, available: u64) -> bool {
+    if available < 3 {
+        return false;
+    }
+    // SAFETY: the helper validates the user pointer.
+    let Ok(first) = (unsafe { bpf_probe_read_user(src as *const [u8; 3]) }) else { return false };
+    // Record type, then the record version: 3.1 (TLS 1.0, what ClientHellos use) to 3.4.
+    first[0] == RECORD_HANDSHAKE && first[1] == 3 && first[2] <= 4
+}
+
+/// Whether a syscall's bytes on `socket` are ciphertext: it is known to be TLS, or a server
+/// reads a handshake where a request would start (a socket is marked from then on).
+#[inline(always)]
+pub fn carries_ciphertext(pid_tgid: u64, socket: &mut SocketInfo, call: &InFlightIo, (src, len): (u64, u64)) -> bool {
+    if socket.tls != 0 {
+        return true;
+    }
+    if call.direction != Direction::Ingress as u8 || !io::starts_request(socket, SocketRole::Server) {
+        return false;
+    }
+    if is_handshake(src, len) {
+        mark_tls(pid_tgid, call.fd, socket);
+        return true;
+    }
+    false
+}
+
+/// `socket` (descriptor `fd`) turns out to carry TLS: its syscalls' bytes are ciphertext from
+/// now on, and the sockops program may let it carry our TCP option.
+#[inline(always)]
+pub fn mark_tls(pid_tgid: u64, fd: u32, socket: &mut SocketInfo) {
+    socket.tls = 1;
+    if socket.role == SocketRole::Client as u8 {
+        trace_option::client_transport(pid_tgid, fd, true);
+    } else {
+        trace_option::server_transport(&socket.peer);
+    }
+}
+
+/// A syscall moved ciphertext on a TLS socket: nothing is emitted, but a write ends the wait
+/// of the socket's TCP option, and a read made outside libssl is what the thread's next libssl
+/// call will decrypt.
+#[inline(always)]
+pub fn ciphertext_moved(pid_tgid: u64, call: &InFlightIo) {
+    if call.direction == Direction::Egress as u8 {
+        trace_option::write_done(pid_tgid, call.fd);
+    } else if call.in_tls_call == 0 {
+        let _ = TLS_LAST_READS.insert(&pid_tgid, &call.fd, 0);
+    }
+}
+
+/// A write syscall on `fd` failed or moved nothing.
+#[inline(always)]
+pub fn write_done(pid_tgid: u64, fd: u32) {
+    trace_option::write_done(pid_tgid, fd);
+}

@@ -1,0 +1,294 @@
+//! Trace context across TLS hops, in a TCP header option (format: `scouter_ebpf::trace_option`).
+//!
+//! Sender (a tracked process's outgoing TLS connection): at `SSL_write` entry of a request
+//! start, [`prepare`] files the option under the writing thread (`pid_tgid`). The ciphertext
+//! goes out in that thread's next write on the socket: inside the call for a socket BIO, right
+//! after it for a memory BIO (asyncio writes the BIO's output to the transport at once). The
+//! sockops program runs while the kernel builds that write's segments, in the same thread:
+//! `HDR_OPT_LEN_CB` reserves the room ([`reserve`]; also when the kernel computes the MSS, so
+//! segments are sized for it), and `WRITE_HDR_OPT_CB` stores the option into the first data
+//! segment ([`write`]). The option is forgotten once the write returns ([`write_done`]), when
+//! the thread writes to another socket first ([`socket_write_starts`]), or after
+//! [`MAX_PENDING_NS`]: a segment sent later, from softirq, has no thread to take it from, and
+//! the server then starts a new trace. Pure ACKs never carry it (nothing is reserved for them).
+//!
+//! Receiver (a tracked server's TLS connection, `PARSE_UNKNOWN_HDR_OPT_CB_FLAG`): the kernel
+//! calls the program only for segments carrying an option it does not know. [`parse`] files the
+//! context under the client's address, and the server request that starts on the connection
+//! takes it ([`adopt_peer_context`]) when its head has no `traceparent` (see
+//! [`super::context::server_request`]).
+//!
+//! Only TLS connections get the header-option flags. They change the timing of both ends (two
+//! callbacks per sent segment, a slower receive path), and on plain connections that was
+//! enough for a fast server to read a request head cut short (measured: the `traceparent`
+//! tests failed about half the time with the flags on every connection). So
+//! [`watch_transport`] asks for RTT callbacks on every new connection (a tracked process's
+//! outgoing ones, every accepted one), the syscall programs report what the first bytes were
+//! ([`client_transport`], [`server_transport`]: a handshake record or a request line), and the
+//! first RTT callback after that ([`transport_known`]: an ACK of data the socket sent, which
+//! for a TLS connection comes with the handshake, before any request) turns the RTT callbacks
+//! off and, for TLS, turns header writing (client) or parsing (server) on. A connection that
+//! sent data nobody reported is not ours and is left alone from then on.
+//!
+//! When only one end runs the agent: a client-only agent sends the option and the server's TCP
+//! ignores it (unknown option kinds are skipped; Linux just notes it saw one), so the server
+//! answers as usual; a server-only agent receives no option and starts a new trace, as for any
+//! uninstrumented caller.
+//!
+//! Limits: the receiver's key is the client's (address, port) only, since the server side
+//! learns its own port nowhere in the kernel; two connections from the same client address and
+//! port to two ports of this host at once could swap contexts. A segment carrying SACK blocks or
+//! other options may have no room left (counted as `TRACE_OPTION_FAILED`). A middlebox that
+//! strips unknown options (some firewalls and load balancers do) loses the context.
+
+use aya_ebpf::{
+    bindings::{
+        BPF_SOCK_OPS_PARSE_UNKNOWN_HDR_OPT_CB_FLAG, BPF_SOCK_OPS_RTT_CB_FLAG, BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG,
+    },
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        generated::{bpf_load_hdr_opt, bpf_reserve_hdr_opt, bpf_store_hdr_opt},
+    },
+    programs::SockOpsContext,
+};
+use scouter_ebpf::address_family::{INET as AF_INET, INET6 as AF_INET6};
+use scouter_ebpf::{
+    context_origin, counter, trace_option, traceparent::TraceParent, SocketAddress, SocketKey, SpanContext,
+};
+
+use super::current_ids;
+use crate::maps::{
+    count, trace_option_state, transport, PendingTraceOption, CLIENT_TRANSPORTS, CONNECT_COOKIES,
+    IN_FLIGHT_CONNECTIONS, PEER_CONTEXTS, PENDING_TRACE_OPTIONS, TLS_SERVER_PEERS,
+};
+
+/// `args[0]` of `HDR_OPT_LEN_CB` when the kernel computes the MSS (uapi
+/// `BPF_WRITE_HDR_TCP_CURRENT_MSS`; aya's bindings hide it in an unnamed enum module).
+const WRITE_HDR_TCP_CURRENT_MSS: u32 = 1;
+
+/// How long a prepared option waits for its segment.
+const MAX_PENDING_NS: u64 = 1_000_000_000;
+
+/// A TLS client request starts on `fd`: its first data segment must carry `context`.
+#[inline(always)]
+pub fn prepare(pid_tgid: u64, fd: u32, context: &SpanContext) {
+    let parent = TraceParent { trace_id: context.trace_id, span_id: context.span_id, flags: context.flags };
+    let pending = PendingTraceOption {
+        option: trace_option::encode(&parent),
+        fd,
+        state: trace_option_state::READY,
+        _pad: [0; 3],
+        // SAFETY: helper with no preconditions.
+        created_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    let _ = PENDING_TRACE_OPTIONS.insert(&pid_tgid, &pending, 0);
+}
+
+/// The request was not written after all (the call failed): its option must not ride on
+/// bytes written later.
+#[inline(always)]
+pub fn cancel(pid_tgid: u64) {
+    // SAFETY: copied out.
+    if unsafe { PENDING_TRACE_OPTIONS.get(&pid_tgid) }.is_some_and(|p| p.state == trace_option_state::READY) {
+        let _ = PENDING_TRACE_OPTIONS.remove(&pid_tgid);
+    }
+}
+
+/// A write syscall on followed socket `fd` begins: an option due on another socket is dropped
+/// (it would otherwise ride on this one's segments).
+#[inline(always)]
+pub fn socket_write_starts(pid_tgid: u64, fd: u32) {
+    // SAFETY: copied out.
+    if unsafe { PENDING_TRACE_OPTIONS.get(&pid_tgid) }.is_some_and(|p| p.fd != fd) {
+        let _ = PENDING_TRACE_OPTIONS.remove(&pid_tgid);
+    }
+}
+
+/// A write syscall on `fd` returned: its segments are built, so the option went with them or
+/// will not go at all.
+#[inline(always)]
+pub fn write_done(pid_tgid: u64, fd: u32) {
+    // SAFETY: copied out.
+    if unsafe { PENDING_TRACE_OPTIONS.get(&pid_tgid) }.is_some_and(|p| p.fd == fd) {
+        let _ = PENDING_TRACE_OPTIONS.remove(&pid_tgid);
+    }
+}
+
+/// Makes `context` a child of the context the client at `peer` sent in a TCP option, if it
+/// sent one (once: the entry is taken). Fields are copied one by one from the map value, to
+/// keep another context off the (full) stack of the programs calling this.
+#[inline(always)]
+pub fn adopt_peer_context(peer: &SocketAddress, context: &mut SpanContext) -> bool {
+    if peer.family == 0 {
+        return false;
+    }
+    let Some(remote) = PEER_CONTEXTS.get_ptr(peer) else { return false };
+    // SAFETY: LRU map value, read before its removal below.
+    unsafe {
+        context.trace_id = (*remote).trace_id;
+        context.parent_span_id = (*remote).span_id;
+        context.flags = (*remote).flags;
+    }
+    context.origin = context_origin::REMOTE_PARENT;
+    let _ = PEER_CONTEXTS.remove(peer);
+    true
+}
+
+/// `TCP_CONNECT_CB` of a tracked process, inside its `connect()`: the socket's cookie, filed
+/// under the descriptor being connected.
+#[inline(always)]
+pub fn connecting(pid_tgid: u64, cookie: u64) {
+    // SAFETY: copied out.
+    let Some(call) = (unsafe { IN_FLIGHT_CONNECTIONS.get(&pid_tgid) }).copied() else { return };
+    let key = SocketKey { pid: current_ids(pid_tgid).0, fd: call.fd };
+    let _ = CONNECT_COOKIES.insert(&key, &cookie, 0);
+}
+
+/// The first bytes a tracked process wrote on its connection `fd` were a TLS handshake (`tls`)
+/// or a plain request; once per connection (the cookie is taken).
+#[inline(always)]
+pub fn client_transport(pid_tgid: u64, fd: u32, tls: bool) {
+    let key = SocketKey { pid: current_ids(pid_tgid).0, fd };
+    // SAFETY: copied out before removal.
+    let Some(cookie) = (unsafe { CONNECT_COOKIES.get(&key) }).copied() else { return };
+    let _ = CONNECT_COOKIES.remove(&key);
+    let _ = CLIENT_TRANSPORTS.insert(&cookie, if tls { &transport::TLS } else { &transport::PLAIN }, 0);
+}
+
+/// A tracked server read a TLS handshake from the client at `peer`.
+#[inline(always)]
+pub fn server_transport(peer: &SocketAddress) {
+    if peer.family != 0 {
+        let _ = TLS_SERVER_PEERS.insert(peer, &transport::TLS, 0);
+    }
+}
+
+/// `ACTIVE_ESTABLISHED_CB` of a tracked process's connection, `PASSIVE_ESTABLISHED_CB` of any:
+/// call back on RTT samples until its transport is known.
+#[inline(always)]
+pub fn watch_transport(ctx: &SockOpsContext) {
+    let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_RTT_CB_FLAG) as i32);
+}
+
+/// `RTT_CB`: once the connection's transport is known, stop the RTT callbacks, and let a TLS
+/// connection write (client) or parse (server) our option.
+#[inline(always)]
+pub fn transport_known(ctx: &SockOpsContext, cookie: u64) {
+    let mut flags = ctx.cb_flags() & !BPF_SOCK_OPS_RTT_CB_FLAG;
+    // SAFETY: copied out before removal.
+    if let Some(kind) = (unsafe { CLIENT_TRANSPORTS.get(&cookie) }).copied() {
+        let _ = CLIENT_TRANSPORTS.remove(&cookie);
+        if kind == transport::TLS {
+            flags |= BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG;
+        }
+    } else {
+        let peer = remote_address(ctx);
+        // SAFETY: presence check only.
+        if unsafe { TLS_SERVER_PEERS.get(&peer) }.is_some() {
+            let _ = TLS_SERVER_PEERS.remove(&peer);
+            flags |= BPF_SOCK_OPS_PARSE_UNKNOWN_HDR_OPT_CB_FLAG;
+        } else if data_segments_out(ctx) == 0 {
+            // An RTT sample of the handshake: nothing was sent yet, so nothing is known.
+            return;
+        }
+    }
+    let _ = ctx.set_cb_flags(flags as i32);
+}
+
+#[inline(always)]
+fn data_segments_out(ctx: &SockOpsContext) -> u32 {
+    // SAFETY: reading the context's own field.
+    unsafe { (*ctx.ops).data_segs_out }
+}
+
+/// The writing thread's option, when it waits and is fresh.
+#[inline(always)]
+fn ready(pid_tgid: u64) -> Option<*mut PendingTraceOption> {
+    let pending = PENDING_TRACE_OPTIONS.get_ptr_mut(&pid_tgid)?;
+    // SAFETY: this thread's own entry.
+    let (state, created) = unsafe { ((*pending).state, (*pending).created_ns) };
+    // SAFETY: helper with no preconditions.
+    let age = unsafe { bpf_ktime_get_ns() }.saturating_sub(created);
+    (state == trace_option_state::READY && age <= MAX_PENDING_NS).then_some(pending)
+}
+
+/// `HDR_OPT_LEN_CB`: room for the option in a data segment, or in the MSS computation (no
+/// segment: the kernel sizes the segments it is about to build).
+#[inline(always)]
+pub fn reserve(ctx: &SockOpsContext) {
+    let Some(_) = ready(bpf_get_current_pid_tgid()) else { return };
+    let sizing_mss = ctx.arg(0) == WRITE_HDR_TCP_CURRENT_MSS;
+    // SAFETY: reading the context's own field.
+    let payload = unsafe { (*ctx.ops).skb_len };
+    if !sizing_mss && payload == 0 {
+        return;
+    }
+    // SAFETY: the helper takes the program's own context.
+    let rc = unsafe { bpf_reserve_hdr_opt(ctx.ops, trace_option::LEN as u32, 0) };
+    if rc != 0 && !sizing_mss {
+        count(counter::TRACE_OPTION_FAILED);
+    }
+}
+
+/// `WRITE_HDR_OPT_CB`: the option into the segment whose room [`reserve`] took.
+#[inline(always)]
+pub fn write(ctx: &SockOpsContext) {
+    let Some(pending) = ready(bpf_get_current_pid_tgid()) else { return };
+    // SAFETY: map value; the helper copies `LEN` bytes from it.
+    let rc = unsafe { bpf_store_hdr_opt(ctx.ops, (*pending).option.as_ptr() as *const _, trace_option::LEN as u32, 0) };
+    if rc == 0 {
+        // SAFETY: this thread's own entry.
+        unsafe { (*pending).state = trace_option_state::SENT };
+    } else {
+        count(counter::TRACE_OPTION_FAILED);
+    }
+}
+
+/// `PARSE_HDR_OPT_CB`: a received segment has an option the kernel does not know; if it is
+/// ours, file its context under the client's address.
+#[inline(always)]
+pub fn parse(ctx: &SockOpsContext) {
+    let Some(context) = load(ctx, true).or_else(|| load(ctx, false)) else { return };
+    let peer = remote_address(ctx);
+    if peer.family != 0 {
+        let _ = PEER_CONTEXTS.insert(&peer, &context, 0);
+    }
+}
+
+#[inline(always)]
+fn load(ctx: &SockOpsContext, sampled: bool) -> Option<TraceParent> {
+    let mut found = trace_option::search_key(sampled);
+    // SAFETY: the helper writes at most `LEN` bytes into the stack buffer.
+    let rc = unsafe { bpf_load_hdr_opt(ctx.ops, found.as_mut_ptr() as *mut _, trace_option::LEN as u32, 0) };
+    if rc != trace_option::LEN as i64 {
+        return None;
+    }
+    trace_option::decode(&found)
+}
+
+/// The connection's remote end, as `accept()` reports it to the server process.
+#[inline(always)]
+fn remote_address(ctx: &SockOpsContext) -> SocketAddress {
+    let mut address = SocketAddress::default();
+    // `remote_port` holds the port in network byte order in the upper half.
+    address.port = u32::from_be(ctx.remote_port()) as u16;
+    match ctx.family() as u16 {
+        AF_INET => {
+            address.family = AF_INET;
+            address.addr[..4].copy_from_slice(&ctx.remote_ip4().to_ne_bytes());
+        }
+        AF_INET6 => {
+            address.family = AF_INET6;
+            let mut k = 0;
+            while k < 4 {
+                // One 4-byte load each: the context only allows word-sized reads here.
+                // SAFETY: reading the context's own field.
+                let word = unsafe { core::ptr::read_volatile(&(*ctx.ops).remote_ip6[k]) };
+                address.addr[k * 4..k * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+                k += 1;
+            }
+        }
+        _ => {}
+    }
+    address
+}
