@@ -5,14 +5,10 @@
 //! reported once; client calls from its tasks are then parented by thread only, which is
 //! exact for thread-per-request servers and approximate on event loops.
 
-use std::collections::HashMap;
-use std::os::unix::fs::MetadataExt;
-
-use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope};
-use aya::programs::UProbe;
 use aya::Ebpf;
 
-use super::{load_error, ProbeError};
+use super::uprobes::{self, InstrumentedFiles};
+use super::ProbeError;
 use crate::discovery::asyncio::AsyncioModule;
 
 /// (program, symbol); the step and init probes are required for task tracking. Steps are
@@ -29,27 +25,19 @@ const ALL: [(&str, &str); 6] =
 
 /// Loads the programs; attaching waits for the first process of each module.
 pub fn load(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
-    for (program, _) in ALL {
-        uprobe(ebpf, program)?.load().map_err(|source| load_error(program, source))?;
-    }
-    Ok(())
+    uprobes::load(ebpf, ALL.map(|(program, _)| program))
 }
 
-/// Modules already handled, by (device, inode): whether their tasks are tracked.
+/// Modules already handled: whether their tasks are tracked.
 #[derive(Default)]
 pub struct AsyncioProbes {
-    modules: HashMap<(u64, u64), bool>,
+    modules: InstrumentedFiles,
 }
 
 impl AsyncioProbes {
     /// Attaches to `module` unless done before; returns whether its tasks are tracked.
     pub fn instrument(&mut self, ebpf: &mut Ebpf, module: &AsyncioModule) -> bool {
-        let Ok(meta) = std::fs::metadata(&module.host_path) else { return false };
-        let key = (meta.dev(), meta.ino());
-        if let Some(&tracked) = self.modules.get(&key) {
-            return tracked;
-        }
-        let tracked = match attach_all(ebpf, module) {
+        self.modules.once(&module.host_path, || match attach_all(ebpf, module) {
             Ok(()) => {
                 tracing::info!(module = %module.host_path.display(), "tracking asyncio tasks");
                 true
@@ -62,9 +50,7 @@ impl AsyncioProbes {
                 );
                 false
             }
-        };
-        self.modules.insert(key, tracked);
-        tracked
+        })
     }
 }
 
@@ -90,16 +76,5 @@ fn attach(
     (program, symbol): (&'static str, &'static str),
     module: &AsyncioModule,
 ) -> Result<(), ProbeError> {
-    let point = UProbeAttachPoint { location: UProbeAttachLocation::Symbol(symbol), cookie: None };
-    uprobe(ebpf, program)?
-        .attach(point, &module.host_path, UProbeScope::AllProcesses)
-        .map(|_| ())
-        .map_err(|source| ProbeError::AttachProgram { program, source })
-}
-
-fn uprobe<'a>(ebpf: &'a mut Ebpf, program: &'static str) -> Result<&'a mut UProbe, ProbeError> {
-    ebpf.program_mut(program)
-        .ok_or(ProbeError::MissingProgram(program))?
-        .try_into()
-        .map_err(|source| ProbeError::ProgramLoad { program, source })
+    uprobes::attach(ebpf, program, symbol, &module.host_path).map(|_| ())
 }

@@ -16,6 +16,7 @@ mod asyncio;
 mod propagation;
 mod tls;
 pub mod tracefs;
+mod uprobes;
 
 use std::time::Duration;
 

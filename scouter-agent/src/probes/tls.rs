@@ -9,15 +9,13 @@
 //! attached when present. Returns are attached before entries, so an entry never lacks its
 //! return.
 
-use std::collections::HashMap;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope};
-use aya::programs::UProbe;
+use aya::programs::uprobe::UProbeLinkId;
 use aya::Ebpf;
 
-use super::{load_error, ProbeError};
+use super::uprobes::{self, attach, InstrumentedFiles};
+use super::ProbeError;
 
 /// The return program, shared by every probed function.
 const RETURN: &str = "ssl_return";
@@ -32,27 +30,19 @@ const FUNCTIONS: [(&str, &str, bool); 5] = [
 
 /// Loads the programs; attaching waits for the first process of each library.
 pub fn load(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
-    for program in FUNCTIONS.iter().map(|(program, _, _)| *program).chain([RETURN]) {
-        uprobe(ebpf, program)?.load().map_err(|source| load_error(program, source))?;
-    }
-    Ok(())
+    uprobes::load(ebpf, FUNCTIONS.iter().map(|(program, _, _)| *program).chain([RETURN]))
 }
 
-/// Libraries already handled, by (device, inode): whether their calls are traced.
+/// Libraries already handled: whether their calls are traced.
 #[derive(Default)]
 pub struct TlsProbes {
-    libraries: HashMap<(u64, u64), bool>,
+    libraries: InstrumentedFiles,
 }
 
 impl TlsProbes {
     /// Attaches to `library` unless done before; returns whether its calls are traced.
     pub fn instrument(&mut self, ebpf: &mut Ebpf, library: &Path) -> bool {
-        let Ok(meta) = std::fs::metadata(library) else { return false };
-        let key = (meta.dev(), meta.ino());
-        if let Some(&traced) = self.libraries.get(&key) {
-            return traced;
-        }
-        let traced = match attach_all(ebpf, library) {
+        self.libraries.once(library, || match attach_all(ebpf, library) {
             Ok(optional_missing) => {
                 tracing::info!(library = %library.display(), ?optional_missing, "tracing HTTPS through libssl");
                 true
@@ -65,9 +55,7 @@ impl TlsProbes {
                 );
                 false
             }
-        };
-        self.libraries.insert(key, traced);
-        traced
+        })
     }
 }
 
@@ -84,33 +72,10 @@ fn attach_all(ebpf: &mut Ebpf, library: &Path) -> Result<Vec<&'static str>, Prob
             Ok(()) => {}
             Err(_) if !required => missing.push(symbol),
             Err(error) => {
-                for (program, link) in links {
-                    if let Ok(probe) = uprobe(ebpf, program) {
-                        let _ = probe.detach(link);
-                    }
-                }
+                uprobes::detach(ebpf, links);
                 return Err(error);
             }
         }
     }
     Ok(missing)
-}
-
-fn attach(
-    ebpf: &mut Ebpf,
-    program: &'static str,
-    symbol: &'static str,
-    library: &Path,
-) -> Result<UProbeLinkId, ProbeError> {
-    let point = UProbeAttachPoint { location: UProbeAttachLocation::Symbol(symbol), cookie: None };
-    uprobe(ebpf, program)?
-        .attach(point, library, UProbeScope::AllProcesses)
-        .map_err(|source| ProbeError::AttachProgram { program, source })
-}
-
-fn uprobe<'a>(ebpf: &'a mut Ebpf, program: &'static str) -> Result<&'a mut UProbe, ProbeError> {
-    ebpf.program_mut(program)
-        .ok_or(ProbeError::MissingProgram(program))?
-        .try_into()
-        .map_err(|source| ProbeError::ProgramLoad { program, source })
 }
