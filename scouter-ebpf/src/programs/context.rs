@@ -38,17 +38,10 @@ pub fn server_request(pid_tgid: u64, fd: u32, head: &HeadScratch, client: Option
     let mut context = SpanContext { span_id: random_id(), ..SpanContext::default() };
     match remote_parent(head) {
         Some(remote) => {
-            context.trace_id = remote.trace_id;
-            context.parent_span_id = remote.span_id;
-            context.flags = remote.flags;
-            context.origin = context_origin::REMOTE_PARENT;
+            child_of(&mut context, &remote.trace_id, &remote.span_id, remote.flags, context_origin::REMOTE_PARENT)
         }
         None if client.is_some_and(|client| trace_option::adopt_peer_context(client, &mut context)) => {}
-        None => {
-            context.trace_id = random_id();
-            context.flags = SAMPLED;
-            context.origin = context_origin::NEW_TRACE;
-        }
+        None => start_trace(&mut context),
     }
     if head.head_end == 0 {
         count(counter::HEAD_NOT_SCANNED);
@@ -89,16 +82,9 @@ pub fn client_request(pid_tgid: u64, head: &HeadScratch, inject: bool) -> SpanCo
     context.span_id = random_id();
     match parent {
         Some(parent) => {
-            context.trace_id = parent.trace_id;
-            context.parent_span_id = parent.span_id;
-            context.flags = parent.flags;
-            context.origin = context_origin::LOCAL_PARENT;
+            child_of(&mut context, &parent.trace_id, &parent.span_id, parent.flags, context_origin::LOCAL_PARENT)
         }
-        None => {
-            context.trace_id = random_id();
-            context.flags = SAMPLED;
-            context.origin = context_origin::NEW_TRACE;
-        }
+        None => start_trace(&mut context),
     }
     if !inject {
         return context;
@@ -117,6 +103,25 @@ pub fn client_request(pid_tgid: u64, head: &HeadScratch, inject: bool) -> SpanCo
     traceparent::write_line(&context.trace_id, &context.span_id, context.flags, &mut pending.line);
     let _ = PENDING_INJECTIONS.insert(&pid_tgid, &pending, 0);
     context
+}
+
+/// Makes `context` a child of the span `span_id` of trace `trace_id`; `origin` says where that
+/// parent was found. Takes the parent's fields, not a context, so a parent read from a map value
+/// is not copied onto the (nearly full) stack first.
+#[inline(always)]
+pub fn child_of(context: &mut SpanContext, trace_id: &[u8; 16], span_id: &[u8; 8], flags: u8, origin: u8) {
+    context.trace_id = *trace_id;
+    context.parent_span_id = *span_id;
+    context.flags = flags;
+    context.origin = origin;
+}
+
+/// Makes `context` the root of a new, sampled trace.
+#[inline(always)]
+fn start_trace(context: &mut SpanContext) {
+    context.trace_id = random_id();
+    context.flags = SAMPLED;
+    context.origin = context_origin::NEW_TRACE;
 }
 
 /// Whether the sk_msg program inserted this thread's pending line; forgets it either way.
@@ -245,8 +250,9 @@ fn connection(pid_tgid: u64, fd: u32) -> SocketKey {
     SocketKey { pid: current_ids(pid_tgid).0, fd }
 }
 
+/// An object (asyncio task or future, `SSL*`) of the current process.
 #[inline(always)]
-fn object(pid_tgid: u64, address: u64) -> ObjectKey {
+pub fn object(pid_tgid: u64, address: u64) -> ObjectKey {
     ObjectKey { pid: current_ids(pid_tgid).0, _pad: 0, address }
 }
 

@@ -158,7 +158,7 @@ pub fn io_exit(ctx: TracePointContext) -> u32 {
     }
     if ret <= 0 {
         if call.direction == Direction::Egress as u8 {
-            tls::write_done(pid_tgid, call.fd);
+            trace_option::write_done(pid_tgid, call.fd);
         }
         return 0;
     }

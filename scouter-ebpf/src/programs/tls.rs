@@ -47,10 +47,9 @@ use aya_ebpf::{
 };
 use scouter_ebpf::{context_origin, counter, data_flags, Direction, SocketInfo, SocketRole, SpanContext};
 
-use super::{current_ids, head, io, trace_option};
+use super::{context, current_ids, head, io, trace_option};
 use crate::maps::{
-    count, is_tracked, tls_call, BufferShape, InFlightIo, ObjectKey, TlsCall, NO_FD, TLS_CALLS, TLS_LAST_READS,
-    TLS_SOCKETS,
+    count, is_tracked, tls_call, BufferShape, InFlightIo, TlsCall, NO_FD, TLS_CALLS, TLS_LAST_READS, TLS_SOCKETS,
 };
 
 /// TLS record type of a handshake message.
@@ -193,7 +192,7 @@ pub fn ssl_return(ctx: RetProbeContext) -> u32 {
 /// takes the thread's pending ciphertext read; reads and handshakes adopt it (memory BIO).
 #[inline(always)]
 fn socket_of(pid_tgid: u64, ssl: u64, adopt_last_read: bool) -> u32 {
-    let key = ObjectKey { pid: current_ids(pid_tgid).0, _pad: 0, address: ssl };
+    let key = context::object(pid_tgid, ssl);
     // SAFETY: copied out before removal.
     if let Some(fd) = (unsafe { TLS_LAST_READS.get(&pid_tgid) }).copied() {
         let _ = TLS_LAST_READS.remove(&pid_tgid);
@@ -217,7 +216,7 @@ pub fn syscall_entered(pid_tgid: u64, fd: u32, direction: Direction, socket: &mu
     // SAFETY: this thread's own entry.
     let call = unsafe { &mut *call };
     call.io.fd = fd;
-    let key = ObjectKey { pid: current_ids(pid_tgid).0, _pad: 0, address: call.ssl };
+    let key = context::object(pid_tgid, call.ssl);
     let _ = TLS_SOCKETS.insert(&key, &fd, 0);
     if socket.tls == 0 {
         mark_tls(pid_tgid, fd, socket);
@@ -277,10 +276,4 @@ pub fn ciphertext_moved(pid_tgid: u64, call: &InFlightIo) {
     } else if call.in_tls_call == 0 {
         let _ = TLS_LAST_READS.insert(&pid_tgid, &call.fd, 0);
     }
-}
-
-/// A write syscall on `fd` failed or moved nothing.
-#[inline(always)]
-pub fn write_done(pid_tgid: u64, fd: u32) {
-    trace_option::write_done(pid_tgid, fd);
 }

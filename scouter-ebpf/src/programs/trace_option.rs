@@ -56,7 +56,7 @@ use scouter_ebpf::{
     context_origin, counter, trace_option, traceparent::TraceParent, SocketAddress, SocketKey, SpanContext,
 };
 
-use super::current_ids;
+use super::{context, current_ids};
 use crate::maps::{
     count, trace_option_state, transport, PendingTraceOption, CLIENT_TRANSPORTS, CONNECT_COOKIES,
     IN_FLIGHT_CONNECTIONS, PEER_CONTEXTS, PENDING_TRACE_OPTIONS, TLS_SERVER_PEERS,
@@ -115,7 +115,7 @@ pub fn write_done(pid_tgid: u64, fd: u32) {
 }
 
 /// Makes `context` a child of the context the client at `peer` sent in a TCP option, if it
-/// sent one (once: the entry is taken). Fields are copied one by one from the map value, to
+/// sent one (once: the entry is taken). The fields are copied straight from the map value, to
 /// keep another context off the (full) stack of the programs calling this.
 #[inline(always)]
 pub fn adopt_peer_context(peer: &SocketAddress, context: &mut SpanContext) -> bool {
@@ -124,12 +124,8 @@ pub fn adopt_peer_context(peer: &SocketAddress, context: &mut SpanContext) -> bo
     }
     let Some(remote) = PEER_CONTEXTS.get_ptr(peer) else { return false };
     // SAFETY: LRU map value, read before its removal below.
-    unsafe {
-        context.trace_id = (*remote).trace_id;
-        context.parent_span_id = (*remote).span_id;
-        context.flags = (*remote).flags;
-    }
-    context.origin = context_origin::REMOTE_PARENT;
+    let remote = unsafe { &*remote };
+    context::child_of(context, &remote.trace_id, &remote.span_id, remote.flags, context_origin::REMOTE_PARENT);
     let _ = PEER_CONTEXTS.remove(peer);
     true
 }
