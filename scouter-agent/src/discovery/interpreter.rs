@@ -4,15 +4,14 @@
 //! since 3.11) when present, else the `PY_VERSION` string in `.rodata`, located with the
 //! major.minor that the library or executable name carries.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::fs;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use object::{Object, ObjectSection, ObjectSymbol};
 
+use super::file_cache::{self, FileCache};
+use super::loader::{self, under, Linkage};
 use super::procfs::in_process_root;
 
 /// The CPython versions whose layouts the agent knows.
@@ -95,23 +94,18 @@ pub fn version_of(candidate: &Candidate) -> Result<(PythonVersion, PathBuf), Int
     Ok((version, path))
 }
 
-/// (device, inode, modification time): a file's identity across paths and mount namespaces.
-type FileIdentity = (u64, u64, i64);
-
-/// The version recorded in the ELF at `path`, if any. Reading a 20 MB libpython for every
-/// process would be wasteful, so versions found are cached per file identity.
+/// The version recorded in the ELF at `path`, if any; versions found are cached per file.
 fn cached_file_version(path: &Path, hint: Option<(u8, u8)>) -> Result<Option<PythonVersion>, InterpreterError> {
-    static CACHE: Mutex<Option<HashMap<FileIdentity, PythonVersion>>> = Mutex::new(None);
-    let meta = fs::metadata(path).map_err(|source| InterpreterError::Read { path: path.to_owned(), source })?;
-    let key = (meta.dev(), meta.ino(), meta.mtime());
-    if let Some(version) = CACHE.lock().ok().and_then(|c| c.as_ref()?.get(&key).copied()) {
+    static CACHE: FileCache<PythonVersion> = FileCache::new();
+    let file = file_cache::identity(path).map_err(|source| InterpreterError::Read { path: path.to_owned(), source })?;
+    if let Some(version) = CACHE.get(file) {
         return Ok(Some(version));
     }
     let bytes = read(path)?;
     let elf = parse(path, &bytes)?;
     let version = version_in(&elf, &bytes, hint);
-    if let (Some(version), Ok(mut cache)) = (version, CACHE.lock()) {
-        cache.get_or_insert_with(HashMap::new).insert(key, version);
+    if let Some(version) = version {
+        CACHE.insert(file, version);
     }
     Ok(version)
 }
@@ -165,62 +159,18 @@ fn version_string(elf: &object::File<'_>, (major, minor): (u8, u8)) -> Option<Py
 
 fn linked_libpython(elf: &object::File<'_>) -> Option<String> {
     let object::File::Elf64(elf64) = elf else { return None };
-    let needed = needed_libraries(elf64);
-    needed.into_iter().find(|n| libpython_hint(Path::new(n)).is_some())
+    Linkage::of(elf64).needed.into_iter().find(|n| libpython_hint(Path::new(n)).is_some())
 }
 
-fn needed_libraries(elf: &object::read::elf::ElfFile64<'_>) -> Vec<String> {
-    elf_dynamic_strings(elf, object::elf::DT_NEEDED)
-}
-
-/// Resolves a linked libpython the way the dynamic loader would for the common layouts:
-/// RUNPATH/RPATH (with `$ORIGIN`), then the standard library directories. Returns the path to
-/// open from the agent and the path as the process sees it.
+/// Resolves a linked libpython the way the dynamic loader would ([`loader::find`]). Returns the
+/// path to open from the agent and the path as the process sees it.
 fn resolve_library(candidate: &Candidate, elf: &object::File<'_>, soname: &str) -> Option<(PathBuf, PathBuf)> {
-    let origin = candidate.path.parent()?.to_path_buf();
-    let mut dirs: Vec<PathBuf> = Vec::new();
-    if let object::File::Elf64(elf64) = elf {
-        for tag in [object::elf::DT_RUNPATH, object::elf::DT_RPATH] {
-            for entry in elf_dynamic_strings(elf64, tag) {
-                for dir in entry.split(':') {
-                    dirs.push(PathBuf::from(dir.replace("$ORIGIN", &origin.to_string_lossy())));
-                }
-            }
-        }
-    }
-    dirs.extend(
-        ["/usr/local/lib", "/usr/lib", "/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu"].map(PathBuf::from),
-    );
-    let pid_root = candidate.host_path.to_string_lossy();
-    let root = pid_root.strip_suffix(&*candidate.path.to_string_lossy()).unwrap_or("");
-    dirs.into_iter()
-        .map(|dir| dir.join(soname))
-        .map(|path| (PathBuf::from(format!("{root}{}", path.display())), path))
-        .find(|(host_path, _)| host_path.is_file())
-}
-
-/// The strings of a dynamic-section tag (`DT_NEEDED`, `DT_RUNPATH`, ...).
-pub(super) fn elf_dynamic_strings(elf: &object::read::elf::ElfFile64<'_>, tag: u32) -> Vec<String> {
-    use object::read::elf::{Dyn, FileHeader, SectionHeader};
-    let endian = elf.endian();
-    let data = elf.data();
-    let Ok(sections) = elf.elf_header().sections(endian, data) else { return Vec::new() };
-    let Some((section_index, section)) =
-        sections.iter().enumerate().find(|(_, s)| s.sh_type(endian) == object::elf::SHT_DYNAMIC)
-    else {
-        return Vec::new();
-    };
-    let Ok(Some((entries, _))) = section.dynamic(endian, data) else { return Vec::new() };
-    let Ok(strings) = sections.strings(endian, data, object::SectionIndex(section.sh_link(endian) as usize)) else {
-        return Vec::new();
-    };
-    let _ = section_index;
-    entries
-        .iter()
-        .filter(|d| d.d_tag(endian) as u32 == tag)
-        .filter_map(|d| d.string(endian, strings).ok())
-        .map(|s| String::from_utf8_lossy(s).into_owned())
-        .collect()
+    let object::File::Elf64(elf64) = elf else { return None };
+    // The process's root as the agent opens it: the candidate's host path minus its own path.
+    let host_path = candidate.host_path.to_string_lossy();
+    let root = PathBuf::from(host_path.strip_suffix(&*candidate.path.to_string_lossy()).unwrap_or("/"));
+    let path = loader::find(&root, candidate.path.parent()?, &Linkage::of(elf64).runpaths, soname)?;
+    Some((under(&root, &path), path))
 }
 
 /// (major, minor) of a `libpython3.X[suffix].so[.N]` path.

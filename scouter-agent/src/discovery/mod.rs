@@ -6,8 +6,10 @@
 //! interpreter is reported and left alone.
 
 pub mod asyncio;
+mod file_cache;
 mod interpreter;
 pub mod libssl;
+mod loader;
 mod procfs;
 pub mod sockets;
 mod untraced;
