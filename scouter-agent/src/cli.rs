@@ -124,3 +124,26 @@ impl RunArgs {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_config(args: &[&str]) -> AgentConfig {
+        let cli = Cli::try_parse_from(std::iter::once("scouter-agent").chain(args.iter().copied())).unwrap();
+        match cli.command {
+            Some(Command::Run(run)) => run.to_config(),
+            _ => cli.run.to_config(),
+        }
+    }
+
+    #[test]
+    fn propagation_is_on_by_default_and_the_flags_reach_the_config() {
+        let defaults = run_config(&[]);
+        assert!(defaults.propagate);
+        assert_eq!(defaults.max_transaction, Duration::from_secs(300));
+        let set = run_config(&["run", "--no-propagate", "--max-transaction-secs", "30"]);
+        assert!(!set.propagate);
+        assert_eq!(set.max_transaction, Duration::from_secs(30));
+    }
+}

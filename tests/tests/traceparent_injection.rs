@@ -37,6 +37,8 @@ enum Expect {
     InjectOrLeave,
     /// The request carries this context already: leave it byte for byte.
     Keep(Traceparent),
+    /// Propagation is off (`--no-propagate`): leave it byte for byte.
+    Untouched,
 }
 
 /// One connection's worth of requests and how they are written.
@@ -224,6 +226,9 @@ fn check_delivery(verdict: &mut Verdict, what: &str, expect: &Expect, delivery: 
                 ));
             }
         }
+        (Expect::Untouched, Delivery::Injected(added)) => {
+            verdict.problem(format!("{what}: propagation is off, yet {added} was inserted"))
+        }
         (Expect::InjectOrLeave, Delivery::Unchanged) => {
             eprintln!("note: {what}: left unchanged (allowed for this shape of write)");
         }
@@ -336,6 +341,52 @@ fn traceparent_is_inserted_once_after_the_request_line_and_nothing_else_changes(
                 text.push_str(&format!("  {}\n", span.json));
             }
             verdict.add_context(text);
+        }
+    }
+    verdict.finish(&log_context("agent", &log))
+}
+
+/// `--no-propagate`: the same requests reach the server byte for byte as written, and each still
+/// gets its CLIENT span.
+#[test]
+fn no_propagate_leaves_every_request_as_written() -> Result<()> {
+    require_ebpf_host()?;
+    let store = Store::new()?;
+    let mut verdict = Verdict::new();
+    let mut agent = Agent::start_with_args(&store, &["--no-propagate"])?;
+    let echo = PythonServer::start(&Interpreter::debian()?, ServerProgram::Echo)?;
+    agent.wait_tracking(echo.pid())?;
+    let mut client = PythonClient::start(&Interpreter::pyenv("3.12.1")?, "raw_client.py", &[])?;
+    agent.wait_tracking(client.pid())?;
+
+    // The cases where insertion is due, now expected untouched.
+    let mut cases: Vec<Case> =
+        cases(echo.port()).into_iter().filter(|c| c.requests.iter().all(|(_, _, e)| *e == Expect::Inject)).collect();
+    for case in &mut cases {
+        for request in &mut case.requests {
+            request.2 = Expect::Untouched;
+        }
+    }
+    if cases.is_empty() {
+        bail!("no case expects insertion: the test would check nothing");
+    }
+    let seen = run_cases(&mut verdict, &mut client, echo.port(), &cases)?;
+
+    let log = agent.log().clone();
+    if log.lines_containing("propagation=off").is_empty() {
+        verdict.problem("the agent did not log `propagation=off` at start-up");
+    }
+    verdict.step("stopping the agent", agent.stop());
+    if let Some(spans) = verdict.step("reading the store", store.spans()) {
+        for request in &seen {
+            let found = spans.iter().any(|s| {
+                s.kind == "CLIENT"
+                    && s.pid() == Some(i64::from(client.pid()))
+                    && s.attr_str("url.full").and_then(url_path) == Some(request.path.as_str())
+            });
+            if !found {
+                verdict.problem(format!("{}: no CLIENT span with propagation off", request.path));
+            }
         }
     }
     verdict.finish(&log_context("agent", &log))
