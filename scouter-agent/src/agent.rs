@@ -300,6 +300,7 @@ impl Agent {
                 "tracking python process"
             );
             self.probes.track_asyncio(&discovery::asyncio::module_of(&process));
+            self.probes.track_contexts(&process.interpreter_file());
         }
         // On every inspection, not only the first: the maps may show a libssl the files did not.
         for library in discovery::libssl::libraries_of(&process) {

@@ -6,7 +6,8 @@
 //! - [`programs::io`]: the bytes moved on followed sockets (read/write syscall families);
 //! - [`programs::head`] and [`programs::context`]: a request's trace identity, decided at its
 //!   first byte from the head's context headers and the request the thread is serving;
-//! - [`programs::asyncio`]: which request each asyncio task works for (uprobes on `_asyncio`);
+//! - [`programs::asyncio`]: which request each asyncio task works for (uprobes on `_asyncio`),
+//!   and [`programs::contextvars`]: requests carried to pool threads in a copied `Context`;
 //! - [`programs::inject`]: the `traceparent` inserted into outgoing requests (sockops + sk_msg);
 //! - [`programs::tls`]: HTTPS plaintext from libssl uprobes, and [`programs::trace_option`]: the
 //!   trace context TLS requests carry in a TCP header option instead of a header.

@@ -116,9 +116,9 @@ pub struct ServedRequest {
     pub started_ns: u64,
     /// The server socket it arrived on; its response ends the thread's service.
     pub fd: u32,
-    /// 1 while the request's read is the thread's latest socket event: an event loop still
-    /// runs the callback that read it, so a task created or a future resolved now is the
-    /// request's doing.
+    /// 1 while the request's read is the thread's latest socket event and no other callback or
+    /// task step has started since: an event loop still runs the callback that read it, so a
+    /// task created or a future resolved now is the request's doing.
     pub fresh: u8,
     pub _pad: [u8; 3],
 }
@@ -190,6 +190,27 @@ pub static TASK_CONTEXTS: LruHashMap<ObjectKey, ServedRequest> = LruHashMap::wit
 /// works for that request from then on.
 #[map]
 pub static FUTURE_CONTEXTS: LruHashMap<ObjectKey, ServedRequest> =
+    LruHashMap::with_max_entries(MAX_IN_FLIGHT_SYSCALLS, 0);
+
+/// The request a `contextvars.Context` was copied for (`PyContext_CopyCurrent` while code
+/// worked for it). Rewritten or removed by every copy at that address, like [`TASK_CONTEXTS`].
+#[map]
+pub static CONTEXT_REQUESTS: LruHashMap<ObjectKey, ServedRequest> =
+    LruHashMap::with_max_entries(MAX_TRACKED_SOCKETS, 0);
+
+/// A request's context a thread entered with `Context.run` (a pool thread running
+/// `asyncio.to_thread`'s call). Only valid while the context says it is entered: there is no
+/// probe on the return of `run`, which runs for every event-loop callback.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct EnteredContext {
+    pub address: u64,
+    pub request: ServedRequest,
+}
+
+/// Keyed by `pid_tgid`.
+#[map]
+pub static ENTERED_CONTEXTS: LruHashMap<u64, EnteredContext> =
     LruHashMap::with_max_entries(MAX_IN_FLIGHT_SYSCALLS, 0);
 
 /// Depth of task steps remembered per thread (3.12 eager tasks step inside another's step).

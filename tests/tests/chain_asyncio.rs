@@ -4,10 +4,9 @@
 //! become its own five-span trace (see `scouter_e2e::chain`), also when the downstream call runs
 //! in a task of its own (`asyncio.create_task`, `asyncio.gather`).
 //!
-//! Not covered yet, because the agent does not do it yet (README, "Known limits"): calls made on
-//! asyncio's thread pool (`asyncio.to_thread`), and aiohttp *servers* under concurrency (a
-//! connection's handler task may start before the request that wakes it is linked to it); the
-//! aiohttp server is tested with sequential requests, and as a leaf.
+//! Calls handed to asyncio's thread pool (`asyncio.to_thread`) and aiohttp servers under
+//! concurrency (each connection's handler task starts before its request arrives and is handed
+//! the request by the callback that reads it) are covered too.
 
 use anyhow::Result;
 use scouter_e2e::chain::{trace_chain, AsyncMode, Client, Hop, Server, Traffic};
@@ -77,5 +76,38 @@ fn downstream_calls_in_gather() -> Result<()> {
         ],
         None,
         Traffic { sequential: 3, concurrent: 20 },
+    )
+}
+
+/// Downstream calls on asyncio's thread pool (`asyncio.to_thread`, a sync client on a pool
+/// thread), under concurrency: A uvicorn + requests in to_thread (3.12.1) → B uvicorn + httpx
+/// sync in to_thread (3.9.18) → C uvicorn (3.13.0).
+#[test]
+fn downstream_calls_in_to_thread() -> Result<()> {
+    trace_chain(
+        [
+            Hop::new(&Interpreter::pyenv("3.12.1")?, Server::Uvicorn).calling(Client::Requests).mode(AsyncMode::ToThread),
+            Hop::new(&Interpreter::pyenv("3.9.18")?, Server::Uvicorn).calling(Client::Httpx).mode(AsyncMode::ToThread),
+            Hop::new(&Interpreter::pyenv("3.13.0")?, Server::Uvicorn),
+        ],
+        None,
+        Traffic { sequential: 3, concurrent: 20 },
+    )
+}
+
+/// aiohttp servers all along the chain under concurrency: each connection's handler task starts
+/// before its request arrives, and callbacks for other connections run in between. A aiohttp +
+/// aiohttp (3.12.1) → B aiohttp + httpx async (3.8.18, where the wake-up is a method wrapper's
+/// call) → C aiohttp (3.11.7).
+#[test]
+fn aiohttp_servers_under_concurrency() -> Result<()> {
+    trace_chain(
+        [
+            Hop::new(&Interpreter::pyenv("3.12.1")?, Server::Aiohttp).calling(Client::Aiohttp),
+            Hop::new(&Interpreter::pyenv("3.8.18")?, Server::Aiohttp).calling(Client::HttpxAsync),
+            Hop::new(&Interpreter::pyenv("3.11.7")?, Server::Aiohttp),
+        ],
+        None,
+        Traffic { sequential: 3, concurrent: 100 },
     )
 }

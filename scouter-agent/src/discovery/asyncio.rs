@@ -30,7 +30,7 @@ pub fn module_of(process: &PythonProcess) -> AsyncioModule {
     let host_path = lib_dynload_dirs(&process.interpreter_binary, minor)
         .into_iter()
         .find_map(|dir| extension_in(&in_process_root(process.pid, &dir), "_asyncio", minor))
-        .unwrap_or_else(|| in_process_root(process.pid, &process.interpreter_binary));
+        .unwrap_or_else(|| process.interpreter_file());
     AsyncioModule { host_path, state_argument: minor >= 12, has_task_wakeup: minor >= 10 }
 }
 

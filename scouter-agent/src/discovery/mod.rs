@@ -35,6 +35,13 @@ pub struct PythonProcess {
     pub resource: Arc<Resource>,
 }
 
+impl PythonProcess {
+    /// The interpreter ELF as the agent opens it (through the process's root).
+    pub fn interpreter_file(&self) -> PathBuf {
+        procfs::in_process_root(self.pid, &self.interpreter_binary)
+    }
+}
+
 /// Why a process is not traced.
 #[derive(Debug, thiserror::Error)]
 pub enum Skip {

@@ -20,8 +20,17 @@ const TASK_STEP_RETURN: (&str, &str) = ("asyncio_task_step_return", "task_step_i
 const TASK_INIT: (&str, &str) = ("asyncio_task_init", "_asyncio_Task___init__");
 const FUTURE_SET_RESULT: (&str, &str) = ("asyncio_future_set_result", "_asyncio_Future_set_result");
 const TASK_WAKEUP: (&str, &str) = ("asyncio_task_wakeup", "task_wakeup");
-const ALL: [(&str, &str); 6] =
-    [TASK_STEP, TASK_STEP_STATE_FIRST, TASK_STEP_RETURN, TASK_INIT, FUTURE_SET_RESULT, TASK_WAKEUP];
+/// 3.8–3.9: the wake-up runs in the method wrapper's call.
+const TASK_WAKEUP_WRAPPER: (&str, &str) = ("asyncio_task_wakeup_wrapper", "TaskWakeupMethWrapper_call");
+const ALL: [(&str, &str); 7] = [
+    TASK_STEP,
+    TASK_STEP_STATE_FIRST,
+    TASK_STEP_RETURN,
+    TASK_INIT,
+    FUTURE_SET_RESULT,
+    TASK_WAKEUP,
+    TASK_WAKEUP_WRAPPER,
+];
 
 /// Loads the programs; attaching waits for the first process of each module.
 pub fn load(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
@@ -60,10 +69,8 @@ fn attach_all(ebpf: &mut Ebpf, module: &AsyncioModule) -> Result<(), ProbeError>
     attach(ebpf, TASK_INIT, module)?;
     // Without these, tasks still inherit their creator's request; only handing a request to an
     // already running task (aiohttp's per-connection handler) is lost.
-    for optional in [FUTURE_SET_RESULT, TASK_WAKEUP] {
-        if optional == TASK_WAKEUP && !module.has_task_wakeup {
-            continue;
-        }
+    let wakeup = if module.has_task_wakeup { TASK_WAKEUP } else { TASK_WAKEUP_WRAPPER };
+    for optional in [FUTURE_SET_RESULT, wakeup] {
         if let Err(error) = attach(ebpf, optional, module) {
             tracing::debug!(%error, "optional asyncio probe not attached");
         }

@@ -5,7 +5,8 @@
 //! cgroup v2 root and an sk_msg program on the client-socket sockhash ([`propagation`]); when
 //! they cannot attach, the agent says so and traces without inserting `traceparent` (the same
 //! sockops program carries TLS requests' contexts in a TCP option). Uprobes attach per library
-//! file as processes are found: `_asyncio` ([`asyncio`]) and libssl for HTTPS ([`tls`]).
+//! file as processes are found: `_asyncio` ([`asyncio`]), the interpreter's `contextvars`
+//! ([`contextvars`]) and libssl for HTTPS ([`tls`]).
 //! Dropping [`Probes`] detaches everything (aya closes the links and the maps go with the last
 //! file descriptor), so SIGTERM leaves nothing behind.
 
@@ -13,6 +14,7 @@
 #![allow(clippy::result_large_err)]
 
 mod asyncio;
+mod contextvars;
 mod propagation;
 mod tls;
 pub mod tracefs;
@@ -111,6 +113,7 @@ pub struct Probes {
     /// Holds the links: dropping it detaches every program.
     ebpf: Ebpf,
     asyncio: asyncio::AsyncioProbes,
+    contexts: contextvars::ContextProbes,
     tls: tls::TlsProbes,
     tracked: BpfHashMap<MapData, u32, TrackedProcess>,
     counters: PerCpuArray<MapData, u64>,
@@ -142,6 +145,7 @@ impl Probes {
         }
         let propagation = propagation::attach(&mut ebpf, options.propagate)?;
         asyncio::load(&mut ebpf)?;
+        contextvars::load(&mut ebpf)?;
         tls::load(&mut ebpf)?;
         let tracked = BpfHashMap::try_from(take_map(&mut ebpf, map_names::TRACKED_PROCESSES)?)
             .map_err(|source| ProbeError::Map { name: map_names::TRACKED_PROCESSES, source })?;
@@ -150,8 +154,9 @@ impl Probes {
         let events = RingBuf::try_from(take_map(&mut ebpf, map_names::EVENTS)?)
             .map_err(|source| ProbeError::Map { name: map_names::EVENTS, source })?;
         let asyncio = asyncio::AsyncioProbes::default();
+        let contexts = contextvars::ContextProbes::default();
         let tls = tls::TlsProbes::default();
-        Ok((Self { ebpf, asyncio, tls, tracked, counters, propagation }, events))
+        Ok((Self { ebpf, asyncio, contexts, tls, tracked, counters, propagation }, events))
     }
 
     /// Whether outgoing requests get a `traceparent`, and if not, why.
@@ -171,6 +176,12 @@ impl Probes {
     /// missing (reported once per module).
     pub fn track_asyncio(&mut self, module: &AsyncioModule) -> bool {
         self.asyncio.instrument(&mut self.ebpf, module)
+    }
+
+    /// Follows `contextvars` contexts handed to other threads by processes whose interpreter is
+    /// `interpreter` (a path the agent opens); false when it cannot (reported once per file).
+    pub fn track_contexts(&mut self, interpreter: &std::path::Path) -> bool {
+        self.contexts.instrument(&mut self.ebpf, interpreter)
     }
 
     /// Traces the HTTPS plaintext of processes using the libssl at `library` (a path the agent

@@ -8,13 +8,13 @@
 //! - `Task.__init__`: a new task works for its creator's request: the running task's, or, when
 //!   a callback creates it (uvicorn: the protocol's `data_received`), the request that callback
 //!   just read;
-//! - `Future.set_result` and `task_wakeup`: a future resolved by the callback that read a
+//! - `Future.set_result` and `task_wakeup` (3.8–3.9: `TaskWakeupMethWrapper_call`): a future resolved by the callback that read a
 //!   request hands that request to the task it wakes (aiohttp: the connection's handler task
 //!   waits on such a future).
 //! [`super::context`] asks [`running_task`] first when a client request starts.
 
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid,
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
@@ -92,6 +92,28 @@ pub fn asyncio_task_wakeup(ctx: ProbeContext) -> u32 {
     context::task_woken(pid_tgid, task, future);
     0
 }
+
+/// `TaskWakeupMethWrapper_call(wrapper, args, kwargs)` (3.8–3.9, before `task_wakeup` was a
+/// function of its own): the task is the wrapper's first field, the future the only argument.
+#[uprobe]
+pub fn asyncio_task_wakeup_wrapper(ctx: ProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !is_tracked(current_ids(pid_tgid).0) {
+        return 0;
+    }
+    let (Some(wrapper), Some(args)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else { return 0 };
+    // SAFETY: reads of the process's memory; a failed read skips the event.
+    let task = unsafe { bpf_probe_read_user((wrapper + OBJECT_HEAD) as *const u64) };
+    // SAFETY: as above; a tuple's items follow its header and size.
+    let future = unsafe { bpf_probe_read_user((args + OBJECT_HEAD + 8) as *const u64) };
+    if let (Ok(task), Ok(future)) = (task, future) {
+        context::task_woken(pid_tgid, task, future);
+    }
+    0
+}
+
+/// Size of `PyObject_HEAD` (reference count and type).
+const OBJECT_HEAD: u64 = 16;
 
 #[inline(always)]
 fn push_task(pid_tgid: u64, task: u64) {

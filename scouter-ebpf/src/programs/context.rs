@@ -17,11 +17,13 @@ use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use scouter_ebpf::{context_origin, counter, traceparent, SocketAddress, SocketKey, SpanContext};
 
 use super::asyncio::running_task;
+use super::contextvars::entered_request;
 use super::head::{byte_at, bytes_at};
 use super::{current_ids, trace_option};
 use crate::maps::{
-    count, injection_state, HeadScratch, ObjectKey, PendingInjection, ServedRequest, CONNECTION_REQUESTS,
-    FUTURE_CONTEXTS, NOT_FOUND, PENDING_INJECTIONS, SERVED_REQUESTS, TASK_CONTEXTS,
+    count, injection_state, EnteredContext, HeadScratch, ObjectKey, PendingInjection, ServedRequest,
+    CONNECTION_REQUESTS, CONTEXT_REQUESTS, ENTERED_CONTEXTS, FUTURE_CONTEXTS, NOT_FOUND, PENDING_INJECTIONS,
+    SERVED_REQUESTS, TASK_CONTEXTS,
 };
 
 /// Set by the agent before load: how long a request being served may parent client calls.
@@ -137,7 +139,9 @@ pub fn take_injection(pid_tgid: u64) -> bool {
 }
 
 /// The request the current code works for: its asyncio task's when a task is running (even
-/// none: the thread's latest request belongs to another task), else its thread's.
+/// none: the thread's latest request belongs to another task), else the request of the
+/// context the thread entered (a pool thread running `asyncio.to_thread`'s call), else its
+/// thread's.
 #[inline(always)]
 fn current_parent(pid_tgid: u64) -> Option<ServedRequest> {
     let found = match running_task(pid_tgid) {
@@ -146,7 +150,7 @@ fn current_parent(pid_tgid: u64) -> Option<ServedRequest> {
             unsafe { TASK_CONTEXTS.get(&object(pid_tgid, task)) }.copied()
         }
         // SAFETY: copied out.
-        None => unsafe { SERVED_REQUESTS.get(&pid_tgid) }.copied(),
+        None => entered_request(pid_tgid).or_else(|| unsafe { SERVED_REQUESTS.get(&pid_tgid) }.copied()),
     }?;
     within_transaction(&found).then_some(found)
 }
@@ -171,8 +175,8 @@ fn fresh_request(pid_tgid: u64) -> Option<ServedRequest> {
     (served.fresh != 0 && within_transaction(&served)).then_some(served)
 }
 
-/// Another socket event or a task step on the thread: the request read last is no longer
-/// what the thread is doing right now (it may still be the one it serves).
+/// Another socket event, a task step or the next callback on the thread: the request read last
+/// is no longer what the thread is doing right now (it may still be the one it serves).
 #[inline(always)]
 pub fn thread_moved_on(pid_tgid: u64) {
     if let Some(served) = SERVED_REQUESTS.get_ptr_mut(&pid_tgid) {
@@ -226,6 +230,39 @@ pub fn task_woken(pid_tgid: u64, task: u64, future: u64) {
     // SAFETY: presence check only.
     if unsafe { TASK_CONTEXTS.get(&task) }.is_none() {
         let _ = TASK_CONTEXTS.insert(&task, &served, 0);
+    }
+}
+
+/// A `contextvars.Context` was copied: it carries the request the copying code works for (or
+/// none: the entry of an earlier context at the same address must not survive).
+#[inline(always)]
+pub fn context_copied(pid_tgid: u64, copy: u64) {
+    let key = object(pid_tgid, copy);
+    match current_parent(pid_tgid) {
+        Some(served) => {
+            let _ = CONTEXT_REQUESTS.insert(&key, &served, 0);
+        }
+        None => {
+            let _ = CONTEXT_REQUESTS.remove(&key);
+        }
+    }
+}
+
+/// The thread entered `entered` (`Context.run`): while it stays entered, the thread works for
+/// the request it was copied for, if any. An event loop runs every callback in a context, so
+/// this is also where a callback that read a request has ended: another callback creating a
+/// task (aiohttp's `connection_made` for the next connection) must not take that request.
+#[inline(always)]
+pub fn context_entered(pid_tgid: u64, entered: u64) {
+    thread_moved_on(pid_tgid);
+    // SAFETY: copied out.
+    match unsafe { CONTEXT_REQUESTS.get(&object(pid_tgid, entered)) }.copied() {
+        Some(request) => {
+            let _ = ENTERED_CONTEXTS.insert(&pid_tgid, &EnteredContext { address: entered, request }, 0);
+        }
+        None => {
+            let _ = ENTERED_CONTEXTS.remove(&pid_tgid);
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 pub mod asyncio;
 pub mod connection;
 pub mod context;
+pub mod contextvars;
 pub mod head;
 pub mod inject;
 pub mod io;
