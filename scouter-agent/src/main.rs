@@ -18,6 +18,7 @@ mod config;
 mod discovery;
 mod events;
 mod export;
+mod frames;
 mod probes;
 mod spans;
 mod store;

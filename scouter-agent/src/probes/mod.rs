@@ -15,6 +15,7 @@
 
 mod asyncio;
 mod contextvars;
+pub mod kernel_btf;
 mod propagation;
 mod tls;
 pub mod tracefs;

@@ -260,9 +260,12 @@ pub fn context_entered(pid_tgid: u64, entered: u64) {
         Some(request) => {
             let _ = ENTERED_CONTEXTS.insert(&pid_tgid, &EnteredContext { address: entered, request }, 0);
         }
-        None => {
+        // Most callbacks run in untagged contexts: a lookup is cheaper than an LRU delete.
+        // SAFETY: presence check only.
+        None if unsafe { ENTERED_CONTEXTS.get(&pid_tgid) }.is_some() => {
             let _ = ENTERED_CONTEXTS.remove(&pid_tgid);
         }
+        None => {}
     }
 }
 
