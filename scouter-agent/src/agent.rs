@@ -19,8 +19,11 @@ use crate::config::AgentConfig;
 use crate::discovery::{self, PythonProcess, Skip, UntracedProcesses};
 use crate::events::{self, KernelEvent, SocketId, WallClock};
 use crate::export::Exporter;
+use crate::frames::attach::{self as layouts, CheckedLayout, LayoutError};
+use crate::frames::ProcessStacks;
 use crate::probes::{ProbeOptions, Probes};
 use crate::spans::assembly::{Assembler, CompletedExchange};
+use crate::spans::code_attribution::CodeAttributions;
 use crate::spans::http_span::{span_from_exchange, span_from_failed_connect};
 use crate::spans::{AttributeValue, Resource};
 
@@ -32,6 +35,8 @@ const RESPONSE_IDLE: Duration = Duration::from_secs(5);
 const CONNECTION_FORGET: Duration = Duration::from_secs(15 * 60);
 /// Retries for a process whose interpreter is not readable yet (just exec'd).
 const INSPECTION_RETRIES: u32 = 3;
+/// When a process's layout is checked again while its interpreter is still starting.
+const LAYOUT_RETRY_DELAYS_MS: [u64; 6] = [100, 300, 1_000, 3_000, 10_000, 30_000];
 
 pub fn run(config: AgentConfig) -> anyhow::Result<()> {
     crate::check::require_privileges()?;
@@ -52,6 +57,9 @@ struct Inspection {
 
 type InspectionResult = (Inspection, Result<PythonProcess, Skip>);
 
+/// A layout check of a process, and which attempt it was.
+type LayoutResult = (PythonProcess, usize, Result<CheckedLayout, LayoutError>);
+
 async fn run_until_signal(config: AgentConfig) -> anyhow::Result<()> {
     // Handlers first: a signal that arrives while probes attach must stop the agent cleanly,
     // not kill it with the default action.
@@ -60,7 +68,8 @@ async fn run_until_signal(config: AgentConfig) -> anyhow::Result<()> {
     let exporter = Exporter::from_config(&config)?;
     let options = ProbeOptions { propagate: config.propagate, max_transaction: config.max_transaction };
     let (probes, ring) = Probes::attach(options).context("attaching the eBPF probes")?;
-    let mut agent = Agent::new(config, probes, exporter);
+    let (layout_checks, mut checked_layouts) = mpsc::unbounded_channel::<LayoutResult>();
+    let mut agent = Agent::new(config, probes, exporter, layout_checks);
     let (inspections, mut inspected) = mpsc::unbounded_channel::<InspectionResult>();
     agent.scan_existing_processes();
     tracing::info!(
@@ -85,6 +94,7 @@ async fn run_until_signal(config: AgentConfig) -> anyhow::Result<()> {
                 }
             }
             Some((inspection, result)) = inspected.recv() => agent.decide(inspection, result, Some(&inspections)),
+            Some((process, attempt, result)) = checked_layouts.recv() => agent.on_layout(process, attempt, result),
             _ = expiry.tick() => agent.expire_and_report(),
             _ = rescan.tick() => agent.rescan(&inspections),
             _ = sigterm.recv() => { tracing::info!("SIGTERM received"); break; }
@@ -129,12 +139,21 @@ struct Agent {
     /// Local port of each listening socket (pid, fd) seen behind an accept.
     listener_ports: HashMap<(u32, u32), Option<u16>>,
     untraced: UntracedProcesses,
+    /// Code objects of processes whose stacks the kernel reads.
+    stacks: ProcessStacks,
+    code: CodeAttributions,
+    layout_checks: mpsc::UnboundedSender<LayoutResult>,
     decode_errors: u64,
     last_kernel_counters: [u64; scouter_ebpf::counter::COUNT as usize],
 }
 
 impl Agent {
-    fn new(config: AgentConfig, probes: Probes, exporter: Exporter) -> Self {
+    fn new(
+        config: AgentConfig,
+        probes: Probes,
+        exporter: Exporter,
+        layout_checks: mpsc::UnboundedSender<LayoutResult>,
+    ) -> Self {
         Self {
             config,
             probes,
@@ -144,6 +163,9 @@ impl Agent {
             processes: HashMap::new(),
             listener_ports: HashMap::new(),
             untraced: UntracedProcesses::default(),
+            stacks: ProcessStacks::default(),
+            code: CodeAttributions::default(),
+            layout_checks,
             decode_errors: 0,
             last_kernel_counters: Default::default(),
         }
@@ -204,13 +226,21 @@ impl Agent {
                 }
             },
             KernelEvent::Data(chunk) => {
+                if let Some(context) = chunk.context {
+                    self.code.request_started(chunk.socket, context);
+                }
                 let done = self.assembler.on_data(&chunk);
                 self.export(done);
+            }
+            KernelEvent::Stack { socket, server, frames } => {
+                let attribution = self.stacks.attribute(socket.pid, &frames);
+                self.code.stack_seen(socket, server, attribution);
             }
             KernelEvent::Closed { socket, time } => {
                 let done = self.assembler.on_close(socket, time);
                 self.export(done);
                 self.export_failed_connects();
+                self.code.socket_closed(socket);
             }
         }
     }
@@ -228,6 +258,10 @@ impl Agent {
         let Some(process) = self.processes.get(&parent).map(|p| p.forked(child)) else { return };
         tracing::info!(pid = child, parent, version = %process.version, service = %process.service_name, "tracking python process (forked)");
         self.processes.insert(child, process);
+        // A fork's memory is its parent's image: the same layout and thread-state slot.
+        if let Some(layout) = self.stacks.layout_of(parent) {
+            self.read_stacks(child, layout);
+        }
     }
 
     fn on_exit(&mut self, pid: u32) {
@@ -238,6 +272,9 @@ impl Agent {
             tracing::info!(pid, "python process exited");
         }
         self.listener_ports.retain(|(owner, _), _| *owner != pid);
+        self.stacks.remove(pid);
+        self.code.process_exited(pid);
+        self.probes.forget_stacks(pid);
     }
 
     fn decide(
@@ -301,6 +338,9 @@ impl Agent {
             );
             self.probes.track_asyncio(&discovery::asyncio::module_of(&process));
             self.probes.track_contexts(&process.interpreter_file());
+            if self.probes.reads_stacks() {
+                spawn_layout_check(process.clone(), 0, Duration::ZERO, &self.layout_checks);
+            }
         }
         // On every inspection, not only the first: the maps may show a libssl the files did not.
         for library in discovery::libssl::libraries_of(&process) {
@@ -310,6 +350,39 @@ impl Agent {
         self.processes.insert(pid, process);
     }
 
+    /// A layout check finished: the kernel reads the process's stacks, or the agent says why
+    /// not (and tries again while the interpreter is still starting).
+    fn on_layout(&mut self, process: PythonProcess, attempt: usize, result: Result<CheckedLayout, LayoutError>) {
+        let pid = process.pid;
+        if !self.processes.get(&pid).is_some_and(|known| known.executable == process.executable) {
+            return;
+        }
+        match result {
+            Ok(layout) => {
+                tracing::info!(pid, version = %process.version, "reading python stacks");
+                self.read_stacks(pid, layout);
+            }
+            Err(error) if error.is_transient() && attempt < LAYOUT_RETRY_DELAYS_MS.len() => {
+                let delay = Duration::from_millis(LAYOUT_RETRY_DELAYS_MS[attempt]);
+                spawn_layout_check(process, attempt + 1, delay, &self.layout_checks);
+            }
+            Err(error) => {
+                tracing::warn!(pid, version = %process.version, %error, "not reading python stacks of this process; its spans have no code.* attributes");
+            }
+        }
+    }
+
+    fn read_stacks(&mut self, pid: u32, layout: CheckedLayout) {
+        if let Err(error) = self.stacks.add(pid, layout) {
+            tracing::warn!(pid, %error, "cannot read the process's memory; its spans have no code.* attributes");
+            return;
+        }
+        if let Err(error) = self.probes.read_stacks(pid, layout.kernel) {
+            tracing::warn!(pid, %error, "cannot hand the process's layout to the kernel");
+            self.stacks.remove(pid);
+        }
+    }
+
     fn listener_port(&mut self, pid: u32, listen_fd: u32) -> Option<u16> {
         *self.listener_ports.entry((pid, listen_fd)).or_insert_with(|| discovery::sockets::local_port(pid, listen_fd))
     }
@@ -317,7 +390,8 @@ impl Agent {
     fn export(&mut self, done: Vec<CompletedExchange>) {
         for exchange in done {
             let resource = self.resource_of(exchange.socket);
-            let span = span_from_exchange(&exchange, resource);
+            let mut span = span_from_exchange(&exchange, resource);
+            self.code.apply(exchange.socket.pid, &mut span);
             tracing::debug!(trace_id = %span.trace_id, name = %span.name, "span finished");
             self.exporter.submit(span);
         }
@@ -352,9 +426,10 @@ impl Agent {
     fn report_kernel_drops(&mut self) {
         let counters = self.probes.kernel_counters();
         if counters != self.last_kernel_counters {
-            let [ring_full, read_failed, map_full, injection_failed, head_not_scanned, tls_socket_unknown, trace_option_failed] =
+            let [ring_full, read_failed, map_full, injection_failed, head_not_scanned, tls_socket_unknown, trace_option_failed, stack_unreadable] =
                 counters;
             tracing::warn!(
+                stack_unreadable,
                 ring_full,
                 read_failed,
                 map_full,
@@ -399,6 +474,24 @@ fn spawn_inspection(inspection: Inspection, delay: Duration, results: &mpsc::Unb
         let pid = inspection.pid;
         if let Ok(result) = tokio::task::spawn_blocking(move || discovery::inspect(pid)).await {
             let _ = results.send((inspection, result));
+        }
+    });
+}
+
+fn spawn_layout_check(
+    process: PythonProcess,
+    attempt: usize,
+    delay: Duration,
+    results: &mpsc::UnboundedSender<LayoutResult>,
+) {
+    let results = results.clone();
+    tokio::spawn(async move {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let checked = process.clone();
+        if let Ok(result) = tokio::task::spawn_blocking(move || layouts::check(&checked)).await {
+            let _ = results.send((process, attempt, result));
         }
     });
 }

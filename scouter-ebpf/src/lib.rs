@@ -33,6 +33,18 @@ pub mod map_names {
     pub const COUNTERS: &str = "COUNTERS";
     /// Sockhash of tracked processes' outgoing TCP connections, the sk_msg program's scope.
     pub const CLIENT_SOCKETS: &str = "CLIENT_SOCKETS";
+    /// How to read each traced process's Python stack ([`PythonLayout`]), by tgid.
+    pub const PYTHON_LAYOUTS: &str = "PYTHON_LAYOUTS";
+    /// The stack-capture program the libssl return probe tail-calls ([`stack_programs`](super::stack_programs)).
+    pub const STACK_PROGRAMS: &str = "STACK_PROGRAMS";
+}
+
+/// Slots of the stack-capture program array.
+pub mod stack_programs {
+    /// Tail-called from the libssl return probe (the syscall path has a program of its own,
+    /// attached after the I/O exit program).
+    pub const FROM_LIBSSL: u32 = 0;
+    pub const COUNT: u32 = 1;
 }
 
 /// Names of the globals the agent sets before load (`EbpfLoader::set_global`).
@@ -43,6 +55,9 @@ pub mod global_names {
     pub const EXIT_GROUP_DEAD_OFFSET: &str = "EXIT_GROUP_DEAD_OFFSET";
     /// Nanoseconds after which a request being served is too old to parent a client call.
     pub const MAX_TRANSACTION_NS: &str = "MAX_TRANSACTION_NS";
+    /// Offset of `thread.fsbase` in the kernel's `task_struct` (from its BTF), or `u32::MAX`:
+    /// Python stacks are then not read.
+    pub const TASK_FSBASE_OFFSET: &str = "TASK_FSBASE_OFFSET";
 }
 
 /// Discriminant in [`EventHeader::kind`].
@@ -56,6 +71,7 @@ pub enum EventKind {
     SocketConnect = 5,
     SocketData = 6,
     SocketClose = 7,
+    PythonStack = 8,
 }
 
 impl EventKind {
@@ -68,6 +84,7 @@ impl EventKind {
             5 => Self::SocketConnect,
             6 => Self::SocketData,
             7 => Self::SocketClose,
+            8 => Self::PythonStack,
             _ => return None,
         })
     }
@@ -250,7 +267,10 @@ pub struct SocketInfo {
     /// a TLS handshake record, or a libssl call made a syscall on it. Its syscalls' bytes
     /// (ciphertext) are then not emitted; its plaintext comes from the libssl uprobes.
     pub tls: u8,
-    pub _pad: [u8; 5],
+    /// 1 once a Python stack was taken for the request being served (the first body read
+    /// inside it); at most one per request.
+    pub stack_taken: u8,
+    pub _pad: [u8; 4],
     /// Server sockets: the client's address as `accept()` returned it, under which the kernel
     /// files a trace context received in a TCP header option ([`trace_option`]).
     pub peer: SocketAddress,
@@ -288,7 +308,68 @@ pub mod counter {
     pub const TLS_SOCKET_UNKNOWN: u32 = 5;
     /// A trace context due in a TCP header option did not fit the segment's option space.
     pub const TRACE_OPTION_FAILED: u32 = 6;
-    pub const COUNT: u32 = 7;
+    /// A Python stack was due but the thread's state could not be read (a thread Python does
+    /// not know, or memory that moved).
+    pub const STACK_UNREADABLE: u32 = 7;
+    pub const COUNT: u32 = 8;
+}
+
+/// No such field in this interpreter version.
+pub const NO_OFFSET: u16 = u16::MAX;
+
+/// How the kernel finds and walks a process's Python frames; written by the agent once it has
+/// checked the layout against the running process. Offsets are in bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PythonLayout {
+    /// Where the thread's `PyThreadState *` is, from the thread pointer (FS base): glibc's
+    /// `pthread_getspecific` slot of CPython's `autoTSSkey`.
+    pub tstate_slot: u32,
+    /// `PyThreadState` → current frame, or → `_PyCFrame` (3.11, 3.12).
+    pub tstate_frame: u16,
+    /// `_PyCFrame` → current frame, or [`NO_OFFSET`] when `tstate_frame` leads to the frame.
+    pub cframe_frame: u16,
+    pub frame_code: u16,
+    pub frame_previous: u16,
+    /// `f_lasti` (≤3.10, an `int`) or `prev_instr`/`instr_ptr` (3.11+, a pointer).
+    pub frame_instruction: u16,
+    /// `owner` (3.12+, to skip the C stack's shim frames), or [`NO_OFFSET`].
+    pub frame_owner: u16,
+    /// 1 when `frame_instruction` is a pointer.
+    pub instruction_is_pointer: u8,
+    pub _pad: [u8; 3],
+}
+
+/// `owner` of a 3.12+ frame that only marks an entry from C: it has no Python code of its own.
+pub const FRAME_OWNED_BY_CSTACK: u8 = 3;
+
+/// Frames captured per stack, innermost first. Deeper stacks are cut (the outermost frames are
+/// the thread's bootstrap and the server loop; an application handler is rarely that deep).
+pub const MAX_FRAMES: usize = 48;
+
+/// One Python frame as read at an I/O event: resolved to a name, file and line in userspace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FrameRef {
+    /// The code object's address.
+    pub code: u64,
+    /// The frame's instruction: `f_lasti` (≤3.10) or the instruction pointer (3.11+).
+    pub instruction: u64,
+}
+
+/// `PythonStack`: the Python stack of the thread that just moved bytes on `fd` (a client request
+/// it started, or a body it read while serving a request). Follows that data event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct StackEvent {
+    pub header: EventHeader,
+    pub fd: u32,
+    /// Frames filled in `frames`.
+    pub depth: u16,
+    /// The socket's [`SocketRole`] as `u8`: a client request's write, or a server's body read.
+    pub role: u8,
+    pub _pad: u8,
+    pub frames: [FrameRef; MAX_FRAMES],
 }
 
 pub mod trace_option;
@@ -300,6 +381,7 @@ mod pod {
     unsafe impl aya::Pod for super::SocketKey {}
     unsafe impl aya::Pod for super::SocketInfo {}
     unsafe impl aya::Pod for super::TrackedProcess {}
+    unsafe impl aya::Pod for super::PythonLayout {}
 }
 
 #[cfg(test)]
@@ -319,14 +401,16 @@ mod layout {
         assert_eq!(size_of::<SocketKey>(), 8);
         assert_eq!(size_of::<SocketInfo>(), 32);
         assert_eq!(size_of::<TrackedProcess>(), 8);
+        assert_eq!(size_of::<PythonLayout>(), 20);
+        assert_eq!(size_of::<StackEvent>(), 24 + 8 + 16 * MAX_FRAMES);
     }
 
     #[test]
     fn event_kinds_round_trip() {
-        for k in 1..=7 {
+        for k in 1..=8 {
             assert_eq!(EventKind::from_u32(k).map(|k| k as u32), Some(k));
         }
         assert!(EventKind::from_u32(0).is_none());
-        assert!(EventKind::from_u32(8).is_none());
+        assert!(EventKind::from_u32(9).is_none());
     }
 }

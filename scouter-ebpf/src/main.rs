@@ -8,6 +8,8 @@
 //!   first byte from the head's context headers and the request the thread is serving;
 //! - [`programs::asyncio`]: which request each asyncio task works for (uprobes on `_asyncio`),
 //!   and [`programs::contextvars`]: requests carried to pool threads in a copied `Context`;
+//! - [`programs::python_stack`]: the thread's Python stack at the I/O events that tell which
+//!   code works for a request (tail-called by the I/O programs);
 //! - [`programs::inject`]: the `traceparent` inserted into outgoing requests (sockops + sk_msg);
 //! - [`programs::tls`]: HTTPS plaintext from libssl uprobes, and [`programs::trace_option`]: the
 //!   trace context TLS requests carry in a TCP header option instead of a header.

@@ -2,10 +2,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, SockHash},
+    maps::{HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf, SockHash},
 };
 use scouter_ebpf::{
-    counter, trace_option, traceparent, SocketAddress, SocketInfo, SocketKey, SpanContext, TrackedProcess,
+    counter, stack_programs, trace_option, traceparent, PythonLayout, SocketAddress, SocketInfo, SocketKey,
+    SpanContext, StackEvent, TrackedProcess,
     EVENTS_RING_BYTES, HEAD_SCAN, MAX_IN_FLIGHT_SYSCALLS, MAX_TRACKED_PROCESSES, MAX_TRACKED_SOCKETS,
 };
 
@@ -78,6 +79,47 @@ pub fn count(index: u32) {
         unsafe { *slot += 1 };
     }
 }
+
+/// How to read each process's Python stack, by tgid; written by the agent once it has checked
+/// the layout against the running process. Processes without an entry get no stacks.
+#[map]
+pub static PYTHON_LAYOUTS: HashMap<u32, PythonLayout> = HashMap::with_max_entries(MAX_TRACKED_PROCESSES, 0);
+
+/// The stack-capture program the libssl return probe tail-calls ([`stack_programs`] slot):
+/// a frame of its own for the walk, the probe's stack being nearly full.
+#[map]
+pub static STACK_PROGRAMS: ProgramArray = ProgramArray::with_max_entries(stack_programs::COUNT, 0);
+
+/// A stack an I/O program asked for, read by the capture program that runs right after it on
+/// the same CPU (attached after it, or tail-called).
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct StackRequest {
+    pub pid_tgid: u64,
+    pub fd: u32,
+    /// 1 until the capture program has taken it.
+    pub armed: u8,
+    /// The socket's role.
+    pub role: u8,
+    pub _pad: u16,
+}
+
+#[map]
+pub static STACK_REQUESTS: PerCpuArray<StackRequest> = PerCpuArray::with_max_entries(1, 0);
+
+/// A stack being walked (one per CPU): the walk runs under `bpf_loop`, one frame per call,
+/// so its verification cost does not grow with the depth.
+#[repr(C)]
+pub struct StackScratch {
+    pub layout: PythonLayout,
+    pub _pad: u32,
+    /// The next frame to read; 0 once the walk is over.
+    pub frame: u64,
+    pub event: StackEvent,
+}
+
+#[map]
+pub static STACK_SCRATCH: PerCpuArray<StackScratch> = PerCpuArray::with_max_entries(1, 0);
 
 pub fn is_tracked(pid: u32) -> bool {
     // SAFETY: the value is only checked for presence.

@@ -6,7 +6,7 @@
 //! interpreter is reported and left alone.
 
 pub mod asyncio;
-mod file_cache;
+pub mod file_cache;
 mod interpreter;
 pub mod libssl;
 mod loader;

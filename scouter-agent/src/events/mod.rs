@@ -10,8 +10,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ptr;
 
 use scouter_ebpf::{
-    context_origin, data_flags, CloseEvent, ConnectionEvent, DataEvent, Direction, EventHeader, EventKind,
-    ProcessEvent, SocketAddress, SpanContext, MAX_CAPTURE,
+    context_origin, data_flags, CloseEvent, ConnectionEvent, DataEvent, Direction, EventHeader, EventKind, FrameRef,
+    ProcessEvent, SocketAddress, SocketRole, SpanContext, StackEvent, MAX_CAPTURE, MAX_FRAMES,
 };
 
 pub use clock::WallClock;
@@ -58,6 +58,14 @@ pub enum KernelEvent {
         result: i32,
     },
     Data(DataChunk),
+    /// The Python stack of the thread that just started a client request on `socket`
+    /// (`server` false) or read the body of the request it serves there (`server` true).
+    Stack {
+        socket: SocketId,
+        server: bool,
+        /// Innermost first.
+        frames: Vec<FrameRef>,
+    },
     Closed {
         socket: SocketId,
         time: u64,
@@ -92,6 +100,8 @@ pub enum DecodeError {
     Truncated { kind: EventKind, len: usize, expected: usize },
     #[error("data record claims {0} captured bytes")]
     BadCaptureLength(u32),
+    #[error("stack record claims {0} frames")]
+    BadStackDepth(u16),
 }
 
 /// Decodes one ring-buffer record.
@@ -125,6 +135,18 @@ pub fn decode(record: &[u8], clock: &WallClock) -> Result<KernelEvent, DecodeErr
         EventKind::SocketClose => {
             let event: CloseEvent = read_record(record, Some(kind))?;
             KernelEvent::Closed { socket: socket(event.fd), time }
+        }
+        EventKind::PythonStack => {
+            let event: StackEvent = read_record(record, Some(kind))?;
+            let depth = event.depth as usize;
+            if depth > MAX_FRAMES {
+                return Err(DecodeError::BadStackDepth(event.depth));
+            }
+            KernelEvent::Stack {
+                socket: socket(event.fd),
+                server: event.role == SocketRole::Server as u8,
+                frames: event.frames[..depth].to_vec(),
+            }
         }
     })
 }

@@ -17,6 +17,7 @@ mod asyncio;
 mod contextvars;
 pub mod kernel_btf;
 mod propagation;
+mod python_stacks;
 mod tls;
 pub mod tracefs;
 mod uprobes;
@@ -35,7 +36,20 @@ use crate::discovery::asyncio::AsyncioModule;
 /// The eBPF object built by build.rs (empty when built with AYA_BUILD_SKIP=1).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/scouter-ebpf"));
 
-/// (program, tracepoint category, tracepoint names).
+/// The syscall exits of the I/O families.
+const IO_EXITS: &[&str] = &[
+    "sys_exit_read",
+    "sys_exit_recvfrom",
+    "sys_exit_readv",
+    "sys_exit_recvmsg",
+    "sys_exit_write",
+    "sys_exit_sendto",
+    "sys_exit_writev",
+    "sys_exit_sendmsg",
+];
+
+/// (program, tracepoint category, tracepoint names), attached in this order (programs on one
+/// tracepoint run in attach order).
 pub const ATTACHMENTS: &[(&str, &str, &[&str])] = &[
     ("sched_process_exec", "sched", &["sched_process_exec"]),
     ("sched_process_fork", "sched", &["sched_process_fork"]),
@@ -51,20 +65,9 @@ pub const ATTACHMENTS: &[(&str, &str, &[&str])] = &[
     ("io_enter_write", "syscalls", &["sys_enter_write", "sys_enter_sendto"]),
     ("io_enter_writev", "syscalls", &["sys_enter_writev"]),
     ("io_enter_sendmsg", "syscalls", &["sys_enter_sendmsg"]),
-    (
-        "io_exit",
-        "syscalls",
-        &[
-            "sys_exit_read",
-            "sys_exit_recvfrom",
-            "sys_exit_readv",
-            "sys_exit_recvmsg",
-            "sys_exit_write",
-            "sys_exit_sendto",
-            "sys_exit_writev",
-            "sys_exit_sendmsg",
-        ],
-    ),
+    ("io_exit", "syscalls", IO_EXITS),
+    // After io_exit: reads the Python stack io_exit asked for in the same syscall exit.
+    ("python_stack_after_io", "syscalls", IO_EXITS),
 ];
 
 /// How many verifier log lines an error shows (the end, where the rejection is explained).
@@ -116,6 +119,7 @@ pub struct Probes {
     asyncio: asyncio::AsyncioProbes,
     contexts: contextvars::ContextProbes,
     tls: tls::TlsProbes,
+    stacks: python_stacks::StackProbes,
     tracked: BpfHashMap<MapData, u32, TrackedProcess>,
     counters: PerCpuArray<MapData, u64>,
     propagation: Propagation,
@@ -135,10 +139,15 @@ impl Probes {
             .field_offset("group_dead")
             .unwrap_or(u32::MAX);
         let max_transaction_ns = u64::try_from(options.max_transaction.as_nanos()).unwrap_or(u64::MAX);
+        let fsbase_offset = kernel_btf::task_fsbase_offset().unwrap_or_else(|error| {
+            tracing::warn!(%error, "Python stacks are not read on this kernel (no thread-pointer offset)");
+            u32::MAX
+        });
         let mut ebpf = EbpfLoader::new()
             .override_global(global_names::FORK_CHILD_PID_OFFSET, &fork_child, true)
             .override_global(global_names::EXIT_GROUP_DEAD_OFFSET, &exit_group_dead, true)
             .override_global(global_names::MAX_TRANSACTION_NS, &max_transaction_ns, true)
+            .override_global(global_names::TASK_FSBASE_OFFSET, &fsbase_offset, true)
             .load(EBPF_OBJECT)
             .map_err(ProbeError::Load)?;
         for (program, category, names) in ATTACHMENTS {
@@ -148,6 +157,7 @@ impl Probes {
         asyncio::load(&mut ebpf)?;
         contextvars::load(&mut ebpf)?;
         tls::load(&mut ebpf)?;
+        let stacks = python_stacks::StackProbes::load(&mut ebpf, fsbase_offset != u32::MAX)?;
         let tracked = BpfHashMap::try_from(take_map(&mut ebpf, map_names::TRACKED_PROCESSES)?)
             .map_err(|source| ProbeError::Map { name: map_names::TRACKED_PROCESSES, source })?;
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, map_names::COUNTERS)?)
@@ -157,7 +167,7 @@ impl Probes {
         let asyncio = asyncio::AsyncioProbes::default();
         let contexts = contextvars::ContextProbes::default();
         let tls = tls::TlsProbes::default();
-        Ok((Self { ebpf, asyncio, contexts, tls, tracked, counters, propagation }, events))
+        Ok((Self { ebpf, asyncio, contexts, tls, stacks, tracked, counters, propagation }, events))
     }
 
     /// Whether outgoing requests get a `traceparent`, and if not, why.
@@ -194,6 +204,22 @@ impl Probes {
     /// Stops following `pid`; absent entries are fine (the kernel removes exited processes).
     pub fn untrack(&mut self, pid: u32) {
         let _ = self.tracked.remove(&pid);
+        self.stacks.forget(pid);
+    }
+
+    /// Whether the kernel can read Python stacks on this host.
+    pub fn reads_stacks(&self) -> bool {
+        self.stacks.enabled()
+    }
+
+    /// Reads `pid`'s Python stacks with `layout` (checked against the process) from now on.
+    pub fn read_stacks(&mut self, pid: u32, layout: scouter_ebpf::PythonLayout) -> Result<(), ProbeError> {
+        self.stacks.set(pid, layout)
+    }
+
+    /// Stops reading `pid`'s stacks (it exited).
+    pub fn forget_stacks(&mut self, pid: u32) {
+        self.stacks.forget(pid);
     }
 
     /// Kernel-side drop counters, summed over CPUs, indexed by `scouter_ebpf::counter`.

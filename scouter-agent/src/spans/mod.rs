@@ -5,9 +5,11 @@
 //! - [`stream`]: one direction of a connection as a sequence of framed messages;
 //! - [`assembly`]: per-connection state that pairs requests with responses;
 //! - [`propagation`]: trace context in headers (W3C `traceparent`, Scouter's headers);
-//! - [`http_span`]: the span of a completed exchange, with semantic-convention attributes.
+//! - [`http_span`]: the span of a completed exchange, with semantic-convention attributes;
+//! - [`code_attribution`]: the Python code a span's request was made or served by.
 
 pub mod assembly;
+pub mod code_attribution;
 pub mod http1;
 pub mod http_span;
 pub mod ids;

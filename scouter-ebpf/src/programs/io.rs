@@ -19,7 +19,7 @@ use scouter_ebpf::{
     MAX_CAPTURE,
 };
 
-use super::{context, current_ids, head, header, syscall_arg, syscall_ret, tls, trace_option};
+use super::{context, current_ids, head, header, python_stack, syscall_arg, syscall_ret, tls, trace_option};
 use crate::maps::{count, is_tracked, BufferShape, InFlightIo, EVENTS, IN_FLIGHT_IO, SOCKETS};
 
 /// `struct msghdr.msg_iov` offset (after `msg_name` and `msg_namelen` + padding).
@@ -171,13 +171,15 @@ pub fn io_exit(ctx: TracePointContext) -> u32 {
             return 0;
         }
     }
-    data_moved(pid_tgid, &mut call, socket, moved, segment, 0);
+    // The stack, if wanted, is read by the program attached after this one.
+    let _ = data_moved(pid_tgid, &mut call, socket, moved, segment, 0);
     0
 }
 
 /// Bytes moved on a followed socket (a syscall, or a libssl call on a TLS socket): the
 /// thread's turn, the socket's request/response turn and identity, and the event. `flags` are
-/// [`scouter_ebpf::data_flags`].
+/// [`scouter_ebpf::data_flags`]. Returns whether the caller should capture the thread's Python
+/// stack ([`python_stack`]) after the event.
 #[inline(always)]
 pub fn data_moved(
     pid_tgid: u64,
@@ -186,12 +188,14 @@ pub fn data_moved(
     moved: u64,
     segment: (u64, u64),
     flags: u8,
-) {
+) -> bool {
     context::thread_moved_on(pid_tgid);
-    if let Some(socket) = socket {
-        follow_exchange(socket, call, pid_tgid, segment);
-    }
+    let wants_stack = match socket {
+        Some(socket) => follow_exchange(socket, call, pid_tgid, segment),
+        None => false,
+    };
     emit_data(call, pid_tgid, moved, segment, flags);
+    wants_stack
 }
 
 #[inline(always)]
@@ -202,13 +206,20 @@ pub fn socket_info(pid_tgid: u64, fd: u32) -> Option<&'static mut SocketInfo> {
 }
 
 /// Keeps the socket's request/response turn, and gives a server request its identity.
+/// Returns whether the thread's Python stack says who works for a request now: a client
+/// request's first write, or the first body read of a request being served (the handler reads
+/// it; the head was read by the framework).
 #[inline(always)]
-fn follow_exchange(socket: &mut SocketInfo, call: &mut InFlightIo, pid_tgid: u64, segment: (u64, u64)) {
+fn follow_exchange(socket: &mut SocketInfo, call: &mut InFlightIo, pid_tgid: u64, segment: (u64, u64)) -> bool {
     let server = socket.role == SocketRole::Server as u8;
     let egress = call.direction == Direction::Egress as u8;
     match (server, egress) {
         // A request (or its body) went out: the next request waits for a response.
-        (false, true) => socket.awaiting_request = 0,
+        (false, true) => {
+            socket.awaiting_request = 0;
+            return call.context.origin != context_origin::NONE
+                && python_stack::wanted(pid_tgid, call.fd, SocketRole::Client as u8);
+        }
         // Response bytes: the connection may carry the next request after them.
         (false, false) => socket.awaiting_request = 1,
         (true, true) => {
@@ -217,9 +228,12 @@ fn follow_exchange(socket: &mut SocketInfo, call: &mut InFlightIo, pid_tgid: u64
         }
         (true, false) => {
             if socket.awaiting_request == 0 {
-                return;
+                let first_body_read = socket.stack_taken == 0;
+                socket.stack_taken = 1;
+                return first_body_read && python_stack::wanted(pid_tgid, call.fd, SocketRole::Server as u8);
             }
             socket.awaiting_request = 0;
+            socket.stack_taken = 0;
             let (src, len) = segment;
             if head::starts_request(src, len) {
                 if let Some(scanned) = head::load(src, len) {
@@ -230,6 +244,7 @@ fn follow_exchange(socket: &mut SocketInfo, call: &mut InFlightIo, pid_tgid: u64
             }
         }
     }
+    false
 }
 
 #[inline(always)]

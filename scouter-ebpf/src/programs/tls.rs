@@ -47,7 +47,7 @@ use aya_ebpf::{
 };
 use scouter_ebpf::{context_origin, counter, data_flags, Direction, SocketInfo, SocketRole, SpanContext};
 
-use super::{context, current_ids, head, io, trace_option};
+use super::{context, current_ids, head, io, python_stack, trace_option};
 use crate::maps::{
     count, is_tracked, tls_call, BufferShape, InFlightIo, TlsCall, NO_FD, TLS_CALLS, TLS_LAST_READS, TLS_SOCKETS,
 };
@@ -184,7 +184,9 @@ pub fn ssl_return(ctx: RetProbeContext) -> u32 {
         return 0;
     }
     let segment = (call.io.buf, moved);
-    io::data_moved(pid_tgid, &mut call.io, socket, moved, segment, data_flags::TLS);
+    if io::data_moved(pid_tgid, &mut call.io, socket, moved, segment, data_flags::TLS) {
+        python_stack::capture_from_libssl(&ctx);
+    }
     0
 }
 

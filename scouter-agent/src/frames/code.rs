@@ -1,0 +1,132 @@
+//! Code objects to code locations: a frame the kernel captured (a code object's address and an
+//! instruction position) becomes a qualified name, a file and a line, read from the process's
+//! memory and cached per code object.
+//!
+//! The cache entry is checked on every use against the object's current file and name
+//! pointers (one read): a code object freed and another allocated at its address is read anew.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use scouter_ebpf::FrameRef;
+
+use super::attach::{is_sane_code, CheckedLayout};
+use super::layout::VersionLayout;
+use super::lines::line_at;
+use super::memory::{MemoryError, ProcessMemory};
+use super::source::SourceQualnames;
+
+/// Where a frame was: what `code.function.name`, `code.file.path` and `code.line.number` say.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CodeLocation {
+    pub function: String,
+    pub file: Arc<str>,
+    pub line: Option<u32>,
+}
+
+/// Code objects of one process held at most, before the cache starts over.
+const MAX_CODE_OBJECTS: usize = 16_384;
+/// Largest line table read.
+const MAX_LINE_TABLE: usize = 1 << 20;
+
+/// What stays true of a code object while it lives.
+#[derive(Debug)]
+struct CodeObject {
+    /// The file and name objects' addresses: the identity check.
+    identity: [u64; 2],
+    function: String,
+    file: Arc<str>,
+    first_line: u32,
+    line_table: Vec<u8>,
+}
+
+/// Reads one process's code objects.
+pub struct CodeReader {
+    memory: ProcessMemory,
+    version: &'static VersionLayout,
+    code_type: u64,
+    /// The process's root, under which its source files are opened (3.8–3.10 qualified names).
+    root: PathBuf,
+    objects: HashMap<u64, Arc<CodeObject>>,
+}
+
+impl CodeReader {
+    pub fn new(pid: u32, layout: &CheckedLayout) -> Result<Self, MemoryError> {
+        Ok(Self {
+            memory: ProcessMemory::open(pid)?,
+            version: layout.version,
+            code_type: layout.code_type,
+            root: PathBuf::from(format!("/proc/{pid}/root")),
+            objects: HashMap::new(),
+        })
+    }
+
+    /// The location of a captured frame; `None` when its code object cannot be read.
+    pub fn locate(&mut self, frame: &FrameRef, qualnames: &mut SourceQualnames) -> Option<CodeLocation> {
+        let code = self.code_object(frame.code, qualnames)?;
+        let line = self.instruction_offset(frame).and_then(|offset| {
+            line_at(self.version.line_format(), &code.line_table, code.first_line, offset)
+        });
+        Some(CodeLocation { function: code.function.clone(), file: code.file.clone(), line })
+    }
+
+    fn code_object(&mut self, address: u64, qualnames: &mut SourceQualnames) -> Option<Arc<CodeObject>> {
+        let identity = self.identity(address)?;
+        if let Some(known) = self.objects.get(&address).filter(|known| known.identity == identity) {
+            return Some(known.clone());
+        }
+        if !is_sane_code(&self.memory, self.version, address, self.code_type) {
+            return None;
+        }
+        let read = Arc::new(self.read_code(address, identity, qualnames)?);
+        if self.objects.len() >= MAX_CODE_OBJECTS {
+            self.objects.clear();
+        }
+        self.objects.insert(address, read.clone());
+        Some(read)
+    }
+
+    /// `co_filename` and `co_name`'s addresses, adjacent in every supported version.
+    fn identity(&self, code: u64) -> Option<[u64; 2]> {
+        let bytes = self.memory.bytes(code + self.version.code_filename, 16).ok()?;
+        Some([
+            u64::from_le_bytes(bytes[..8].try_into().ok()?),
+            u64::from_le_bytes(bytes[8..].try_into().ok()?),
+        ])
+    }
+
+    fn read_code(&self, code: u64, identity: [u64; 2], qualnames: &mut SourceQualnames) -> Option<CodeObject> {
+        let version = self.version;
+        let string = |object: u64| self.memory.unicode(object, version.unicode_ascii_data, version.unicode_compact_data);
+        let file: Arc<str> = string(identity[0]).ok()?.into();
+        let name = string(identity[1]).ok()?;
+        let first_line = self.memory.u32(code + version.code_firstlineno).ok()?;
+        let function = match version.code_qualname {
+            Some(offset) => string(self.memory.u64(code + offset).ok()?).ok()?,
+            None => qualnames.qualname(&self.source_path(&file), first_line, &name),
+        };
+        let table_object = self.memory.u64(code + version.code_linetable).ok()?;
+        let line_table = self.memory.bytes_object(table_object, MAX_LINE_TABLE).unwrap_or_default();
+        Some(CodeObject { identity, function, file, first_line, line_table })
+    }
+
+    /// A source file as the agent opens it (through the process's root).
+    fn source_path(&self, file: &str) -> PathBuf {
+        self.root.join(file.trim_start_matches('/'))
+    }
+
+    /// The frame's instruction as a byte offset into its bytecode.
+    fn instruction_offset(&self, frame: &FrameRef) -> Option<u32> {
+        if let Some(adaptive) = self.version.code_adaptive {
+            let start = frame.code + adaptive;
+            return u32::try_from(frame.instruction.checked_sub(start)?).ok();
+        }
+        let lasti = frame.instruction as u32 as i32;
+        if lasti < 0 {
+            return None;
+        }
+        let units = if self.version.lasti_in_code_units { 2 } else { 1 };
+        (lasti as u32).checked_mul(units)
+    }
+}

@@ -1,0 +1,204 @@
+//! The version layer: where CPython keeps what the agent reads, per minor version (x86-64).
+//!
+//! One table entry per version; everything else (the kernel's walk, code-object reading, line
+//! tables) is driven by it. Offsets were taken from the pyenv builds' debug information
+//! (`ptype /o`) and are checked against the running process before use ([`super::attach`]).
+//! Adding 3.14 is an entry here (its frames hold tagged `_PyStackRef`s in `f_executable`: the
+//! kernel masks the low bits when `tagged_code` is set) plus its line-table format, which is
+//! the 3.11 one, and the end-to-end tests for it.
+
+use scouter_ebpf::{PythonLayout, NO_OFFSET};
+
+use super::lines::LineTableFormat;
+
+/// Where one CPython minor version keeps the fields the agent reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VersionLayout {
+    pub minor: u8,
+    /// `_PyRuntime` → `interpreters.head`.
+    pub runtime_interpreters_head: u64,
+    /// `_PyRuntime` → `autoTSSkey` (`Py_tss_t`: `_is_initialized` then the `pthread_key_t`).
+    pub runtime_tss_key: u64,
+    /// `PyInterpreterState` → first thread state.
+    pub interpreter_threads_head: u64,
+    pub tstate_next: u64,
+    /// `PyThreadState.thread_id`: the thread's `pthread_t`, i.e. its thread pointer.
+    pub tstate_thread_id: u64,
+    pub tstate_frame: u16,
+    pub cframe_frame: u16,
+    pub frame_code: u16,
+    pub frame_previous: u16,
+    pub frame_instruction: u16,
+    pub frame_owner: u16,
+    /// 3.11+: the instruction is a pointer into `co_code_adaptive`; before, `f_lasti`.
+    pub instruction_is_pointer: bool,
+    /// 3.10: `f_lasti` counts code units, not bytes.
+    pub lasti_in_code_units: bool,
+    pub code_filename: u64,
+    pub code_name: u64,
+    /// `co_qualname` (3.11+).
+    pub code_qualname: Option<u64>,
+    pub code_firstlineno: u64,
+    pub code_linetable: u64,
+    /// 3.11+: the bytecode inside the code object, where instruction pointers point.
+    pub code_adaptive: Option<u64>,
+    /// `sizeof(PyASCIIObject)`: compact ASCII data follows it.
+    pub unicode_ascii_data: u64,
+    /// `sizeof(PyCompactUnicodeObject)`: compact non-ASCII data follows it.
+    pub unicode_compact_data: u64,
+}
+
+impl VersionLayout {
+    /// The table entry of CPython 3.`minor`, if the agent knows it.
+    pub fn for_minor(minor: u8) -> Option<&'static Self> {
+        LAYOUTS.iter().find(|layout| layout.minor == minor)
+    }
+
+    pub fn line_format(&self) -> LineTableFormat {
+        LineTableFormat::for_minor(self.minor).unwrap_or(LineTableFormat::Locations)
+    }
+
+    /// What the kernel needs, with the thread-state slot found in the running process.
+    pub fn for_kernel(&self, tstate_slot: u32) -> PythonLayout {
+        PythonLayout {
+            tstate_slot,
+            tstate_frame: self.tstate_frame,
+            cframe_frame: self.cframe_frame,
+            frame_code: self.frame_code,
+            frame_previous: self.frame_previous,
+            frame_instruction: self.frame_instruction,
+            frame_owner: self.frame_owner,
+            instruction_is_pointer: self.instruction_is_pointer as u8,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// 3.8–3.10: `PyFrameObject` (`f_back`, `f_code`, `f_lasti`), code fields before the 3.11 rework.
+const fn frame_object_era(minor: u8, tss_key: u64, lasti: u16, linetable: u64) -> VersionLayout {
+    VersionLayout {
+        minor,
+        runtime_interpreters_head: 32,
+        runtime_tss_key: tss_key,
+        interpreter_threads_head: 8,
+        tstate_next: 8,
+        tstate_thread_id: 176,
+        tstate_frame: 24,
+        cframe_frame: NO_OFFSET,
+        frame_code: 32,
+        frame_previous: 24,
+        frame_instruction: lasti,
+        frame_owner: NO_OFFSET,
+        instruction_is_pointer: false,
+        lasti_in_code_units: minor == 10,
+        code_filename: 104,
+        code_name: 112,
+        code_qualname: None,
+        code_firstlineno: 40,
+        code_linetable: linetable,
+        code_adaptive: None,
+        unicode_ascii_data: 48,
+        unicode_compact_data: 72,
+    }
+}
+
+static LAYOUTS: [VersionLayout; 6] = [
+    frame_object_era(8, 1392, 104, 120),
+    frame_object_era(9, 584, 104, 120),
+    frame_object_era(10, 584, 96, 120),
+    VersionLayout {
+        minor: 11,
+        runtime_interpreters_head: 40,
+        runtime_tss_key: 592,
+        interpreter_threads_head: 16,
+        tstate_next: 8,
+        tstate_thread_id: 152,
+        tstate_frame: 56,
+        cframe_frame: 8,
+        frame_code: 32,
+        frame_previous: 48,
+        frame_instruction: 56,
+        frame_owner: NO_OFFSET,
+        instruction_is_pointer: true,
+        lasti_in_code_units: false,
+        code_filename: 112,
+        code_name: 120,
+        code_qualname: Some(128),
+        code_firstlineno: 72,
+        code_linetable: 136,
+        code_adaptive: Some(184),
+        unicode_ascii_data: 48,
+        unicode_compact_data: 72,
+    },
+    VersionLayout {
+        minor: 12,
+        runtime_interpreters_head: 40,
+        runtime_tss_key: 1544,
+        interpreter_threads_head: 72,
+        tstate_next: 8,
+        tstate_thread_id: 136,
+        tstate_frame: 56,
+        cframe_frame: 0,
+        frame_code: 0,
+        frame_previous: 8,
+        frame_instruction: 56,
+        frame_owner: 70,
+        instruction_is_pointer: true,
+        lasti_in_code_units: false,
+        code_filename: 112,
+        code_name: 120,
+        code_qualname: Some(128),
+        code_firstlineno: 68,
+        code_linetable: 136,
+        code_adaptive: Some(192),
+        unicode_ascii_data: 40,
+        unicode_compact_data: 56,
+    },
+    VersionLayout {
+        minor: 13,
+        runtime_interpreters_head: 632,
+        runtime_tss_key: 2160,
+        interpreter_threads_head: 7344,
+        tstate_next: 8,
+        tstate_thread_id: 152,
+        tstate_frame: 72,
+        cframe_frame: NO_OFFSET,
+        frame_code: 0,
+        frame_previous: 8,
+        frame_instruction: 56,
+        frame_owner: 70,
+        instruction_is_pointer: true,
+        lasti_in_code_units: false,
+        code_filename: 112,
+        code_name: 120,
+        code_qualname: Some(128),
+        code_firstlineno: 68,
+        code_linetable: 136,
+        code_adaptive: Some(200),
+        unicode_ascii_data: 40,
+        unicode_compact_data: 56,
+    },
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_supported_version_has_an_entry_and_nothing_else_does() {
+        for minor in 8..=13 {
+            assert_eq!(VersionLayout::for_minor(minor).map(|l| l.minor), Some(minor));
+        }
+        assert!(VersionLayout::for_minor(7).is_none());
+        assert!(VersionLayout::for_minor(14).is_none());
+    }
+
+    #[test]
+    fn the_kernel_walks_through_cframe_only_on_3_11_and_3_12() {
+        for minor in 8..=13 {
+            let layout = VersionLayout::for_minor(minor).unwrap().for_kernel(0);
+            assert_eq!(layout.cframe_frame != NO_OFFSET, minor == 11 || minor == 12, "3.{minor}");
+            assert_eq!(layout.instruction_is_pointer != 0, minor >= 11, "3.{minor}");
+        }
+    }
+}

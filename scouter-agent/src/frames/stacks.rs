@@ -1,0 +1,45 @@
+//! The stacks of every process whose layout was checked: one code reader per process, one
+//! qualified-name cache for all.
+
+use std::collections::HashMap;
+
+use scouter_ebpf::FrameRef;
+
+use super::attach::CheckedLayout;
+use super::attribution::{attribute, Attribution};
+use super::code::{CodeLocation, CodeReader};
+use super::memory::MemoryError;
+use super::source::SourceQualnames;
+
+#[derive(Default)]
+pub struct ProcessStacks {
+    readers: HashMap<u32, (CheckedLayout, CodeReader)>,
+    qualnames: Option<SourceQualnames>,
+}
+
+impl ProcessStacks {
+    /// Starts reading `pid`'s code objects with its checked layout.
+    pub fn add(&mut self, pid: u32, layout: CheckedLayout) -> Result<(), MemoryError> {
+        let reader = CodeReader::new(pid, &layout)?;
+        self.readers.insert(pid, (layout, reader));
+        Ok(())
+    }
+
+    /// The layout a forked child shares with its parent (same memory image).
+    pub fn layout_of(&self, pid: u32) -> Option<CheckedLayout> {
+        self.readers.get(&pid).map(|(layout, _)| *layout)
+    }
+
+    pub fn remove(&mut self, pid: u32) {
+        self.readers.remove(&pid);
+    }
+
+    /// The application frames of a stack `pid`'s thread had; nothing for a process without a
+    /// checked layout.
+    pub fn attribute(&mut self, pid: u32, frames: &[FrameRef]) -> Attribution {
+        let Some((_, reader)) = self.readers.get_mut(&pid) else { return Attribution::default() };
+        let qualnames = self.qualnames.get_or_insert_with(SourceQualnames::new);
+        let located: Vec<CodeLocation> = frames.iter().filter_map(|frame| reader.locate(frame, qualnames)).collect();
+        attribute(&located)
+    }
+}
