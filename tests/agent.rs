@@ -78,6 +78,14 @@ impl Agent {
         })
     }
 
+    /// Waits for the agent to log that it reads the Python stacks of process `pid`.
+    pub fn wait_reading_stacks(&mut self, pid: u32) -> Result<String> {
+        let pid_text = pid.to_string();
+        self.wait_for_line(&format!("reading python stacks pid={pid}"), TRACKING_TIMEOUT, |line| {
+            line.contains("reading python stacks") && has_field(line, "pid", &pid_text)
+        })
+    }
+
     fn wait_for_line(&mut self, what: &str, timeout: Duration, matches: impl Fn(&str) -> bool) -> Result<String> {
         match self.log.wait_for(timeout, matches) {
             Ok(line) => Ok(line),

@@ -119,6 +119,8 @@ pub enum ServerProgram {
     Echo,
     /// `chain_service.py`: one service of an HTTP call chain (see [`crate::chain`]).
     Chain(ServiceConfig),
+    /// `stack_service.py --server <server>`: a handler that calls `downstream` itself.
+    Stack { server: &'static str, downstream: String },
 }
 
 impl ServerProgram {
@@ -134,6 +136,15 @@ impl ServerProgram {
                 arguments.extend(config.arguments());
                 arguments
             }
+            Self::Stack { server, downstream } => vec![
+                script("stack_service.py"),
+                "--server".into(),
+                (*server).into(),
+                "--port".into(),
+                port.to_string(),
+                "--downstream".into(),
+                downstream.clone(),
+            ],
             Self::HttpServerModule => vec![
                 "-m".into(),
                 "http.server".into(),

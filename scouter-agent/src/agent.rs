@@ -354,7 +354,7 @@ impl Agent {
     /// not (and tries again while the interpreter is still starting).
     fn on_layout(&mut self, process: PythonProcess, attempt: usize, result: Result<CheckedLayout, LayoutError>) {
         let pid = process.pid;
-        if !self.processes.get(&pid).is_some_and(|known| known.executable == process.executable) {
+        if self.processes.get(&pid).is_none_or(|known| known.executable != process.executable) {
             return;
         }
         match result {

@@ -6,8 +6,8 @@ use aya_ebpf::{
 };
 use scouter_ebpf::{
     counter, stack_programs, trace_option, traceparent, PythonLayout, SocketAddress, SocketInfo, SocketKey,
-    SpanContext, StackEvent, TrackedProcess,
-    EVENTS_RING_BYTES, HEAD_SCAN, MAX_IN_FLIGHT_SYSCALLS, MAX_TRACKED_PROCESSES, MAX_TRACKED_SOCKETS,
+    SpanContext, StackEvent, TrackedProcess, EVENTS_RING_BYTES, HEAD_SCAN, MAX_IN_FLIGHT_SYSCALLS,
+    MAX_TRACKED_PROCESSES, MAX_TRACKED_SOCKETS,
 };
 
 /// Processes the agent traces, by tgid. Filled by the agent and by `sched_process_fork`.
@@ -252,8 +252,7 @@ pub struct EnteredContext {
 
 /// Keyed by `pid_tgid`.
 #[map]
-pub static ENTERED_CONTEXTS: LruHashMap<u64, EnteredContext> =
-    LruHashMap::with_max_entries(MAX_IN_FLIGHT_SYSCALLS, 0);
+pub static ENTERED_CONTEXTS: LruHashMap<u64, EnteredContext> = LruHashMap::with_max_entries(MAX_IN_FLIGHT_SYSCALLS, 0);
 
 /// Depth of task steps remembered per thread (3.12 eager tasks step inside another's step).
 pub const TASK_NESTING: usize = 4;

@@ -86,7 +86,9 @@ fn downstream_calls_in_gather() -> Result<()> {
 fn downstream_calls_in_to_thread() -> Result<()> {
     trace_chain(
         [
-            Hop::new(&Interpreter::pyenv("3.12.1")?, Server::Uvicorn).calling(Client::Requests).mode(AsyncMode::ToThread),
+            Hop::new(&Interpreter::pyenv("3.12.1")?, Server::Uvicorn)
+                .calling(Client::Requests)
+                .mode(AsyncMode::ToThread),
             Hop::new(&Interpreter::pyenv("3.9.18")?, Server::Uvicorn).calling(Client::Httpx).mode(AsyncMode::ToThread),
             Hop::new(&Interpreter::pyenv("3.13.0")?, Server::Uvicorn),
         ],

@@ -193,7 +193,9 @@ fn thread_slot(memory: &ProcessMemory, version: &VersionLayout, threads: &[u64],
             continue;
         };
         match found {
-            Some(previous) if previous != offset => return Err(LayoutError::Mismatch("threads disagree on their slot")),
+            Some(previous) if previous != offset => {
+                return Err(LayoutError::Mismatch("threads disagree on their slot"))
+            }
             _ => found = Some(offset),
         }
     }

@@ -65,9 +65,9 @@ impl CodeReader {
     /// The location of a captured frame; `None` when its code object cannot be read.
     pub fn locate(&mut self, frame: &FrameRef, qualnames: &mut SourceQualnames) -> Option<CodeLocation> {
         let code = self.code_object(frame.code, qualnames)?;
-        let line = self.instruction_offset(frame).and_then(|offset| {
-            line_at(self.version.line_format(), &code.line_table, code.first_line, offset)
-        });
+        let line = self
+            .instruction_offset(frame)
+            .and_then(|offset| line_at(self.version.line_format(), &code.line_table, code.first_line, offset));
         Some(CodeLocation { function: code.function.clone(), file: code.file.clone(), line })
     }
 
@@ -90,15 +90,13 @@ impl CodeReader {
     /// `co_filename` and `co_name`'s addresses, adjacent in every supported version.
     fn identity(&self, code: u64) -> Option<[u64; 2]> {
         let bytes = self.memory.bytes(code + self.version.code_filename, 16).ok()?;
-        Some([
-            u64::from_le_bytes(bytes[..8].try_into().ok()?),
-            u64::from_le_bytes(bytes[8..].try_into().ok()?),
-        ])
+        Some([u64::from_le_bytes(bytes[..8].try_into().ok()?), u64::from_le_bytes(bytes[8..].try_into().ok()?)])
     }
 
     fn read_code(&self, code: u64, identity: [u64; 2], qualnames: &mut SourceQualnames) -> Option<CodeObject> {
         let version = self.version;
-        let string = |object: u64| self.memory.unicode(object, version.unicode_ascii_data, version.unicode_compact_data);
+        let string =
+            |object: u64| self.memory.unicode(object, version.unicode_ascii_data, version.unicode_compact_data);
         let file: Arc<str> = string(identity[0]).ok()?.into();
         let name = string(identity[1]).ok()?;
         let first_line = self.memory.u32(code + version.code_firstlineno).ok()?;

@@ -3,9 +3,10 @@
 //! One table entry per version; everything else (the kernel's walk, code-object reading, line
 //! tables) is driven by it. Offsets were taken from the pyenv builds' debug information
 //! (`ptype /o`) and are checked against the running process before use ([`super::attach`]).
-//! Adding 3.14 is an entry here (its frames hold tagged `_PyStackRef`s in `f_executable`: the
-//! kernel masks the low bits when `tagged_code` is set) plus its line-table format, which is
-//! the 3.11 one, and the end-to-end tests for it.
+//! Adding 3.14 is an entry here plus the end-to-end tests for it: its line table keeps the 3.11
+//! format ([`LineTableFormat::for_minor`] already accepts it), and its frames hold a tagged
+//! `_PyStackRef` in `f_executable`, for which the entry needs one more flag telling the kernel
+//! to clear the tag bits before reading the code object.
 
 use scouter_ebpf::{PythonLayout, NO_OFFSET};
 

@@ -35,7 +35,8 @@ impl ProcessMemory {
 
     pub fn bytes(&self, address: u64, len: usize) -> Result<Vec<u8>, MemoryError> {
         let mut buffer = vec![0u8; len];
-        let read = self.file.read_at(&mut buffer, address).map_err(|source| MemoryError::Read { address, len, source })?;
+        let read =
+            self.file.read_at(&mut buffer, address).map_err(|source| MemoryError::Read { address, len, source })?;
         if read != len {
             return Err(MemoryError::Short { address });
         }
@@ -89,10 +90,7 @@ const BYTES_DATA: u64 = 32;
 fn decode(raw: &[u8], kind: u32) -> Option<String> {
     match kind {
         1 => Some(raw.iter().map(|&byte| byte as char).collect()),
-        2 => raw
-            .chunks_exact(2)
-            .map(|unit| char::from_u32(u16::from_le_bytes([unit[0], unit[1]]) as u32))
-            .collect(),
+        2 => raw.chunks_exact(2).map(|unit| char::from_u32(u16::from_le_bytes([unit[0], unit[1]]) as u32)).collect(),
         4 => raw
             .chunks_exact(4)
             .map(|unit| char::from_u32(u32::from_le_bytes([unit[0], unit[1], unit[2], unit[3]])))

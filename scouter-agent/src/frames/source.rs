@@ -556,10 +556,8 @@ impl Masker {
         // A single-quoted string cannot span lines unless the newline is escaped; if it does not, the line was
         // a syntax error and the next line starts fresh.
         if !escaped_newline {
-            let single_quoted = self
-                .contexts
-                .iter()
-                .position(|context| matches!(context, Context::String { triple: false, .. }));
+            let single_quoted =
+                self.contexts.iter().position(|context| matches!(context, Context::String { triple: false, .. }));
             if let Some(position) = single_quoted {
                 self.contexts.truncate(position);
             }
@@ -686,9 +684,7 @@ fn has_format_prefix(chars: &[char], quote_at: usize) -> bool {
         start -= 1;
     }
     let prefix = &chars[start..quote_at];
-    prefix.len() <= 3
-        && prefix.iter().all(|c| "rRbBuUfF".contains(*c))
-        && prefix.iter().any(|c| matches!(c, 'f' | 'F'))
+    prefix.len() <= 3 && prefix.iter().all(|c| "rRbBuUfF".contains(*c)) && prefix.iter().any(|c| matches!(c, 'f' | 'F'))
 }
 
 /// What a logical line is reduced to for finding lambdas and comprehensions.

@@ -47,7 +47,9 @@ impl StackProbes {
 
     /// The kernel reads `pid`'s stacks with `layout` from now on.
     pub fn set(&mut self, pid: u32, layout: PythonLayout) -> Result<(), ProbeError> {
-        self.layouts.insert(pid, layout, 0).map_err(|source| ProbeError::Map { name: map_names::PYTHON_LAYOUTS, source })
+        self.layouts
+            .insert(pid, layout, 0)
+            .map_err(|source| ProbeError::Map { name: map_names::PYTHON_LAYOUTS, source })
     }
 
     pub fn forget(&mut self, pid: u32) {

@@ -67,7 +67,8 @@ fn follow(pid: u32, fd: u32, role: SocketRole) {
 /// trace context received in a TCP header option is filed under (see `super::trace_option`).
 #[inline(always)]
 fn follow_peer(pid: u32, fd: u32, role: SocketRole, peer: SocketAddress) {
-    let info = SocketInfo { role: role as u8, awaiting_request: 1, tls: 0, stack_taken: 0, _pad: [0; 4], peer, _pad2: [0; 4] };
+    let info =
+        SocketInfo { role: role as u8, awaiting_request: 1, tls: 0, stack_taken: 0, _pad: [0; 4], peer, _pad2: [0; 4] };
     let _ = SOCKETS.insert(&SocketKey { pid, fd }, &info, 0);
 }
 

@@ -1,0 +1,155 @@
+//! Python stack attribution: client spans name the application frame that made the call, and
+//! server spans the handler the framework called, read from the thread's Python stack in the
+//! kernel at the call's first write (`code.function.name` qualified, `code.file.path`,
+//! `code.line.number`).
+//!
+//! Every interpreter the agent supports serves a Flask view (Werkzeug's threads, `requests`)
+//! and a FastAPI handler (uvicorn's event loop, `httpx.AsyncClient`), both methods of a class,
+//! each calling the downstream service on a marked line of `stack_service.py`. The Flask
+//! services run and serve requests before the agent starts (warm processes, specialised
+//! bytecode on 3.11+, found by the /proc scan); the FastAPI ones start after it (found through
+//! exec, checked while their interpreter is still starting).
+
+use std::fs;
+
+use anyhow::{Context, Result};
+use scouter_e2e::agent::{log_context, Agent};
+use scouter_e2e::env::{python_dir, require_ebpf_host};
+use scouter_e2e::expect::Verdict;
+use scouter_e2e::http::{HttpConnection, Request};
+use scouter_e2e::python::{Interpreter, PythonServer, ServerProgram};
+use scouter_e2e::store::{Span, Store};
+
+const REQUESTS_PER_SERVICE: usize = 3;
+const WARM_UP_REQUESTS: usize = 30;
+
+/// What the spans of one service must say.
+struct Expected {
+    function: &'static str,
+    file: String,
+    line: i64,
+}
+
+impl Expected {
+    fn of(server: &str) -> Result<Self> {
+        let path = python_dir().join("stack_service.py");
+        let source = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let marker = format!("# CALL-SITE {server}");
+        let line = source
+            .lines()
+            .position(|line| line.ends_with(&marker))
+            .with_context(|| format!("no line marked {marker:?} in {}", path.display()))?;
+        let function = if server == "flask" { "Shop.checkout" } else { "Shop.checkout_async" };
+        Ok(Self { function, file: path.canonicalize()?.display().to_string(), line: line as i64 + 1 })
+    }
+
+    fn check(&self, verdict: &mut Verdict, what: &str, span: &Span) {
+        let function = span.attr_str("code.function.name");
+        let file = span.attr_str("code.file.path");
+        let line = span.attr_int("code.line.number");
+        if function != Some(self.function) || file != Some(self.file.as_str()) || line != Some(self.line) {
+            verdict.problem(format!(
+                "{what}: code.function.name {function:?}, code.file.path {file:?}, code.line.number {line:?}; \
+                 expected {:?}, {:?}, {}\n  {}",
+                self.function, self.file, self.line, span.json
+            ));
+        }
+    }
+}
+
+struct Service {
+    label: String,
+    server: &'static str,
+    process: PythonServer,
+}
+
+fn get(port: u16, path: &str) -> Result<()> {
+    let response = HttpConnection::connect(port)?.send(&Request::get(path))?;
+    anyhow::ensure!(response.status == 200, "GET {path} on port {port} answered {}", response.status);
+    Ok(())
+}
+
+fn interpreters() -> Result<Vec<Interpreter>> {
+    let mut all = Vec::new();
+    for version in ["3.8.18", "3.9.18", "3.10.13", "3.11.7", "3.12.1", "3.13.0"] {
+        all.push(Interpreter::pyenv(version)?);
+    }
+    all.push(Interpreter::debian()?);
+    Ok(all)
+}
+
+fn start(interpreter: &Interpreter, server: &'static str, downstream: &str) -> Result<Service> {
+    let program = ServerProgram::Stack { server, downstream: downstream.to_owned() };
+    let process = PythonServer::start(interpreter, program)?;
+    Ok(Service { label: format!("{server} on {}", interpreter.label), server, process })
+}
+
+#[test]
+fn client_and_server_spans_name_the_handler_on_every_interpreter() -> Result<()> {
+    require_ebpf_host()?;
+    let store = Store::new()?;
+    let mut verdict = Verdict::new();
+    let leaf = PythonServer::start(&Interpreter::pyenv("3.12.1")?, ServerProgram::KeepAlive)?;
+    let downstream = format!("http://127.0.0.1:{}", leaf.port());
+
+    let mut services = Vec::new();
+    for interpreter in interpreters()? {
+        let service = start(&interpreter, "flask", &downstream)?;
+        for n in 0..WARM_UP_REQUESTS {
+            get(service.process.port(), &format!("/checkout/warm-{n}"))?;
+        }
+        services.push(service);
+    }
+    let mut agent = Agent::start(&store)?;
+    for interpreter in interpreters()? {
+        services.push(start(&interpreter, "fastapi", &downstream)?);
+    }
+    for service in &services {
+        let pid = service.process.pid();
+        verdict.step(&format!("waiting for the agent to track {}", service.label), agent.wait_tracking(pid));
+        verdict
+            .step(&format!("waiting for the agent to read {}'s stacks", service.label), agent.wait_reading_stacks(pid));
+    }
+    let mut sent = Vec::new();
+    for (index, service) in services.iter().enumerate() {
+        for n in 0..REQUESTS_PER_SERVICE {
+            let id = format!("s{index}-{n}");
+            if verdict
+                .step(
+                    &format!("GET /checkout/{id} on {}", service.label),
+                    get(service.process.port(), &format!("/checkout/{id}")),
+                )
+                .is_some()
+            {
+                sent.push((index, id));
+            }
+        }
+    }
+
+    let log = agent.log().clone();
+    verdict.step("stopping the agent", agent.stop());
+    if let Some(spans) = verdict.step("reading the store", store.spans()) {
+        for (index, id) in &sent {
+            let service = &services[*index];
+            let expected = Expected::of(service.server)?;
+            let pid = i64::from(service.process.pid());
+            let path = format!("/checkout/{id}");
+            let of_service = |kind: &str| {
+                spans.iter().find(|span| {
+                    span.kind == kind
+                        && span.resource_int("process.pid") == Some(pid)
+                        && (span.attr_str("url.path") == Some(path.as_str())
+                            || span.attr_str("url.full").is_some_and(|url| url.ends_with(&path)))
+                })
+            };
+            for kind in ["SERVER", "CLIENT"] {
+                let what = format!("{} {kind} span of GET {path}", service.label);
+                match of_service(kind) {
+                    Some(span) => expected.check(&mut verdict, &what, span),
+                    None => verdict.problem(format!("{what}: missing")),
+                }
+            }
+        }
+    }
+    verdict.finish(&log_context("agent", &log))
+}
