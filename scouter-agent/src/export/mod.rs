@@ -187,19 +187,8 @@ mod tests {
     }
 
     pub(crate) fn span(name: &str) -> Span {
-        use crate::spans::{Resource, SpanId, SpanKind, Status, TraceId};
-        Span {
-            trace_id: TraceId::random(),
-            span_id: SpanId::random(),
-            parent_span_id: None,
-            name: name.into(),
-            kind: SpanKind::Server,
-            start_time_unix_nano: 1,
-            end_time_unix_nano: 2,
-            attributes: Default::default(),
-            status: Status::default(),
-            resource: Arc::new(Resource::default()),
-        }
+        use crate::spans::{SpanId, SpanKind};
+        Span { name: name.into(), ..Span::for_test(SpanKind::Server, SpanId::random()) }
     }
 
     #[test]

@@ -123,26 +123,13 @@ impl Waiting {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spans::{Resource, Status, TraceId};
-    use std::sync::Arc;
 
     fn location(function: &str) -> CodeLocation {
         CodeLocation { function: function.into(), file: "/srv/app.py".into(), line: Some(7) }
     }
 
     fn span(kind: SpanKind, id: [u8; 8]) -> Span {
-        Span {
-            trace_id: TraceId([1; 16]),
-            span_id: SpanId(id),
-            parent_span_id: None,
-            name: "GET".into(),
-            kind,
-            start_time_unix_nano: 1,
-            end_time_unix_nano: 2,
-            attributes: Default::default(),
-            status: Status::default(),
-            resource: Arc::new(Resource::default()),
-        }
+        Span::for_test(kind, SpanId(id))
     }
 
     #[test]

@@ -146,6 +146,25 @@ impl Span {
     }
 }
 
+#[cfg(test)]
+impl Span {
+    /// A minimal span for unit tests: `kind`, ids `span_id` in a fixed trace, 1 ns long.
+    pub fn for_test(kind: SpanKind, span_id: super::SpanId) -> Self {
+        Span {
+            trace_id: super::TraceId([1; 16]),
+            span_id,
+            parent_span_id: None,
+            name: "GET".into(),
+            kind,
+            start_time_unix_nano: 1,
+            end_time_unix_nano: 2,
+            attributes: Default::default(),
+            status: Status::default(),
+            resource: Arc::new(Resource::default()),
+        }
+    }
+}
+
 /// Nanoseconds as decimal strings in JSON (as OTLP/JSON does), numbers accepted on input.
 pub(crate) mod nanos_as_string {
     use serde::{de, Deserialize, Deserializer, Serializer};
