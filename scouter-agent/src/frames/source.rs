@@ -87,7 +87,10 @@ impl SourceQualnames {
 }
 
 /// The qualified name of the code object named `name` starting at `first_line` (1-based) in `source`, or
-/// `None` when the source does not show such a definition there.
+/// `None` when the source does not show such a definition there. When several lambdas or comprehensions of
+/// that kind start on the line with different qualified names, the outermost one is returned. (The cache
+/// scans each file once and answers from that scan; this does the same on one text, for tests.)
+#[cfg(test)]
 pub fn qualname_in_source(source: &str, first_line: u32, name: &str) -> Option<String> {
     ScannedSource::new(source).qualname(first_line, name)
 }
@@ -1129,6 +1132,37 @@ class K:
         (6, "h", "K.h"),
     ];
 
+    const FSTRINGS: &str = r#"class Point:
+    width = 4
+
+    def __repr__(self):
+        return f"Point({', '.join(f'{k}={v!r:>{self.width}}' for k, v in vars(self).items())})"
+
+    def labels(self):
+        return [f"{{lambda}} {x:{'>'}10}" for x in "lambda: [y for y in z]"]
+
+    def sort(self, rows):
+        return sorted(rows, key=lambda r: f"{r!s} {[c for c in r]}")
+
+    def report(self, rows):
+        return f"""
+def not_code(): {len([r for r in rows])}
+"""
+"#;
+    const FSTRINGS_QUALNAMES: &[(u32, &str, &str)] = &[
+        (1, "<module>", "<module>"),
+        (1, "Point", "Point"),
+        (4, "__repr__", "Point.__repr__"),
+        (5, "<genexpr>", "Point.__repr__.<locals>.<genexpr>"),
+        (7, "labels", "Point.labels"),
+        (8, "<listcomp>", "Point.labels.<locals>.<listcomp>"),
+        (10, "sort", "Point.sort"),
+        (11, "<lambda>", "Point.sort.<locals>.<lambda>"),
+        (11, "<listcomp>", "Point.sort.<locals>.<lambda>.<locals>.<listcomp>"),
+        (13, "report", "Point.report"),
+        (15, "<listcomp>", "Point.report.<locals>.<listcomp>"),
+    ];
+
     /// Checks every code object of a sample. Where several share a line and name (`[[y for y in r] for r in
     /// rows]`), the line cannot tell them apart and the outermost (shortest) qualified name is expected.
     fn check(source: &str, expected: &[(u32, &str, &str)]) {
@@ -1157,6 +1191,13 @@ class K:
         assert_eq!(qualname_in_source(DOCSTRINGS, 13, "fake"), None);
         assert_eq!(qualname_in_source(DOCSTRINGS, 21, "not_a_def"), None);
         assert_eq!(qualname_in_source(DOCSTRINGS, 26, "also_fake"), None);
+    }
+
+    #[test]
+    fn comprehensions_and_lambdas_in_f_strings() {
+        check(FSTRINGS, FSTRINGS_QUALNAMES);
+        // Inside the f-string's text, not its fields.
+        assert_eq!(qualname_in_source(FSTRINGS, 14, "not_code"), None);
     }
 
     #[test]
