@@ -9,7 +9,8 @@
 //! - [`programs::asyncio`]: which request each asyncio task works for (uprobes on `_asyncio`),
 //!   and [`programs::contextvars`]: requests carried to pool threads in a copied `Context`;
 //! - [`programs::python_stack`]: the thread's Python stack at the I/O events that tell which
-//!   code works for a request (tail-called by the I/O programs);
+//!   code works for a request (a program attached after the syscall exit program, or
+//!   tail-called by the libssl return probe);
 //! - [`programs::inject`]: the `traceparent` inserted into outgoing requests (sockops + sk_msg);
 //! - [`programs::tls`]: HTTPS plaintext from libssl uprobes, and [`programs::trace_option`]: the
 //!   trace context TLS requests carry in a TCP header option instead of a header.

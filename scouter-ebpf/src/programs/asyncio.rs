@@ -8,9 +8,9 @@
 //! - `Task.__init__`: a new task works for its creator's request: the running task's, or, when
 //!   a callback creates it (uvicorn: the protocol's `data_received`), the request that callback
 //!   just read;
-//! - `Future.set_result` and `task_wakeup` (3.8–3.9: `TaskWakeupMethWrapper_call`): a future resolved by the callback that read a
-//!   request hands that request to the task it wakes (aiohttp: the connection's handler task
-//!   waits on such a future).
+//! - `Future.set_result` and `task_wakeup` (3.8–3.9: `TaskWakeupMethWrapper_call`): a future
+//!   resolved by the callback that read a request hands that request to the task it wakes
+//!   (aiohttp: the connection's handler task waits on such a future).
 //! [`super::context`] asks [`running_task`] first when a client request starts.
 
 use aya_ebpf::{
@@ -19,8 +19,8 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 
-use super::{context, current_ids};
-use crate::maps::{is_tracked, RunningTasks, RUNNING_TASKS, TASK_NESTING};
+use super::{context, tracked_thread};
+use crate::maps::{RunningTasks, RUNNING_TASKS, TASK_NESTING};
 
 /// `task_step_impl(task, exc)`, up to 3.11.
 #[uprobe]
@@ -36,10 +36,7 @@ pub fn asyncio_task_step_state_first(ctx: ProbeContext) -> u32 {
 
 #[inline(always)]
 fn task_step(task: Option<u64>) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if !is_tracked(current_ids(pid_tgid).0) {
-        return 0;
-    }
+    let Some(pid_tgid) = tracked_thread() else { return 0 };
     if let Some(task) = task {
         push_task(pid_tgid, task);
     }
@@ -60,10 +57,7 @@ pub fn asyncio_task_step_return(_ctx: RetProbeContext) -> u32 {
 /// `_asyncio_Task___init__(self, args, kwargs)`.
 #[uprobe]
 pub fn asyncio_task_init(ctx: ProbeContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if !is_tracked(current_ids(pid_tgid).0) {
-        return 0;
-    }
+    let Some(pid_tgid) = tracked_thread() else { return 0 };
     let Some(task) = ctx.arg::<u64>(0) else { return 0 };
     context::task_created(pid_tgid, task);
     0
@@ -72,10 +66,7 @@ pub fn asyncio_task_init(ctx: ProbeContext) -> u32 {
 /// `_asyncio_Future_set_result(self, ...)`.
 #[uprobe]
 pub fn asyncio_future_set_result(ctx: ProbeContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if !is_tracked(current_ids(pid_tgid).0) {
-        return 0;
-    }
+    let Some(pid_tgid) = tracked_thread() else { return 0 };
     let Some(future) = ctx.arg::<u64>(0) else { return 0 };
     context::future_resolved(pid_tgid, future);
     0
@@ -84,10 +75,7 @@ pub fn asyncio_future_set_result(ctx: ProbeContext) -> u32 {
 /// `task_wakeup(task, future)` (3.10+).
 #[uprobe]
 pub fn asyncio_task_wakeup(ctx: ProbeContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if !is_tracked(current_ids(pid_tgid).0) {
-        return 0;
-    }
+    let Some(pid_tgid) = tracked_thread() else { return 0 };
     let (Some(task), Some(future)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else { return 0 };
     context::task_woken(pid_tgid, task, future);
     0
@@ -97,10 +85,7 @@ pub fn asyncio_task_wakeup(ctx: ProbeContext) -> u32 {
 /// function of its own): the task is the wrapper's first field, the future the only argument.
 #[uprobe]
 pub fn asyncio_task_wakeup_wrapper(ctx: ProbeContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if !is_tracked(current_ids(pid_tgid).0) {
-        return 0;
-    }
+    let Some(pid_tgid) = tracked_thread() else { return 0 };
     let (Some(wrapper), Some(args)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else { return 0 };
     // SAFETY: reads of the process's memory; a failed read skips the event.
     let task = unsafe { bpf_probe_read_user((wrapper + OBJECT_HEAD) as *const u64) };

@@ -9,13 +9,13 @@
 //! [`entered_request`] after the running task and before the thread's own request.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    helpers::bpf_probe_read_user,
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
 
-use super::{context, current_ids};
-use crate::maps::{is_tracked, ServedRequest, ENTERED_CONTEXTS};
+use super::{context, tracked_thread};
+use crate::maps::{ServedRequest, ENTERED_CONTEXTS};
 
 /// `PyContext.ctx_entered` (an int after the object header and three pointers); the same in
 /// every supported version.
@@ -24,10 +24,7 @@ const CTX_ENTERED_OFFSET: u64 = 40;
 /// Return of `PyContext_CopyCurrent()`: the new context.
 #[uretprobe]
 pub fn contextvars_copy_return(ctx: RetProbeContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if !is_tracked(current_ids(pid_tgid).0) {
-        return 0;
-    }
+    let Some(pid_tgid) = tracked_thread() else { return 0 };
     let copy = ctx.ret::<u64>();
     // NULL: the copy failed (out of memory) and raised.
     if copy != 0 {
@@ -39,10 +36,7 @@ pub fn contextvars_copy_return(ctx: RetProbeContext) -> u32 {
 /// `context_run(self, args, nargs, kwnames)`: the thread enters `self`.
 #[uprobe]
 pub fn contextvars_run(ctx: ProbeContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if !is_tracked(current_ids(pid_tgid).0) {
-        return 0;
-    }
+    let Some(pid_tgid) = tracked_thread() else { return 0 };
     if let Some(entered) = ctx.arg::<u64>(0) {
         context::context_entered(pid_tgid, entered);
     }

@@ -12,14 +12,26 @@ pub mod python_stack;
 pub mod tls;
 pub mod trace_option;
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    programs::TracePointContext,
+};
 use scouter_ebpf::{EventHeader, EventKind};
+
+use crate::maps::is_tracked;
 
 /// Offset of the first argument in a `syscalls/sys_enter_*` record (after the common header
 /// and `__syscall_nr`); arguments are 8 bytes each. Stable ABI across kernels.
 const SYSCALL_ARGS_OFFSET: usize = 16;
 /// Offset of `ret` in a `syscalls/sys_exit_*` record.
 const SYSCALL_RET_OFFSET: usize = 16;
+
+/// The current thread's `pid_tgid`, if its process is traced: every uprobe's first check.
+#[inline(always)]
+pub fn tracked_thread() -> Option<u64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    is_tracked(current_ids(pid_tgid).0).then_some(pid_tgid)
+}
 
 /// The current task as (tgid, tid).
 #[inline(always)]

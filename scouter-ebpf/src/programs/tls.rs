@@ -47,10 +47,8 @@ use aya_ebpf::{
 };
 use scouter_ebpf::{context_origin, counter, data_flags, Direction, SocketInfo, SocketRole, SpanContext};
 
-use super::{context, current_ids, head, io, python_stack, trace_option};
-use crate::maps::{
-    count, is_tracked, tls_call, BufferShape, InFlightIo, TlsCall, NO_FD, TLS_CALLS, TLS_LAST_READS, TLS_SOCKETS,
-};
+use super::{context, head, io, python_stack, trace_option, tracked_thread};
+use crate::maps::{count, tls_call, BufferShape, InFlightIo, TlsCall, NO_FD, TLS_CALLS, TLS_LAST_READS, TLS_SOCKETS};
 
 /// TLS record type of a handshake message.
 const RECORD_HANDSHAKE: u8 = 0x16;
@@ -82,10 +80,7 @@ pub fn ssl_read_ex(ctx: ProbeContext) -> u32 {
 /// `SSL_do_handshake(ssl)`: moves no plaintext, but names the socket early.
 #[uprobe]
 pub fn ssl_do_handshake(ctx: ProbeContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if !is_tracked(current_ids(pid_tgid).0) {
-        return 0;
-    }
+    let Some(pid_tgid) = tracked_thread() else { return 0 };
     let Some(ssl) = ctx.arg::<u64>(0) else { return 0 };
     let mut call = new_call(ssl, 0, Direction::Ingress, 0, socket_of(pid_tgid, ssl, true));
     call.kind = tls_call::HANDSHAKE;
@@ -95,10 +90,7 @@ pub fn ssl_do_handshake(ctx: ProbeContext) -> u32 {
 
 #[inline(always)]
 fn enter(ctx: &ProbeContext, direction: Direction, ex: bool) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if !is_tracked(current_ids(pid_tgid).0) {
-        return 0;
-    }
+    let Some(pid_tgid) = tracked_thread() else { return 0 };
     let (Some(ssl), Some(buf)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else { return 0 };
     // The plain forms take an `int`: a negative one moves nothing.
     let num = if ex { ctx.arg::<u64>(2).unwrap_or(0) } else { ctx.arg::<i32>(2).unwrap_or(0).max(0) as u64 };
