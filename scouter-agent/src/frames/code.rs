@@ -12,7 +12,6 @@ use std::sync::Arc;
 use scouter_ebpf::FrameRef;
 
 use super::attach::{is_sane_code, CheckedLayout};
-use super::layout::VersionLayout;
 use super::lines::line_at;
 use super::memory::{MemoryError, ProcessMemory};
 use super::source::SourceQualnames;
@@ -44,8 +43,7 @@ struct CodeObject {
 /// Reads one process's code objects.
 pub struct CodeReader {
     memory: ProcessMemory,
-    version: &'static VersionLayout,
-    code_type: u64,
+    layout: CheckedLayout,
     /// The process's root, under which its source files are opened (3.8–3.10 qualified names).
     root: PathBuf,
     objects: HashMap<u64, Arc<CodeObject>>,
@@ -55,11 +53,15 @@ impl CodeReader {
     pub fn new(pid: u32, layout: &CheckedLayout) -> Result<Self, MemoryError> {
         Ok(Self {
             memory: ProcessMemory::open(pid)?,
-            version: layout.version,
-            code_type: layout.code_type,
+            layout: *layout,
             root: PathBuf::from(format!("/proc/{pid}/root")),
             objects: HashMap::new(),
         })
+    }
+
+    /// The layout it reads with (a fork's child shares it).
+    pub fn layout(&self) -> &CheckedLayout {
+        &self.layout
     }
 
     /// The location of a captured frame; `None` when its code object cannot be read.
@@ -67,7 +69,7 @@ impl CodeReader {
         let code = self.code_object(frame.code, qualnames)?;
         let line = self
             .instruction_offset(frame)
-            .and_then(|offset| line_at(self.version.line_format(), &code.line_table, code.first_line, offset));
+            .and_then(|offset| line_at(self.layout.version.line_format(), &code.line_table, code.first_line, offset));
         Some(CodeLocation { function: code.function.clone(), file: code.file.clone(), line })
     }
 
@@ -76,7 +78,7 @@ impl CodeReader {
         if let Some(known) = self.objects.get(&address).filter(|known| known.identity == identity) {
             return Some(known.clone());
         }
-        if !is_sane_code(&self.memory, self.version, address, self.code_type) {
+        if !is_sane_code(&self.memory, self.layout.version, address, self.layout.code_type) {
             return None;
         }
         let read = Arc::new(self.read_code(address, identity, qualnames)?);
@@ -89,12 +91,12 @@ impl CodeReader {
 
     /// `co_filename` and `co_name`'s addresses, adjacent in every supported version.
     fn identity(&self, code: u64) -> Option<[u64; 2]> {
-        let bytes = self.memory.bytes(code + self.version.code_filename, 16).ok()?;
+        let bytes = self.memory.bytes(code + self.layout.version.code_filename, 16).ok()?;
         Some([u64::from_le_bytes(bytes[..8].try_into().ok()?), u64::from_le_bytes(bytes[8..].try_into().ok()?)])
     }
 
     fn read_code(&self, code: u64, identity: [u64; 2], qualnames: &mut SourceQualnames) -> Option<CodeObject> {
-        let version = self.version;
+        let version = self.layout.version;
         let string =
             |object: u64| self.memory.unicode(object, version.unicode_ascii_data, version.unicode_compact_data);
         let file: Arc<str> = string(identity[0]).ok()?.into();
@@ -116,7 +118,7 @@ impl CodeReader {
 
     /// The frame's instruction as a byte offset into its bytecode.
     fn instruction_offset(&self, frame: &FrameRef) -> Option<u32> {
-        if let Some(adaptive) = self.version.code_adaptive {
+        if let Some(adaptive) = self.layout.version.code_adaptive {
             let start = frame.code + adaptive;
             return u32::try_from(frame.instruction.checked_sub(start)?).ok();
         }
@@ -124,7 +126,7 @@ impl CodeReader {
         if lasti < 0 {
             return None;
         }
-        let units = if self.version.lasti_in_code_units { 2 } else { 1 };
+        let units = if self.layout.version.lasti_in_code_units { 2 } else { 1 };
         (lasti as u32).checked_mul(units)
     }
 }

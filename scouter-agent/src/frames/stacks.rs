@@ -13,21 +13,20 @@ use super::source::SourceQualnames;
 
 #[derive(Default)]
 pub struct ProcessStacks {
-    readers: HashMap<u32, (CheckedLayout, CodeReader)>,
-    qualnames: Option<SourceQualnames>,
+    readers: HashMap<u32, CodeReader>,
+    qualnames: SourceQualnames,
 }
 
 impl ProcessStacks {
     /// Starts reading `pid`'s code objects with its checked layout.
     pub fn add(&mut self, pid: u32, layout: CheckedLayout) -> Result<(), MemoryError> {
-        let reader = CodeReader::new(pid, &layout)?;
-        self.readers.insert(pid, (layout, reader));
+        self.readers.insert(pid, CodeReader::new(pid, &layout)?);
         Ok(())
     }
 
     /// The layout a forked child shares with its parent (same memory image).
     pub fn layout_of(&self, pid: u32) -> Option<CheckedLayout> {
-        self.readers.get(&pid).map(|(layout, _)| *layout)
+        self.readers.get(&pid).map(|reader| *reader.layout())
     }
 
     pub fn remove(&mut self, pid: u32) {
@@ -37,9 +36,9 @@ impl ProcessStacks {
     /// The application frames of a stack `pid`'s thread had; nothing for a process without a
     /// checked layout.
     pub fn attribute(&mut self, pid: u32, frames: &[FrameRef]) -> Attribution {
-        let Some((_, reader)) = self.readers.get_mut(&pid) else { return Attribution::default() };
-        let qualnames = self.qualnames.get_or_insert_with(SourceQualnames::new);
-        let located: Vec<CodeLocation> = frames.iter().filter_map(|frame| reader.locate(frame, qualnames)).collect();
+        let Some(reader) = self.readers.get_mut(&pid) else { return Attribution::default() };
+        let located: Vec<CodeLocation> =
+            frames.iter().filter_map(|frame| reader.locate(frame, &mut self.qualnames)).collect();
         attribute(&located)
     }
 }
