@@ -272,9 +272,8 @@ impl Agent {
             tracing::info!(pid, "python process exited");
         }
         self.listener_ports.retain(|(owner, _), _| *owner != pid);
-        self.stacks.remove(pid);
+        self.stop_reading_stacks(pid);
         self.code.process_exited(pid);
-        self.probes.forget_stacks(pid);
     }
 
     fn decide(
@@ -290,6 +289,7 @@ impl Agent {
                 // An exec can turn a traced Python process into something else.
                 if self.processes.remove(&pid).is_some() {
                     self.probes.untrack(pid);
+                    self.stop_reading_stacks(pid);
                     tracing::info!(pid, "process is no longer python; stopped tracing it");
                 }
                 if matches!(skip, Skip::NotPython) {
@@ -338,6 +338,8 @@ impl Agent {
             );
             self.probes.track_asyncio(&discovery::asyncio::module_of(&process));
             self.probes.track_contexts(&process.interpreter_file());
+            // An exec replaced the memory image: the old layout must not read the new one.
+            self.stop_reading_stacks(pid);
             if self.probes.reads_stacks() {
                 spawn_layout_check(process.clone(), 0, Duration::ZERO, &self.layout_checks);
             }
@@ -381,6 +383,11 @@ impl Agent {
             tracing::warn!(pid, %error, "cannot hand the process's layout to the kernel");
             self.stacks.remove(pid);
         }
+    }
+
+    fn stop_reading_stacks(&mut self, pid: u32) {
+        self.stacks.remove(pid);
+        self.probes.forget_stacks(pid);
     }
 
     fn listener_port(&mut self, pid: u32, listen_fd: u32) -> Option<u16> {

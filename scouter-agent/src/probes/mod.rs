@@ -204,7 +204,6 @@ impl Probes {
     /// Stops following `pid`; absent entries are fine (the kernel removes exited processes).
     pub fn untrack(&mut self, pid: u32) {
         let _ = self.tracked.remove(&pid);
-        self.stacks.forget(pid);
     }
 
     /// Whether the kernel can read Python stacks on this host.
@@ -217,7 +216,7 @@ impl Probes {
         self.stacks.set(pid, layout)
     }
 
-    /// Stops reading `pid`'s stacks (it exited).
+    /// Stops reading `pid`'s stacks (it exited, or exec'd a new image).
     pub fn forget_stacks(&mut self, pid: u32) {
         self.stacks.forget(pid);
     }
