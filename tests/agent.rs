@@ -82,7 +82,7 @@ impl Agent {
     pub fn wait_reading_stacks(&mut self, pid: u32) -> Result<String> {
         let pid_text = pid.to_string();
         self.wait_for_line(&format!("reading python stacks pid={pid}"), TRACKING_TIMEOUT, |line| {
-            line.contains("reading python stacks") && has_field(line, "pid", &pid_text)
+            line.contains(" INFO ") && line.contains("reading python stacks") && has_field(line, "pid", &pid_text)
         })
     }
 

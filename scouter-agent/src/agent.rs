@@ -369,7 +369,7 @@ impl Agent {
                 spawn_layout_check(process, attempt + 1, delay, &self.layout_checks);
             }
             Err(error) => {
-                tracing::warn!(pid, version = %process.version, %error, "not reading python stacks of this process; its spans have no code.* attributes");
+                tracing::warn!(pid, version = %process.version, %error, "python stacks unavailable for this process; its spans have no code.* attributes");
             }
         }
     }

@@ -44,14 +44,18 @@ pub enum LayoutError {
     NoThreadSlot,
     #[error("the layout does not match the process: {0}")]
     Mismatch(&'static str),
+    #[error("no frame's code object reads back as code")]
+    NoSaneFrame,
     #[error(transparent)]
     Memory(#[from] MemoryError),
 }
 
 impl LayoutError {
-    /// Worth trying again later: the process is still starting.
+    /// Worth trying again later: the process is still starting, or its threads moved while
+    /// they were being read (the check races with the running interpreter: a frame popped
+    /// mid-walk reads as garbage or faults). One that keeps failing is reported.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::NotMapped | Self::NotInitialised)
+        matches!(self, Self::NotMapped | Self::NotInitialised | Self::NoSaneFrame | Self::Memory(_))
     }
 }
 
@@ -234,7 +238,7 @@ fn check_frames(
         }
     }
     if saw_frame {
-        Err(LayoutError::Mismatch("no frame's code object reads back as code"))
+        Err(LayoutError::NoSaneFrame)
     } else {
         Err(LayoutError::NotInitialised)
     }
@@ -270,6 +274,16 @@ mod tests {
         assert_eq!(mapping_start_of(line, 7654321, 0), None);
         let later = "7f1c2a1a3000-7f1c2a400000 r-xp 001a3000 fe:01 1234567    /usr/lib/libpython3.12.so.1.0";
         assert_eq!(mapping_start_of(later, 1234567, 0), None);
+    }
+
+    #[test]
+    fn a_check_that_raced_the_interpreter_is_tried_again_and_a_wrong_layout_is_not() {
+        let moved = MemoryError::Short { address: 0x10 };
+        assert!(LayoutError::NoSaneFrame.is_transient());
+        assert!(LayoutError::Memory(moved).is_transient());
+        assert!(LayoutError::NotInitialised.is_transient());
+        assert!(!LayoutError::Mismatch("threads disagree on their slot").is_transient());
+        assert!(!LayoutError::UnknownVersion(7).is_transient());
     }
 
     #[test]
