@@ -129,6 +129,19 @@ impl HttpConnection {
             .with_context(|| format!("reading the response to {} {}", request.method, request.target))
     }
 
+    /// Sends `request`'s head, waits `pause`, then its body, and reads the whole response: the
+    /// server reads the body in a read of its own, from the handler.
+    pub fn send_body_separately(&mut self, request: &Request, pause: Duration) -> Result<Response> {
+        let bytes = request.to_bytes(self.port);
+        let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n").context("a request without a head end")? + 4;
+        let what = || format!("sending {} {}", request.method, request.target);
+        self.write_raw(&bytes[..head_end]).with_context(what)?;
+        std::thread::sleep(pause);
+        self.write_raw(&bytes[head_end..]).with_context(what)?;
+        read_response(&mut self.reader, &request.method)
+            .with_context(|| format!("reading the response to {} {}", request.method, request.target))
+    }
+
     /// Writes bytes as they are (for malformed input).
     pub fn write_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
         let stream = self.reader.get_mut();

@@ -6,7 +6,9 @@ Usage:
 GET /checkout/<id>: the handler, a method of Shop (Shop.checkout on Flask's threaded Werkzeug
 server with requests; Shop.checkout_async on FastAPI/uvicorn with httpx.AsyncClient), calls
 GET URL/checkout/<id> on the line marked "CALL-SITE <server>" and answers with the downstream
-body. The test reads the marked lines to know which line the spans must name.
+body. POST /upload/<id> (Flask only): Shop.upload reads the request body on the line marked
+"CALL-SITE upload" and answers with its length. The test reads the marked lines to know which
+line the spans must name.
 
 Readiness (stdout): "READY pid=<pid> port=<port>" once the socket listens.
 """
@@ -32,6 +34,12 @@ class Shop:
         response = requests.get("%s/checkout/%s" % (self.downstream, order_id), timeout=30)  # CALL-SITE flask
         return response.content
 
+    def upload(self, order_id):
+        from flask import request
+
+        body = request.get_data()  # CALL-SITE upload
+        return "%s %d\n" % (order_id, len(body))
+
     async def checkout_async(self, order_id: str):
         from fastapi.responses import Response
 
@@ -47,6 +55,7 @@ def serve_flask(args, shop):
 
     app = Flask("stack_service")
     app.add_url_rule("/checkout/<order_id>", view_func=shop.checkout)
+    app.add_url_rule("/upload/<order_id>", view_func=shop.upload, methods=["POST"])
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = make_server("127.0.0.1", args.port, app, threaded=True)
     announce("READY pid=%d port=%d" % (os.getpid(), args.port))
