@@ -188,7 +188,7 @@ fn thread_slot(memory: &ProcessMemory, version: &VersionLayout, threads: &[u64],
     let mut found: Option<u32> = None;
     for &tstate in threads {
         let thread_pointer = memory.u64(tstate + version.tstate_thread_id)?;
-        let Ok(block) = memory.bytes(thread_pointer, PTHREAD_SCAN) else { continue };
+        let Ok(block) = memory.bytes_until_unmapped(thread_pointer, PTHREAD_SCAN) else { continue };
         let Some(offset) = block
             .chunks_exact(8)
             .position(|word| u64::from_le_bytes(word.try_into().expect("8 bytes")) == tstate)

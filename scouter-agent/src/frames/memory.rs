@@ -43,6 +43,23 @@ impl ProcessMemory {
         Ok(buffer)
     }
 
+    /// Up to `max` bytes at `address`, stopping where the mapping ends: for structures that
+    /// sit at the very end of their mapping (a thread's `struct pthread` tops its stack).
+    pub fn bytes_until_unmapped(&self, address: u64, max: usize) -> Result<Vec<u8>, MemoryError> {
+        let mut buffer = vec![0u8; max];
+        let mut filled = 0;
+        while filled < max {
+            match self.file.read_at(&mut buffer[filled..], address + filled as u64) {
+                Ok(0) => break,
+                Ok(read) => filled += read,
+                Err(_) if filled > 0 => break,
+                Err(source) => return Err(MemoryError::Read { address, len: max, source }),
+            }
+        }
+        buffer.truncate(filled);
+        Ok(buffer)
+    }
+
     pub fn u64(&self, address: u64) -> Result<u64, MemoryError> {
         let bytes = self.bytes(address, 8)?;
         Ok(u64::from_le_bytes(bytes.try_into().expect("8 bytes")))
@@ -117,5 +134,36 @@ mod tests {
         let memory = ProcessMemory::open(std::process::id()).unwrap();
         assert_eq!(memory.u64(&value as *const u64 as u64).unwrap(), value);
         assert!(memory.u64(8).is_err(), "unmapped memory is an error");
+    }
+
+    #[test]
+    fn reads_up_to_the_end_of_a_mapping() {
+        const PAGE: usize = 4096;
+        // SAFETY: a fresh anonymous mapping of two pages, the second unmapped again, so the
+        // first is followed by a hole; both calls only touch memory this test owns.
+        let start = unsafe {
+            let start = libc::mmap(
+                std::ptr::null_mut(),
+                2 * PAGE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert_ne!(start, libc::MAP_FAILED);
+            assert_eq!(libc::munmap((start as *mut u8).add(PAGE).cast(), PAGE), 0);
+            start as *mut u8
+        };
+        // SAFETY: inside the page still mapped.
+        unsafe { start.add(PAGE - 8).cast::<u64>().write(0xfeed) };
+        let memory = ProcessMemory::open(std::process::id()).unwrap();
+        let near_end = start as u64 + PAGE as u64 - 16;
+        assert!(memory.bytes(near_end, 64).is_err(), "a whole read past the end fails");
+        let prefix = memory.bytes_until_unmapped(near_end, 64).unwrap();
+        assert_eq!(prefix.len(), 16);
+        assert_eq!(u64::from_le_bytes(prefix[8..].try_into().unwrap()), 0xfeed);
+        assert!(memory.bytes_until_unmapped(start as u64 + PAGE as u64, 64).is_err(), "nothing readable");
+        // SAFETY: unmapping what this test mapped.
+        unsafe { libc::munmap(start.cast(), PAGE) };
     }
 }
