@@ -17,15 +17,18 @@ use tokio::sync::mpsc;
 
 use crate::config::AgentConfig;
 use crate::discovery::{self, PythonProcess, Skip, UntracedProcesses};
-use crate::events::{self, KernelEvent, SocketId, WallClock};
+use crate::events::{self, FunctionEntry, KernelEvent, SocketId, WallClock};
 use crate::export::Exporter;
 use crate::frames::attach::{self as layouts, CheckedLayout, LayoutError};
+use crate::frames::calls::CalledFunction;
 use crate::frames::ProcessStacks;
+use crate::probes::eval_hook::{self, EvalHook};
 use crate::probes::{ProbeOptions, Probes};
 use crate::spans::assembly::{Assembler, CompletedExchange};
 use crate::spans::code_attribution::CodeAttributions;
+use crate::spans::function_span::{CallEnd, FunctionSpans, StartedCall};
 use crate::spans::http_span::{span_from_exchange, span_from_failed_connect};
-use crate::spans::{AttributeValue, Resource};
+use crate::spans::{AttributeValue, Resource, Span, SpanId, TraceId};
 
 /// Records handled per wake-up before other sources get a turn.
 const MAX_RECORDS_PER_WAKE: usize = 4096;
@@ -142,6 +145,11 @@ struct Agent {
     /// Code objects of processes whose stacks the kernel reads.
     stacks: ProcessStacks,
     code: CodeAttributions,
+    /// Function spans: open calls, and the decision about each code object seen.
+    functions: FunctionSpans,
+    decisions: HashMap<(u32, u64), Decision>,
+    /// Processes whose calls are reported, with the evaluator hook to undo (3.11+).
+    hooked: HashMap<u32, Option<EvalHook>>,
     layout_checks: mpsc::UnboundedSender<LayoutResult>,
     decode_errors: u64,
     last_kernel_counters: [u64; scouter_ebpf::counter::COUNT as usize],
@@ -165,6 +173,9 @@ impl Agent {
             untraced: UntracedProcesses::default(),
             stacks: ProcessStacks::default(),
             code: CodeAttributions::default(),
+            functions: FunctionSpans::default(),
+            decisions: HashMap::new(),
+            hooked: HashMap::new(),
             layout_checks,
             decode_errors: 0,
             last_kernel_counters: Default::default(),
@@ -242,6 +253,127 @@ impl Agent {
                 self.export_failed_connects();
                 self.code.socket_closed(socket);
             }
+            KernelEvent::FunctionEntered(entry) => self.on_function_entered(entry),
+            KernelEvent::FunctionReturned { pid, span_id, time, failed, exception_type } => {
+                let how = if failed {
+                    CallEnd::Raised(self.stacks.exception_name(pid, exception_type).filter(|_| exception_type != 0))
+                } else {
+                    CallEnd::Returned
+                };
+                if let Some(span) = self.functions.returned(SpanId(span_id), time, how) {
+                    self.submit(span);
+                }
+            }
+        }
+    }
+
+    /// A selected (or undecided) function started: decide about its code object once, tell
+    /// the kernel, and open its span if it is selected.
+    fn on_function_entered(&mut self, entry: FunctionEntry) {
+        let pid = entry.pid;
+        let decision = self.decide_function(pid, entry.code, entry.globals);
+        let context = entry.context;
+        let parent = SpanId(context.parent_span_id);
+        let parent = parent.is_valid().then_some(parent);
+        let Decision::Selected { function, arguments } = decision else {
+            if entry.tentative {
+                self.functions.not_selected(SpanId(context.span_id), parent);
+            }
+            return;
+        };
+        let captured = entry
+            .arguments
+            .iter()
+            .filter_map(|raw| {
+                let (_, name) = arguments.iter().find(|(slot, _)| *slot == raw.slot)?;
+                Some((name.clone(), self.stacks.argument_value(pid, &raw.bytes)?))
+            })
+            .collect();
+        let resource = self.resource_of(SocketId { pid, fd: 0 });
+        self.functions.started(StartedCall {
+            pid,
+            trace_id: TraceId(context.trace_id),
+            span_id: SpanId(context.span_id),
+            parent_span_id: parent,
+            start: entry.time,
+            function,
+            arguments: captured,
+            resource,
+        });
+    }
+
+    /// Whether `pid`'s code object `code` is selected (decided once, and told to the kernel).
+    fn decide_function(&mut self, pid: u32, code: u64, globals: u64) -> Decision {
+        if let Some(known) = self.decisions.get(&(pid, code)) {
+            return known.clone();
+        }
+        let service = self.processes.get(&pid).map(|p| p.service_name.clone()).unwrap_or_default();
+        let called = self.stacks.called_function(pid, code, globals, LOCAL_NAMES_READ);
+        let decision = match called {
+            Some(called) => match self.config.functions.select(&service, &called.module, &called.code.qualname) {
+                Some(wanted) => {
+                    let arguments = argument_slots(&called, &wanted);
+                    Decision::Selected { function: called, arguments }
+                }
+                None => Decision::Ignored,
+            },
+            None => Decision::Ignored,
+        };
+        self.probes.set_code_verdict(pid, code, decision.for_kernel());
+        if self.decisions.len() >= MAX_DECISIONS {
+            self.decisions.clear();
+        }
+        self.decisions.insert((pid, code), decision.clone());
+        decision
+    }
+
+    /// Reports `pid`'s calls if the user selected functions its service may have; on 3.11+
+    /// this sets the evaluator hook, undone when the agent lets go of the process.
+    fn trace_functions(&mut self, pid: u32, layout: &CheckedLayout) {
+        let Some(process) = self.processes.get(&pid) else { return };
+        if !self.config.functions.applies_to(&process.service_name) {
+            match eval_hook::remove_leftover(pid, layout) {
+                Ok(true) => tracing::info!(pid, "removed an evaluator hook left by an agent that did not stop cleanly"),
+                Ok(false) => {}
+                Err(error) => tracing::debug!(pid, %error, "no leftover evaluator hook check"),
+            }
+            return;
+        }
+        if self.probes.traces_calls(pid) {
+            return;
+        }
+        let interpreter = process.interpreter_file();
+        let version = process.version;
+        let hook = match eval_hook::install(pid, layout) {
+            Ok(hook) => hook,
+            Err(error) => {
+                tracing::warn!(pid, %version, %error, "python functions are not traced in this process");
+                return;
+            }
+        };
+        if let Err(error) = self.probes.trace_calls(pid, &interpreter, version.minor, layout.version.for_calls()) {
+            tracing::warn!(pid, %version, %error, "python functions are not traced in this process");
+            if let Some(hook) = hook {
+                let _ = hook.remove();
+            }
+            return;
+        }
+        self.hooked.insert(pid, hook);
+        tracing::info!(pid, %version, hooked = hook.is_some(), "tracing python functions");
+    }
+
+    /// Stops reporting `pid`'s calls; `restore` writes the evaluator hook back (the process
+    /// lives on), otherwise the process is gone or its image replaced.
+    fn untrace_functions(&mut self, pid: u32, restore: bool) {
+        self.probes.untrace_calls(pid);
+        self.decisions.retain(|(owner, _), _| *owner != pid);
+        self.functions.process_exited(pid);
+        let Some(hook) = self.hooked.remove(&pid) else { return };
+        if let (true, Some(hook)) = (restore, hook) {
+            match hook.remove() {
+                Ok(()) => tracing::info!(pid, "python functions no longer traced; evaluator hook removed"),
+                Err(error) => tracing::warn!(pid, %error, "could not remove the evaluator hook"),
+            }
         }
     }
 
@@ -272,6 +404,7 @@ impl Agent {
             tracing::info!(pid, "python process exited");
         }
         self.listener_ports.retain(|(owner, _), _| *owner != pid);
+        self.untrace_functions(pid, false);
         self.stop_reading_stacks(pid);
         self.code.process_exited(pid);
     }
@@ -289,6 +422,7 @@ impl Agent {
                 // An exec can turn a traced Python process into something else.
                 if self.processes.remove(&pid).is_some() {
                     self.probes.untrack(pid);
+                    self.untrace_functions(pid, false);
                     self.stop_reading_stacks(pid);
                     tracing::info!(pid, "process is no longer python; stopped tracing it");
                 }
@@ -339,6 +473,7 @@ impl Agent {
             self.probes.track_asyncio(&discovery::asyncio::module_of(&process));
             self.probes.track_contexts(&process.interpreter_file());
             // An exec replaced the memory image: the old layout must not read the new one.
+            self.untrace_functions(pid, false);
             self.stop_reading_stacks(pid);
             if self.probes.reads_stacks() {
                 spawn_layout_check(process.clone(), 0, Duration::ZERO, &self.layout_checks);
@@ -382,7 +517,9 @@ impl Agent {
         if let Err(error) = self.probes.read_stacks(pid, layout.kernel) {
             tracing::warn!(pid, %error, "cannot hand the process's layout to the kernel");
             self.stacks.remove(pid);
+            return;
         }
+        self.trace_functions(pid, &layout);
     }
 
     fn stop_reading_stacks(&mut self, pid: u32) {
@@ -399,15 +536,22 @@ impl Agent {
             let resource = self.resource_of(exchange.socket);
             let mut span = span_from_exchange(&exchange, resource);
             self.code.apply(exchange.socket.pid, &mut span);
-            tracing::debug!(trace_id = %span.trace_id, name = %span.name, "span finished");
-            self.exporter.submit(span);
+            self.submit(span);
         }
+    }
+
+    /// Every span leaves through here: a child of a dropped tentative call gets that call's
+    /// parent.
+    fn submit(&mut self, mut span: Span) {
+        self.functions.reparent(&mut span);
+        tracing::debug!(trace_id = %span.trace_id, name = %span.name, "span finished");
+        self.exporter.submit(span);
     }
 
     fn export_failed_connects(&mut self) {
         for failed in self.assembler.take_failed_connects() {
             let resource = self.resource_of(failed.socket);
-            self.exporter.submit(span_from_failed_connect(&failed, resource));
+            self.submit(span_from_failed_connect(&failed, resource));
         }
     }
 
@@ -433,9 +577,11 @@ impl Agent {
     fn report_kernel_drops(&mut self) {
         let counters = self.probes.kernel_counters();
         if counters != self.last_kernel_counters {
-            let [ring_full, read_failed, map_full, injection_failed, head_not_scanned, tls_socket_unknown, trace_option_failed, stack_unreadable] =
+            let [ring_full, read_failed, map_full, injection_failed, head_not_scanned, tls_socket_unknown, trace_option_failed, stack_unreadable, call_too_deep, call_return_missed] =
                 counters;
             tracing::warn!(
+                call_too_deep,
+                call_return_missed,
                 stack_unreadable,
                 ring_full,
                 read_failed,
@@ -453,6 +599,10 @@ impl Agent {
     fn shutdown(mut self) {
         let done = self.assembler.finish_all();
         self.export(done);
+        let hooked: Vec<u32> = self.hooked.keys().copied().collect();
+        for pid in hooked {
+            self.untrace_functions(pid, true);
+        }
         let stats = self.assembler.stats();
         drop(self.probes);
         tracing::info!("probes detached");
@@ -470,6 +620,53 @@ impl Agent {
             "agent stopped; spans flushed"
         );
     }
+}
+
+/// Decisions about code objects remembered (host-wide) before starting over.
+const MAX_DECISIONS: usize = 262_144;
+/// Local slot names read per function: the captured arguments are found among them.
+const LOCAL_NAMES_READ: usize = 64;
+
+/// The agent's decision about one code object.
+#[derive(Clone, Debug)]
+enum Decision {
+    /// Its calls are spans; these (slot, name) arguments are captured.
+    Selected {
+        function: CalledFunction,
+        arguments: Vec<(u8, String)>,
+    },
+    Ignored,
+}
+
+impl Decision {
+    fn for_kernel(&self) -> scouter_ebpf::FunctionVerdict {
+        let mut verdict = scouter_ebpf::FunctionVerdict {
+            verdict: scouter_ebpf::verdict::IGNORED,
+            arguments: [scouter_ebpf::NO_ARGUMENT; scouter_ebpf::MAX_CAPTURED_ARGUMENTS],
+            _pad: [0; 1],
+        };
+        if let Decision::Selected { arguments, .. } = self {
+            verdict.verdict = scouter_ebpf::verdict::SELECTED;
+            for (slot, (index, _)) in verdict.arguments.iter_mut().zip(arguments) {
+                *slot = *index;
+            }
+        }
+        verdict
+    }
+}
+
+/// The local slots of the wanted arguments (those the function has), in the function's order,
+/// as many as the kernel captures.
+fn argument_slots(called: &CalledFunction, wanted: &[String]) -> Vec<(u8, String)> {
+    called
+        .code
+        .local_names
+        .iter()
+        .enumerate()
+        .filter(|(_, name)| wanted.contains(name))
+        .filter_map(|(slot, name)| Some((u8::try_from(slot).ok()?, name.clone())))
+        .take(scouter_ebpf::MAX_CAPTURED_ARGUMENTS)
+        .collect()
 }
 
 fn spawn_inspection(inspection: Inspection, delay: Duration, results: &mpsc::UnboundedSender<InspectionResult>) {

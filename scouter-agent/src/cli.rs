@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{AgentConfig, StoreConfig, DEFAULT_STORE_PATH};
+use crate::config::{function_selection, AgentConfig, ConfigError, StoreConfig, DEFAULT_STORE_PATH};
 
 /// Scouter Agent traces Python services with eBPF: HTTP server and client spans for every Python
 /// process on the host, joined into one trace across services, with no code change and no
@@ -106,11 +106,24 @@ pub struct RunArgs {
     /// seconds (guards against a thread that keeps working after its request).
     #[arg(long, env = "SCOUTER_AGENT_MAX_TRANSACTION_SECS", default_value_t = 300)]
     pub max_transaction_secs: u64,
+
+    /// Make every call of the selected Python functions a span (repeatable):
+    /// `MODULE:QUALNAME`, globs allowed (`*` any run of characters, dots included; `?` one),
+    /// optionally followed by arguments to capture: `shop.orders:OrderService.place*(order_id)`.
+    /// Costs every Python call of the processes concerned about 2-3 µs (see the README); none
+    /// by default. The variable takes patterns separated by `;`.
+    #[arg(long = "function", value_name = "PATTERN", env = "SCOUTER_AGENT_FUNCTIONS", value_delimiter = ';')]
+    pub functions: Vec<String>,
+
+    /// A TOML configuration file; its `[[functions]]` tables select functions like
+    /// `--function`, optionally only for some services (see the README).
+    #[arg(long, value_name = "FILE", env = "SCOUTER_AGENT_CONFIG")]
+    pub config: Option<PathBuf>,
 }
 
 impl RunArgs {
-    pub fn to_config(&self) -> AgentConfig {
-        AgentConfig {
+    pub fn to_config(&self) -> Result<AgentConfig, ConfigError> {
+        Ok(AgentConfig {
             store: StoreConfig {
                 path: self.store.path.clone(),
                 max_age: Duration::from_secs(self.store_max_age_hours * 3600),
@@ -121,7 +134,8 @@ impl RunArgs {
             housekeeping_interval: Duration::from_secs(30),
             propagate: !self.no_propagate,
             max_transaction: Duration::from_secs(self.max_transaction_secs),
-        }
+            functions: function_selection(&self.functions, self.config.as_deref())?,
+        })
     }
 }
 
@@ -132,8 +146,8 @@ mod tests {
     fn run_config(args: &[&str]) -> AgentConfig {
         let cli = Cli::try_parse_from(std::iter::once("scouter-agent").chain(args.iter().copied())).unwrap();
         match cli.command {
-            Some(Command::Run(run)) => run.to_config(),
-            _ => cli.run.to_config(),
+            Some(Command::Run(run)) => run.to_config().unwrap(),
+            _ => cli.run.to_config().unwrap(),
         }
     }
 
@@ -145,5 +159,13 @@ mod tests {
         let set = run_config(&["run", "--no-propagate", "--max-transaction-secs", "30"]);
         assert!(!set.propagate);
         assert_eq!(set.max_transaction, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn functions_are_selected_by_flag_and_none_by_default() {
+        assert!(run_config(&[]).functions.rules.is_empty());
+        let set = run_config(&["--function", "app:fib(n)", "--function", "app:Orders.*"]);
+        assert_eq!(set.functions.rules.len(), 2);
+        assert_eq!(set.functions.select("svc", "app", "fib"), Some(vec!["n".to_owned()]));
     }
 }

@@ -46,8 +46,8 @@ fn main() -> ExitCode {
 
 fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
-        None => agent::run(cli.run.to_config()),
-        Some(Command::Run(args)) => agent::run(args.to_config()),
+        None => agent::run(cli.run.to_config()?),
+        Some(Command::Run(args)) => agent::run(args.to_config()?),
         Some(Command::Check) => check::run(),
         Some(Command::Traces { command }) => match command {
             TracesCommand::List { json, limit, store } => viewer::list(&store.path, limit, json),

@@ -37,6 +37,11 @@ pub mod map_names {
     pub const PYTHON_LAYOUTS: &str = "PYTHON_LAYOUTS";
     /// The stack-capture program the libssl return probe tail-calls ([`stack_programs`](super::stack_programs)).
     pub const STACK_PROGRAMS: &str = "STACK_PROGRAMS";
+    /// How to read each function-traced process's Python calls ([`CallLayout`]), by tgid.
+    pub const CALL_LAYOUTS: &str = "CALL_LAYOUTS";
+    /// Whether each code object seen entering the interpreter is selected ([`FunctionVerdict`]),
+    /// by [`ObjectKey`].
+    pub const CODE_VERDICTS: &str = "CODE_VERDICTS";
 }
 
 /// Slots of the stack-capture program array.
@@ -72,6 +77,8 @@ pub enum EventKind {
     SocketData = 6,
     SocketClose = 7,
     PythonStack = 8,
+    FunctionEntered = 9,
+    FunctionReturned = 10,
 }
 
 impl EventKind {
@@ -85,6 +92,8 @@ impl EventKind {
             6 => Self::SocketData,
             7 => Self::SocketClose,
             8 => Self::PythonStack,
+            9 => Self::FunctionEntered,
+            10 => Self::FunctionReturned,
             _ => return None,
         })
     }
@@ -311,7 +320,13 @@ pub mod counter {
     /// A Python stack was due but the thread's state could not be read (a thread Python does
     /// not know, or memory that moved).
     pub const STACK_UNREADABLE: u32 = 7;
-    pub const COUNT: u32 = 8;
+    /// A selected call nested deeper than [`CALL_NESTING`](super::CALL_NESTING) selected calls
+    /// on its thread: no span.
+    pub const CALL_TOO_DEEP: u32 = 8;
+    /// A selected call whose return was never seen (the kernel keeps return probes for the
+    /// innermost 64 native frames of a thread only): its span is dropped.
+    pub const CALL_RETURN_MISSED: u32 = 9;
+    pub const COUNT: u32 = 10;
 }
 
 /// No such field in this interpreter version.
@@ -372,6 +387,132 @@ pub struct StackEvent {
     pub frames: [FrameRef; MAX_FRAMES],
 }
 
+/// An object of a process (asyncio task or future, `SSL*`, code object, frame), by address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ObjectKey {
+    pub pid: u32,
+    pub _pad: u32,
+    pub address: u64,
+}
+
+/// How the kernel reads a Python call in a process whose functions are traced: which code
+/// object a frame runs, its arguments, whether a generator finished, and the exception a
+/// failed call left. Offsets in bytes; [`NO_OFFSET`] where a version has no such field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CallLayout {
+    pub frame_code: u16,
+    pub frame_globals: u16,
+    /// The first local slot; arguments come first.
+    pub frame_localsplus: u16,
+    /// `owner` (3.11+): a generator's own frame, as opposed to the one its creation runs in.
+    pub frame_owner: u16,
+    pub code_flags: u16,
+    /// The thread state's pending exception: its type (up to 3.11) or the exception object
+    /// itself (3.12+, see `exception_is_object`).
+    pub tstate_exception: u16,
+    /// Where, from the frame, the state that tells a finished generator is; negative on 3.11+
+    /// (the generator object precedes its embedded frame).
+    pub generator_state: i16,
+    /// A [`generator_state`] kind.
+    pub generator_state_kind: u8,
+    pub exception_is_object: u8,
+    pub _pad: [u8; 4],
+}
+
+/// How a finished generator's frame is told from a suspended one after the interpreter
+/// returns from it.
+pub mod generator_state {
+    /// A signed byte (`f_state` on 3.10, `gi_frame_state` on 3.11+) at or above 1 (returned,
+    /// raised, completed or cleared).
+    pub const STATE_BYTE: u8 = 1;
+    /// A pointer (`f_stacktop` on 3.8/3.9) that only a `yield` leaves set.
+    pub const STACK_TOP: u8 = 2;
+}
+
+/// `co_flags` of code that runs as a generator, coroutine or async generator.
+pub const CO_GENERATOR_LIKE: u32 = 0x20 | 0x80 | 0x200;
+/// `_PyInterpreterFrame.owner` of a generator's embedded frame (3.11+).
+pub const FRAME_OWNED_BY_GENERATOR: u8 = 1;
+
+/// Arguments captured per call, at most.
+pub const MAX_CAPTURED_ARGUMENTS: usize = 6;
+/// Bytes copied from the start of each captured argument object: enough for a small int or
+/// float and the first few dozen characters of a string.
+pub const ARGUMENT_BYTES: usize = 120;
+/// An unused argument slot in a [`FunctionVerdict`].
+pub const NO_ARGUMENT: u8 = u8::MAX;
+/// Selected calls open at once on one thread (nesting and recursion), at most. A power of two.
+pub const CALL_NESTING: usize = 16;
+
+/// The agent's decision about one code object.
+pub mod verdict {
+    /// Not decided yet: the kernel reports its calls as tentative spans until it is.
+    pub const PENDING: u8 = 0;
+    pub const SELECTED: u8 = 1;
+    pub const IGNORED: u8 = 2;
+}
+
+/// Value of [`map_names::CODE_VERDICTS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FunctionVerdict {
+    /// A [`verdict`] constant.
+    pub verdict: u8,
+    /// Local slots whose values are captured at entry, [`NO_ARGUMENT`] for none.
+    pub arguments: [u8; MAX_CAPTURED_ARGUMENTS],
+    pub _pad: [u8; 1],
+}
+
+/// One argument as the kernel copied it: the object's address and its first bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CapturedArgument {
+    pub object: u64,
+    /// Bytes of `bytes` that were read (0: none could be).
+    pub len: u32,
+    /// The local slot it came from.
+    pub slot: u8,
+    pub _pad: [u8; 3],
+    pub bytes: [u8; ARGUMENT_BYTES],
+}
+
+pub mod function_flags {
+    /// The code object's verdict was pending: the agent keeps the span only if it selects it.
+    pub const TENTATIVE: u8 = 1;
+    /// A generator or coroutine: the span lasts until its frame finishes, across resumes.
+    pub const GENERATOR: u8 = 2;
+}
+
+/// `FunctionEntered`: a selected (or not yet decided) function started.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FunctionEnteredEvent {
+    pub header: EventHeader,
+    pub code: u64,
+    /// The frame's globals: the module's dict, whose `__name__` names the module.
+    pub globals: u64,
+    pub context: SpanContext,
+    /// [`function_flags`].
+    pub flags: u8,
+    pub argument_count: u8,
+    pub _pad: [u8; 6],
+    pub arguments: [CapturedArgument; MAX_CAPTURED_ARGUMENTS],
+}
+
+/// `FunctionReturned`: the call (or the generator) that started the span `span_id` is over.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FunctionReturnedEvent {
+    pub header: EventHeader,
+    pub span_id: [u8; 8],
+    /// The type of the exception that left the function, when `failed`; 0 if unreadable.
+    pub exception_type: u64,
+    pub failed: u8,
+    pub _pad: [u8; 7],
+}
+
 pub mod trace_option;
 pub mod traceparent;
 
@@ -382,6 +523,9 @@ mod pod {
     unsafe impl aya::Pod for super::SocketInfo {}
     unsafe impl aya::Pod for super::TrackedProcess {}
     unsafe impl aya::Pod for super::PythonLayout {}
+    unsafe impl aya::Pod for super::CallLayout {}
+    unsafe impl aya::Pod for super::ObjectKey {}
+    unsafe impl aya::Pod for super::FunctionVerdict {}
 }
 
 #[cfg(test)]
@@ -403,14 +547,23 @@ mod layout {
         assert_eq!(size_of::<TrackedProcess>(), 8);
         assert_eq!(size_of::<PythonLayout>(), 20);
         assert_eq!(size_of::<StackEvent>(), 24 + 8 + 16 * MAX_FRAMES);
+        assert_eq!(size_of::<ObjectKey>(), 16);
+        assert_eq!(size_of::<CallLayout>(), 20);
+        assert_eq!(size_of::<FunctionVerdict>(), 8);
+        assert_eq!(size_of::<CapturedArgument>(), 16 + ARGUMENT_BYTES);
+        assert_eq!(
+            size_of::<FunctionEnteredEvent>(),
+            24 + 16 + 40 + 8 + MAX_CAPTURED_ARGUMENTS * (16 + ARGUMENT_BYTES)
+        );
+        assert_eq!(size_of::<FunctionReturnedEvent>(), 24 + 8 + 8 + 8);
     }
 
     #[test]
     fn event_kinds_round_trip() {
-        for k in 1..=8 {
+        for k in 1..=10 {
             assert_eq!(EventKind::from_u32(k).map(|k| k as u32), Some(k));
         }
         assert!(EventKind::from_u32(0).is_none());
-        assert!(EventKind::from_u32(9).is_none());
+        assert!(EventKind::from_u32(11).is_none());
     }
 }

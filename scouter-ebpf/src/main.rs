@@ -11,6 +11,8 @@
 //! - [`programs::python_stack`]: the thread's Python stack at the I/O events that tell which
 //!   code works for a request (a program attached after the syscall exit program, or
 //!   tail-called by the libssl return probe);
+//! - [`programs::python_call`]: spans for the Python functions the user selected (a uprobe
+//!   and return probe on the interpreter's frame evaluation, in those processes only);
 //! - [`programs::inject`]: the `traceparent` inserted into outgoing requests (sockops + sk_msg);
 //! - [`programs::tls`]: HTTPS plaintext from libssl uprobes, and [`programs::trace_option`]: the
 //!   trace context TLS requests carry in a TCP header option instead of a header.

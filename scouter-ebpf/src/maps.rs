@@ -5,9 +5,9 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf, SockHash},
 };
 use scouter_ebpf::{
-    counter, stack_programs, trace_option, traceparent, PythonLayout, SocketAddress, SocketInfo, SocketKey,
-    SpanContext, StackEvent, TrackedProcess, EVENTS_RING_BYTES, HEAD_SCAN, MAX_IN_FLIGHT_SYSCALLS,
-    MAX_TRACKED_PROCESSES, MAX_TRACKED_SOCKETS,
+    counter, stack_programs, trace_option, traceparent, CallLayout, FunctionEnteredEvent, FunctionVerdict,
+    PythonLayout, SocketAddress, SocketInfo, SocketKey, SpanContext, StackEvent, TrackedProcess, CALL_NESTING,
+    EVENTS_RING_BYTES, HEAD_SCAN, MAX_IN_FLIGHT_SYSCALLS, MAX_TRACKED_PROCESSES, MAX_TRACKED_SOCKETS,
 };
 
 /// Processes the agent traces, by tgid. Filled by the agent and by `sched_process_fork`.
@@ -213,16 +213,10 @@ pub static CONNECTING_SOCKETS: LruHashMap<u64, u32> = LruHashMap::with_max_entri
 #[map]
 pub static CLIENT_SOCKETS: SockHash<u64> = SockHash::with_max_entries(MAX_TRACKED_SOCKETS, 0);
 
-/// An object (asyncio task or future) of a process, by address. A task's entry is rewritten
-/// by every `Task.__init__` at that address, which is what makes address reuse harmless: the
-/// init is the generation change.
-#[derive(Clone, Copy)]
-#[repr(C)]
-pub struct ObjectKey {
-    pub pid: u32,
-    pub _pad: u32,
-    pub address: u64,
-}
+// Objects are keyed by `ObjectKey` (process and address). A task's entry is rewritten by
+// every `Task.__init__` at that address, which is what makes address reuse harmless: the init
+// is the generation change.
+pub use scouter_ebpf::ObjectKey;
 
 /// The request each asyncio task works for.
 #[map]
@@ -370,3 +364,74 @@ pub static TLS_SERVER_PEERS: LruHashMap<SocketAddress, u8> = LruHashMap::with_ma
 #[map]
 pub static PEER_CONTEXTS: LruHashMap<SocketAddress, traceparent::TraceParent> =
     LruHashMap::with_max_entries(MAX_IN_FLIGHT_SYSCALLS, 0);
+
+/// How to read calls in processes whose functions are traced, by tgid (the agent writes it
+/// when it hooks a process and removes it when it lets go).
+#[map]
+pub static CALL_LAYOUTS: HashMap<u32, CallLayout> = HashMap::with_max_entries(MAX_TRACKED_PROCESSES, 0);
+
+/// The agent's verdict on each code object seen entering the interpreter.
+#[map]
+pub static CODE_VERDICTS: LruHashMap<ObjectKey, FunctionVerdict> = LruHashMap::with_max_entries(MAX_CODE_VERDICTS, 0);
+
+/// Code objects remembered per host. A process's code objects number in the thousands to tens
+/// of thousands; one forgotten is only asked about again.
+const MAX_CODE_VERDICTS: u32 = 262_144;
+
+/// A selected call the thread is in, innermost last.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct OpenCall {
+    /// The stack pointer at entry (pointing at the return address): the return, found by the
+    /// stack pointer just above it, is this call's and no other's.
+    pub entry_sp: u64,
+    /// The frame it runs: a generator's span outlives this call.
+    pub frame: u64,
+    /// Its span, as the parent of what the call does (client requests, nested calls).
+    pub span: ServedRequest,
+    pub generator: u8,
+    /// 0 for a call that must not parent what it does: one of code not decided about yet that
+    /// started outside any span (a server loop's frame, entered before the request it reads).
+    pub current: u8,
+    pub _pad: [u8; 6],
+}
+
+/// A generator or coroutine started and not finished: its span, continued by every resume.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct GeneratorSpan {
+    pub span: ServedRequest,
+    /// Its code object: a frame address reused by another generator starts a new span.
+    pub code: u64,
+    pub current: u8,
+    pub _pad: [u8; 7],
+}
+
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct OpenCalls {
+    pub depth: u32,
+    pub _pad: u32,
+    pub calls: [OpenCall; CALL_NESTING],
+}
+
+/// Keyed by `pid_tgid`.
+#[map]
+pub static OPEN_CALLS: LruHashMap<u64, OpenCalls> = LruHashMap::with_max_entries(MAX_CALLING_THREADS, 0);
+
+/// Threads that may be inside selected calls at once.
+const MAX_CALLING_THREADS: u32 = 8_192;
+
+/// Always zero: the value a thread's [`OPEN_CALLS`] entry starts from (too large for the
+/// stack).
+#[map]
+pub static NO_OPEN_CALLS: PerCpuArray<OpenCalls> = PerCpuArray::with_max_entries(1, 0);
+
+/// The span of each generator or coroutine started and not finished, by its frame: every
+/// resume continues it.
+#[map]
+pub static GENERATOR_SPANS: LruHashMap<ObjectKey, GeneratorSpan> = LruHashMap::with_max_entries(MAX_TRACKED_SOCKETS, 0);
+
+/// The entry event under construction (too large for the stack).
+#[map]
+pub static CALL_SCRATCH: PerCpuArray<FunctionEnteredEvent> = PerCpuArray::with_max_entries(1, 0);

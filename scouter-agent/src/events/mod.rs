@@ -10,8 +10,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ptr;
 
 use scouter_ebpf::{
-    context_origin, data_flags, CloseEvent, ConnectionEvent, DataEvent, Direction, EventHeader, EventKind, FrameRef,
-    ProcessEvent, SocketAddress, SocketRole, SpanContext, StackEvent, MAX_CAPTURE, MAX_FRAMES,
+    context_origin, data_flags, function_flags, CloseEvent, ConnectionEvent, DataEvent, Direction, EventHeader,
+    EventKind, FrameRef, FunctionEnteredEvent, FunctionReturnedEvent, ProcessEvent, SocketAddress, SocketRole,
+    SpanContext, StackEvent, ARGUMENT_BYTES, MAX_CAPTURE, MAX_CAPTURED_ARGUMENTS, MAX_FRAMES,
 };
 
 pub use clock::WallClock;
@@ -70,6 +71,40 @@ pub enum KernelEvent {
         socket: SocketId,
         time: u64,
     },
+    FunctionEntered(FunctionEntry),
+    /// The call or generator of span `span_id` is over; `exception_type` is the type object
+    /// of the exception that left it (0 if unreadable) when it failed.
+    FunctionReturned {
+        pid: u32,
+        span_id: [u8; 8],
+        time: u64,
+        failed: bool,
+        exception_type: u64,
+    },
+}
+
+/// A selected (or not yet decided) Python function started running.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FunctionEntry {
+    pub pid: u32,
+    pub tid: u32,
+    pub time: u64,
+    pub code: u64,
+    pub globals: u64,
+    pub context: SpanContext,
+    /// The agent had not decided about the code object: the span is kept only if selected.
+    pub tentative: bool,
+    pub generator: bool,
+    pub arguments: Vec<RawArgument>,
+}
+
+/// An argument object as the kernel copied it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawArgument {
+    pub slot: u8,
+    pub object: u64,
+    /// The object's first bytes (as many as could be read).
+    pub bytes: Vec<u8>,
 }
 
 /// Bytes one syscall moved on a followed socket.
@@ -102,6 +137,8 @@ pub enum DecodeError {
     BadCaptureLength(u32),
     #[error("stack record claims {0} frames")]
     BadStackDepth(u16),
+    #[error("function record claims {0} arguments")]
+    BadArgumentCount(u8),
 }
 
 /// Decodes one ring-buffer record.
@@ -148,7 +185,46 @@ pub fn decode(record: &[u8], clock: &WallClock) -> Result<KernelEvent, DecodeErr
                 frames: event.frames[..depth].to_vec(),
             }
         }
+        EventKind::FunctionEntered => decode_function_entry(record, &header, clock)?,
+        EventKind::FunctionReturned => {
+            let event: FunctionReturnedEvent = read_record(record, Some(kind))?;
+            KernelEvent::FunctionReturned {
+                pid: header.pid,
+                span_id: event.span_id,
+                time,
+                failed: event.failed != 0,
+                exception_type: event.exception_type,
+            }
+        }
     })
+}
+
+fn decode_function_entry(record: &[u8], header: &EventHeader, clock: &WallClock) -> Result<KernelEvent, DecodeError> {
+    let event: FunctionEnteredEvent = read_record(record, Some(EventKind::FunctionEntered))?;
+    let count = event.argument_count as usize;
+    if count > MAX_CAPTURED_ARGUMENTS {
+        return Err(DecodeError::BadArgumentCount(event.argument_count));
+    }
+    let arguments = event.arguments[..count]
+        .iter()
+        .filter(|argument| argument.object != 0)
+        .map(|argument| RawArgument {
+            slot: argument.slot,
+            object: argument.object,
+            bytes: argument.bytes[..(argument.len as usize).min(ARGUMENT_BYTES)].to_vec(),
+        })
+        .collect();
+    Ok(KernelEvent::FunctionEntered(FunctionEntry {
+        pid: header.pid,
+        tid: header.tid,
+        time: clock.to_unix_nanos(header.timestamp_ns),
+        code: event.code,
+        globals: event.globals,
+        context: event.context,
+        tentative: event.flags & function_flags::TENTATIVE != 0,
+        generator: event.flags & function_flags::GENERATOR != 0,
+        arguments,
+    }))
 }
 
 fn decode_data(record: &[u8], header: &EventHeader, clock: &WallClock) -> Result<KernelEvent, DecodeError> {

@@ -66,6 +66,10 @@ pub struct CheckedLayout {
     pub kernel: PythonLayout,
     /// `PyCode_Type` in the process: what a code object's type pointer must be.
     pub code_type: u64,
+    /// `_PyRuntime` in the process.
+    pub runtime: u64,
+    /// `_PyEval_EvalFrameDefault` in the process: the evaluator function spans probe.
+    pub evaluator: u64,
 }
 
 /// Finds and checks `process`'s layout.
@@ -82,7 +86,7 @@ pub fn check(process: &PythonProcess) -> Result<CheckedLayout, LayoutError> {
     let tstate_slot = thread_slot(&memory, version, &threads, key)?;
     let kernel = version.for_kernel(tstate_slot);
     check_frames(&memory, version, &kernel, &threads, code_type)?;
-    Ok(CheckedLayout { version, kernel, code_type })
+    Ok(CheckedLayout { version, kernel, code_type, runtime, evaluator: symbols.evaluator + bias })
 }
 
 /// What the agent needs from the interpreter's symbol table (link-time addresses).
@@ -90,6 +94,7 @@ pub fn check(process: &PythonProcess) -> Result<CheckedLayout, LayoutError> {
 struct InterpreterSymbols {
     runtime: u64,
     code_type: u64,
+    evaluator: u64,
     /// The lowest loadable address, which the file's first mapping starts at (page-aligned).
     first_load: u64,
 }
@@ -120,7 +125,12 @@ impl InterpreterSymbols {
                 .ok_or(LayoutError::MissingSymbol { path: shown.clone(), symbol: name })
         };
         let first_load = elf.segments().map(|segment| segment.address()).min().unwrap_or(0) & !0xfff;
-        Ok(Self { runtime: symbol("_PyRuntime")?, code_type: symbol("PyCode_Type")?, first_load })
+        Ok(Self {
+            runtime: symbol("_PyRuntime")?,
+            code_type: symbol("PyCode_Type")?,
+            evaluator: symbol("_PyEval_EvalFrameDefault")?,
+            first_load,
+        })
     }
 }
 

@@ -24,8 +24,24 @@ pub struct CodeLocation {
     pub line: Option<u32>,
 }
 
+/// What a function span says about the code it runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FunctionCode {
+    pub qualname: String,
+    pub name: String,
+    pub file: Arc<str>,
+    /// `co_firstlineno`: the `def` line, or the first decorator's.
+    pub line: u32,
+    pub flags: u32,
+    /// The names of the first local slots (arguments come first), as many as were asked for.
+    pub local_names: Vec<String>,
+}
+
 /// Code objects of one process held at most, before the cache starts over.
 const MAX_CODE_OBJECTS: usize = 16_384;
+/// `PyTupleObject`: `ob_size`, then the items.
+const TUPLE_SIZE: u64 = 16;
+const TUPLE_ITEMS: u64 = 24;
 /// Largest line table read.
 const MAX_LINE_TABLE: usize = 1 << 20;
 
@@ -35,6 +51,7 @@ struct CodeObject {
     /// The file and name objects' addresses: the identity check.
     identity: [u64; 2],
     function: String,
+    name: String,
     file: Arc<str>,
     first_line: u32,
     line_table: Vec<u8>,
@@ -59,6 +76,10 @@ impl CodeReader {
         })
     }
 
+    pub fn memory(&self) -> &ProcessMemory {
+        &self.memory
+    }
+
     /// The layout it reads with (a fork's child shares it).
     pub fn layout(&self) -> &CheckedLayout {
         &self.layout
@@ -71,6 +92,34 @@ impl CodeReader {
             .instruction_offset(frame)
             .and_then(|offset| line_at(self.layout.version.line_format(), &code.line_table, code.first_line, offset));
         Some(CodeLocation { function: code.function.clone(), file: code.file.clone(), line })
+    }
+
+    /// The function a code object belongs to, with the names of its first `slots` locals.
+    pub fn function(&mut self, address: u64, slots: usize, qualnames: &mut SourceQualnames) -> Option<FunctionCode> {
+        let code = self.code_object(address, qualnames)?;
+        let calls = &self.layout.version.calls;
+        let flags = self.memory.u32(address + calls.code_flags as u64).ok()?;
+        let names = self.memory.u64(address + calls.code_local_names).ok()?;
+        Some(FunctionCode {
+            qualname: code.function.clone(),
+            name: code.name.clone(),
+            file: code.file.clone(),
+            line: code.first_line,
+            flags,
+            local_names: self.tuple_of_strings(names, slots),
+        })
+    }
+
+    /// The first `limit` items of a tuple of `str`, stopping at the first that cannot be read.
+    fn tuple_of_strings(&self, tuple: u64, limit: usize) -> Vec<String> {
+        let version = self.layout.version;
+        let Ok(size) = self.memory.u64(tuple + TUPLE_SIZE) else { return Vec::new() };
+        (0..(size as usize).min(limit))
+            .map_while(|index| {
+                let item = self.memory.u64(tuple + TUPLE_ITEMS + 8 * index as u64).ok()?;
+                self.memory.unicode(item, version.unicode_ascii_data, version.unicode_compact_data).ok()
+            })
+            .collect()
     }
 
     fn code_object(&mut self, address: u64, qualnames: &mut SourceQualnames) -> Option<Arc<CodeObject>> {
@@ -108,7 +157,7 @@ impl CodeReader {
         };
         let table_object = self.memory.u64(code + version.code_linetable).ok()?;
         let line_table = self.memory.bytes_object(table_object, MAX_LINE_TABLE).unwrap_or_default();
-        Some(CodeObject { identity, function, file, first_line, line_table })
+        Some(CodeObject { identity, function, name, file, first_line, line_table })
     }
 
     /// A source file as the agent opens it (through the process's root).

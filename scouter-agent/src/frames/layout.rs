@@ -8,7 +8,7 @@
 //! `_PyStackRef` in `f_executable`, for which the entry needs one more flag telling the kernel
 //! to clear the tag bits before reading the code object.
 
-use scouter_ebpf::{PythonLayout, NO_OFFSET};
+use scouter_ebpf::{generator_state, CallLayout, PythonLayout, NO_OFFSET};
 
 use super::lines::LineTableFormat;
 
@@ -47,6 +47,29 @@ pub struct VersionLayout {
     pub unicode_ascii_data: u64,
     /// `sizeof(PyCompactUnicodeObject)`: compact non-ASCII data follows it.
     pub unicode_compact_data: u64,
+    pub calls: CallOffsets,
+}
+
+/// What reading a call needs beyond a stack walk (function spans).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallOffsets {
+    pub frame_globals: u16,
+    pub frame_localsplus: u16,
+    /// `_PyInterpreterFrame.owner` (3.11+).
+    pub frame_owner: u16,
+    pub code_flags: u16,
+    /// `co_varnames` (up to 3.10) or `co_localsplusnames` (3.11+): the local slots' names,
+    /// arguments first.
+    pub code_local_names: u64,
+    /// `curexc_type` (up to 3.11) or `current_exception` (3.12+).
+    pub tstate_exception: u16,
+    pub exception_is_object: bool,
+    /// See [`CallLayout::generator_state`].
+    pub generator_state: i16,
+    pub generator_state_kind: u8,
+    /// `PyInterpreterState.eval_frame` on versions that inline Python-to-Python calls unless
+    /// it is set (3.11+).
+    pub interpreter_eval_frame: Option<u64>,
 }
 
 impl VersionLayout {
@@ -73,10 +96,30 @@ impl VersionLayout {
             _pad: [0; 3],
         }
     }
+
+    /// What the kernel needs to report calls (function spans).
+    pub fn for_calls(&self) -> CallLayout {
+        let calls = &self.calls;
+        CallLayout {
+            frame_code: self.frame_code,
+            frame_globals: calls.frame_globals,
+            frame_localsplus: calls.frame_localsplus,
+            frame_owner: calls.frame_owner,
+            code_flags: calls.code_flags,
+            tstate_exception: calls.tstate_exception,
+            generator_state: calls.generator_state,
+            generator_state_kind: calls.generator_state_kind,
+            exception_is_object: calls.exception_is_object as u8,
+            _pad: [0; 4],
+        }
+    }
 }
 
 /// 3.8–3.10: `PyFrameObject` (`f_back`, `f_code`, `f_lasti`), code fields before the 3.11 rework.
+/// A finished generator is told by `f_stacktop` on 3.8/3.9 and by `f_state` on 3.10.
 const fn frame_object_era(minor: u8, tss_key: u64, lasti: u16, linetable: u64) -> VersionLayout {
+    let (localsplus, generator_state, generator_state_kind) =
+        if minor == 10 { (352, 108, generator_state::STATE_BYTE) } else { (360, 72, generator_state::STACK_TOP) };
     VersionLayout {
         minor,
         runtime_interpreters_head: 32,
@@ -100,8 +143,23 @@ const fn frame_object_era(minor: u8, tss_key: u64, lasti: u16, linetable: u64) -
         code_adaptive: None,
         unicode_ascii_data: 48,
         unicode_compact_data: 72,
+        calls: CallOffsets {
+            frame_globals: 48,
+            frame_localsplus: localsplus,
+            frame_owner: NO_OFFSET,
+            code_flags: 36,
+            code_local_names: 72,
+            tstate_exception: 88,
+            exception_is_object: false,
+            generator_state,
+            generator_state_kind,
+            interpreter_eval_frame: None,
+        },
     }
 }
+
+/// 3.11+: a generator's `gi_frame_state` sits 5 bytes before its embedded frame.
+const GENERATOR_STATE_BEFORE_FRAME: i16 = -5;
 
 const PY312: VersionLayout = VersionLayout {
     minor: 12,
@@ -126,6 +184,18 @@ const PY312: VersionLayout = VersionLayout {
     code_adaptive: Some(192),
     unicode_ascii_data: 40,
     unicode_compact_data: 56,
+    calls: CallOffsets {
+        frame_globals: 24,
+        frame_localsplus: 72,
+        frame_owner: 70,
+        code_flags: 48,
+        code_local_names: 96,
+        tstate_exception: 96,
+        exception_is_object: true,
+        generator_state: GENERATOR_STATE_BEFORE_FRAME,
+        generator_state_kind: generator_state::STATE_BYTE,
+        interpreter_eval_frame: Some(1744),
+    },
 };
 
 static LAYOUTS: [VersionLayout; 6] = [
@@ -155,6 +225,18 @@ static LAYOUTS: [VersionLayout; 6] = [
         code_adaptive: Some(184),
         unicode_ascii_data: 48,
         unicode_compact_data: 72,
+        calls: CallOffsets {
+            frame_globals: 8,
+            frame_localsplus: 72,
+            frame_owner: 69,
+            code_flags: 48,
+            code_local_names: 96,
+            tstate_exception: 96,
+            exception_is_object: false,
+            generator_state: GENERATOR_STATE_BEFORE_FRAME,
+            generator_state_kind: generator_state::STATE_BYTE,
+            interpreter_eval_frame: Some(1424),
+        },
     },
     PY312,
     // 3.13 moved the runtime and interpreter state around, dropped `_PyCFrame` and grew the
@@ -168,6 +250,7 @@ static LAYOUTS: [VersionLayout; 6] = [
         tstate_frame: 72,
         cframe_frame: NO_OFFSET,
         code_adaptive: Some(200),
+        calls: CallOffsets { tstate_exception: 112, interpreter_eval_frame: Some(8472), ..PY312.calls },
         ..PY312
     },
 ];
@@ -183,6 +266,15 @@ mod tests {
         }
         assert!(VersionLayout::for_minor(7).is_none());
         assert!(VersionLayout::for_minor(14).is_none());
+    }
+
+    #[test]
+    fn only_versions_that_inline_calls_need_the_evaluator_hook() {
+        for minor in 8..=13 {
+            let layout = VersionLayout::for_minor(minor).unwrap();
+            assert_eq!(layout.calls.interpreter_eval_frame.is_some(), minor >= 11, "3.{minor}");
+            assert_eq!(layout.for_calls().frame_owner != NO_OFFSET, minor >= 11, "3.{minor}");
+        }
     }
 
     #[test]

@@ -97,14 +97,14 @@ impl ProcessMemory {
 }
 
 /// `PyASCIIObject.length` and `.state` (the same in every supported version).
-const UNICODE_LENGTH: u64 = 16;
-const UNICODE_STATE: u64 = 32;
+pub(super) const UNICODE_LENGTH: u64 = 16;
+pub(super) const UNICODE_STATE: u64 = 32;
 /// `PyBytesObject.ob_size` and `ob_sval`.
 const BYTES_SIZE: u64 = 16;
 const BYTES_DATA: u64 = 32;
 
 /// Latin-1, UCS-2 or UCS-4 code units to a string.
-fn decode(raw: &[u8], kind: u32) -> Option<String> {
+pub(super) fn decode(raw: &[u8], kind: u32) -> Option<String> {
     match kind {
         1 => Some(raw.iter().map(|&byte| byte as char).collect()),
         2 => raw.chunks_exact(2).map(|unit| char::from_u32(u16::from_le_bytes([unit[0], unit[1]]) as u32)).collect(),

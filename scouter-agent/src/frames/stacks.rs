@@ -13,8 +13,12 @@ use super::source::SourceQualnames;
 
 #[derive(Default)]
 pub struct ProcessStacks {
-    readers: HashMap<u32, CodeReader>,
-    qualnames: SourceQualnames,
+    pub(super) readers: HashMap<u32, CodeReader>,
+    pub(super) qualnames: SourceQualnames,
+    /// Module names by (pid, globals dict), for function spans.
+    pub(super) modules: HashMap<(u32, u64), String>,
+    /// Type names by (pid, type object), for captured arguments and exceptions.
+    pub(super) types: HashMap<(u32, u64), String>,
 }
 
 impl ProcessStacks {
@@ -31,6 +35,8 @@ impl ProcessStacks {
 
     pub fn remove(&mut self, pid: u32) {
         self.readers.remove(&pid);
+        self.modules.retain(|(owner, _), _| *owner != pid);
+        self.types.retain(|(owner, _), _| *owner != pid);
     }
 
     /// The application frames of a stack `pid`'s thread had; nothing for a process without a

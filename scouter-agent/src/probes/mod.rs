@@ -6,7 +6,8 @@
 //! they cannot attach, the agent says so and traces without inserting `traceparent` (the same
 //! sockops program carries TLS requests' contexts in a TCP option). Uprobes attach per library
 //! file as processes are found: `_asyncio` ([`asyncio`]), the interpreter's `contextvars`
-//! ([`contextvars`]) and libssl for HTTPS ([`tls`]).
+//! ([`contextvars`]) and libssl for HTTPS ([`tls`]). Function spans attach per process, only
+//! where the user selected functions ([`python_calls`], with the 3.11+ [`eval_hook`]).
 //! Dropping [`Probes`] detaches everything (aya closes the links and the maps go with the last
 //! file descriptor), so SIGTERM leaves nothing behind.
 
@@ -15,8 +16,10 @@
 
 mod asyncio;
 mod contextvars;
+pub mod eval_hook;
 pub mod kernel_btf;
 mod propagation;
+mod python_calls;
 mod python_stacks;
 mod tls;
 pub mod tracefs;
@@ -120,6 +123,7 @@ pub struct Probes {
     contexts: contextvars::ContextProbes,
     tls: tls::TlsProbes,
     stacks: python_stacks::StackProbes,
+    calls: python_calls::CallProbes,
     tracked: BpfHashMap<MapData, u32, TrackedProcess>,
     counters: PerCpuArray<MapData, u64>,
     propagation: Propagation,
@@ -158,6 +162,7 @@ impl Probes {
         contextvars::load(&mut ebpf)?;
         tls::load(&mut ebpf)?;
         let stacks = python_stacks::StackProbes::load(&mut ebpf, fsbase_offset != u32::MAX)?;
+        let calls = python_calls::CallProbes::load(&mut ebpf)?;
         let tracked = BpfHashMap::try_from(take_map(&mut ebpf, map_names::TRACKED_PROCESSES)?)
             .map_err(|source| ProbeError::Map { name: map_names::TRACKED_PROCESSES, source })?;
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, map_names::COUNTERS)?)
@@ -167,7 +172,7 @@ impl Probes {
         let asyncio = asyncio::AsyncioProbes::default();
         let contexts = contextvars::ContextProbes::default();
         let tls = tls::TlsProbes::default();
-        Ok((Self { ebpf, asyncio, contexts, tls, stacks, tracked, counters, propagation }, events))
+        Ok((Self { ebpf, asyncio, contexts, tls, stacks, calls, tracked, counters, propagation }, events))
     }
 
     /// Whether outgoing requests get a `traceparent`, and if not, why.
@@ -219,6 +224,30 @@ impl Probes {
     /// Stops reading `pid`'s stacks (it exited, or exec'd a new image).
     pub fn forget_stacks(&mut self, pid: u32) {
         self.stacks.forget(pid);
+    }
+
+    /// Reports `pid`'s calls of selected functions from now on (see [`python_calls`]).
+    pub fn trace_calls(
+        &mut self,
+        pid: u32,
+        interpreter: &std::path::Path,
+        minor: u8,
+        layout: scouter_ebpf::CallLayout,
+    ) -> Result<(), ProbeError> {
+        self.calls.trace(&mut self.ebpf, pid, interpreter, minor, layout)
+    }
+
+    pub fn traces_calls(&self, pid: u32) -> bool {
+        self.calls.is_traced(pid)
+    }
+
+    pub fn untrace_calls(&mut self, pid: u32) {
+        self.calls.untrace(&mut self.ebpf, pid);
+    }
+
+    /// Tells the kernel whether one of `pid`'s code objects is selected.
+    pub fn set_code_verdict(&mut self, pid: u32, code: u64, verdict: scouter_ebpf::FunctionVerdict) {
+        self.calls.set_verdict(pid, code, verdict);
     }
 
     /// Kernel-side drop counters, summed over CPUs, indexed by `scouter_ebpf::counter`.

@@ -3,6 +3,7 @@
 //! each file instrumented once, whatever path or mount namespace it is reached through.
 
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -30,6 +31,21 @@ pub fn attach(
     let point = UProbeAttachPoint { location: UProbeAttachLocation::Symbol(symbol), cookie: None };
     uprobe(ebpf, program)?
         .attach(point, path, UProbeScope::AllProcesses)
+        .map_err(|source| ProbeError::AttachProgram { program, source })
+}
+
+/// Attaches `program` to `symbol` in the ELF file at `path`, for process `pid` only: the
+/// kernel plants its breakpoint in that process's memory and no other's.
+pub fn attach_to_process(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    symbol: &'static str,
+    path: &Path,
+    pid: NonZeroU32,
+) -> Result<UProbeLinkId, ProbeError> {
+    let point = UProbeAttachPoint { location: UProbeAttachLocation::Symbol(symbol), cookie: None };
+    uprobe(ebpf, program)?
+        .attach(point, path, UProbeScope::OneProcess(pid))
         .map_err(|source| ProbeError::AttachProgram { program, source })
 }
 

@@ -6,10 +6,12 @@
 //! - [`assembly`]: per-connection state that pairs requests with responses;
 //! - [`propagation`]: trace context in headers (W3C `traceparent`, Scouter's headers);
 //! - [`http_span`]: the span of a completed exchange, with semantic-convention attributes;
-//! - [`code_attribution`]: the Python code a span's request was made or served by.
+//! - [`code_attribution`]: the Python code a span's request was made or served by;
+//! - [`function_span`]: the spans of selected Python functions' calls.
 
 pub mod assembly;
 pub mod code_attribution;
+pub mod function_span;
 pub mod http1;
 pub mod http_span;
 pub mod ids;

@@ -17,8 +17,9 @@ use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use scouter_ebpf::{context_origin, counter, traceparent, SocketAddress, SocketKey, SpanContext};
 
 use super::asyncio::running_task;
-use super::contextvars::entered_request;
+use super::contextvars::entered_context;
 use super::head::{byte_at, bytes_at};
+use super::python_call::innermost_call;
 use super::{current_ids, trace_option};
 use crate::maps::{
     count, injection_state, EnteredContext, HeadScratch, ObjectKey, PendingInjection, ServedRequest,
@@ -138,21 +139,60 @@ pub fn take_injection(pid_tgid: u64) -> bool {
     state == injection_state::DONE
 }
 
-/// The request the current code works for: its asyncio task's when a task is running (even
+/// A selected Python function starts (or a generator's first resume): its span, a child of
+/// what the code works for right now, or the root of a new trace.
+#[inline(always)]
+pub fn function_started(pid_tgid: u64) -> ServedRequest {
+    let mut context = SpanContext { span_id: random_id(), ..SpanContext::default() };
+    match current_parent(pid_tgid) {
+        Some(parent) => child_of(
+            &mut context,
+            &parent.context.trace_id,
+            &parent.context.span_id,
+            parent.context.flags,
+            context_origin::LOCAL_PARENT,
+        ),
+        None => start_trace(&mut context),
+    }
+    // SAFETY: helper with no preconditions.
+    ServedRequest { context, started_ns: unsafe { bpf_ktime_get_ns() }, fd: u32::MAX, fresh: 0, _pad: [0; 3] }
+}
+
+/// The span the current code works for: the innermost selected function the thread is in
+/// ([`super::python_call`]), else its asyncio task's request when a task is running (even
 /// none: the thread's latest request belongs to another task), else the request of the
 /// context the thread entered (a pool thread running `asyncio.to_thread`'s call), else its
 /// thread's.
 #[inline(always)]
 fn current_parent(pid_tgid: u64) -> Option<ServedRequest> {
+    let mut parent = ServedRequest { context: SpanContext::default(), started_ns: 0, fd: 0, fresh: 0, _pad: [0; 3] };
+    find_parent(pid_tgid, &mut parent).then_some(parent)
+}
+
+/// [`current_parent`], written into `parent`. Not inlined, and through memory rather than
+/// an `Option` in registers: inlined into the TLS write path, the optimiser left a field of
+/// the `None` case undefined, which the verifier rejects.
+#[inline(never)]
+fn find_parent(pid_tgid: u64, parent: &mut ServedRequest) -> bool {
+    if innermost_call(pid_tgid, parent) {
+        return true;
+    }
     let found = match running_task(pid_tgid) {
-        Some(task) => {
-            // SAFETY: copied out.
-            unsafe { TASK_CONTEXTS.get(&object(pid_tgid, task)) }.copied()
+        // SAFETY: read in place.
+        Some(task) => unsafe { TASK_CONTEXTS.get(&object(pid_tgid, task)) },
+        None => match entered_context(pid_tgid) {
+            Some(entered) => Some(entered),
+            // SAFETY: read in place.
+            None => unsafe { SERVED_REQUESTS.get(&pid_tgid) },
+        },
+    };
+    match found {
+        Some(found) if within_transaction(found) => {
+            *parent = *found;
+            true
         }
-        // SAFETY: copied out.
-        None => entered_request(pid_tgid).or_else(|| unsafe { SERVED_REQUESTS.get(&pid_tgid) }.copied()),
-    }?;
-    within_transaction(&found).then_some(found)
+        _ => false,
+    }
 }
 
 #[inline(always)]

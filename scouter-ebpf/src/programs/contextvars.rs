@@ -6,7 +6,7 @@
 //! `PyContext_CopyCurrent`, which `contextvars.copy_context()` and `Task.__init__` call), and a
 //! thread entering a tagged context (`Context.run`, a uprobe on the static `context_run`) works
 //! for that request while the context stays entered. [`super::context`] asks
-//! [`entered_request`] after the running task and before the thread's own request.
+//! [`entered_context`] after the running task and before the thread's own request.
 
 use aya_ebpf::{
     helpers::bpf_probe_read_user,
@@ -45,11 +45,11 @@ pub fn contextvars_run(ctx: ProbeContext) -> u32 {
 
 /// The request of the tagged context the thread entered last, while it is still entered.
 #[inline(always)]
-pub fn entered_request(pid_tgid: u64) -> Option<ServedRequest> {
-    // SAFETY: copied out.
-    let entered = unsafe { ENTERED_CONTEXTS.get(&pid_tgid) }.copied()?;
+pub fn entered_context(pid_tgid: u64) -> Option<&'static ServedRequest> {
+    // SAFETY: read in place; the entry is this thread's own.
+    let entered = unsafe { ENTERED_CONTEXTS.get(&pid_tgid) }?;
     // SAFETY: a read of the process's memory; a freed or reused context reads as not entered
     // or fails.
     let still_entered = unsafe { bpf_probe_read_user((entered.address + CTX_ENTERED_OFFSET) as *const i32) };
-    (still_entered.ok()? != 0).then_some(entered.request)
+    (still_entered.ok()? != 0).then_some(&entered.request)
 }

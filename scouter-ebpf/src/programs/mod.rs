@@ -8,6 +8,7 @@ pub mod head;
 pub mod inject;
 pub mod io;
 pub mod process;
+pub mod python_call;
 pub mod python_stack;
 pub mod tls;
 pub mod trace_option;

@@ -139,6 +139,18 @@ extern "C" fn walk_one(_index: u64, _ctx: *mut c_void) -> i64 {
 /// The thread's innermost frame, if the thread has a Python thread state with one.
 #[inline(always)]
 fn current_frame(layout: &PythonLayout) -> Option<u64> {
+    let tstate = thread_state(layout)?;
+    let mut frame = read_pointer(tstate + layout.tstate_frame as u64)?;
+    if layout.cframe_frame != NO_OFFSET {
+        frame = read_pointer(frame + layout.cframe_frame as u64)?;
+    }
+    Some(frame)
+}
+
+/// The current thread's `PyThreadState`, through its thread pointer and glibc's
+/// thread-specific slot of `autoTSSkey`.
+#[inline(always)]
+pub fn thread_state(layout: &PythonLayout) -> Option<u64> {
     // SAFETY: a global the agent may set before load; read volatile so it is not folded.
     let fsbase_offset = unsafe { core::ptr::read_volatile(&TASK_FSBASE_OFFSET) };
     if fsbase_offset == u32::MAX {
@@ -148,12 +160,7 @@ fn current_frame(layout: &PythonLayout) -> Option<u64> {
     let task = unsafe { bpf_get_current_task() };
     // SAFETY: a kernel read through the helper at an offset taken from the kernel's BTF.
     let thread_pointer = unsafe { bpf_probe_read_kernel((task + fsbase_offset as u64) as *const u64) }.ok()?;
-    let tstate = read_pointer(thread_pointer + layout.tstate_slot as u64)?;
-    let mut frame = read_pointer(tstate + layout.tstate_frame as u64)?;
-    if layout.cframe_frame != NO_OFFSET {
-        frame = read_pointer(frame + layout.cframe_frame as u64)?;
-    }
-    Some(frame)
+    read_pointer(thread_pointer + layout.tstate_slot as u64)
 }
 
 /// 3.12+ marks where C entered the interpreter with a frame that has no code of its own.
@@ -179,12 +186,12 @@ fn instruction(layout: &PythonLayout, frame: u64) -> u64 {
 
 /// A non-null pointer read from the process.
 #[inline(always)]
-fn read_pointer(at: u64) -> Option<u64> {
+pub fn read_pointer(at: u64) -> Option<u64> {
     read_u64(at).filter(|value| *value != 0)
 }
 
 #[inline(always)]
-fn read_u64(at: u64) -> Option<u64> {
+pub fn read_u64(at: u64) -> Option<u64> {
     // SAFETY: a read of the process's memory through the helper; failures are returned.
     unsafe { bpf_probe_read_user(at as *const u64) }.ok()
 }

@@ -1,0 +1,339 @@
+//! Python function calls, for the functions the user selected (function spans).
+//!
+//! A uprobe on `_PyEval_EvalFrameDefault` sees every frame the interpreter starts running, and
+//! its return probe sees the frame's end; the agent attaches both only to processes whose
+//! functions are traced (on 3.11+ it also makes the interpreter call it for Python-to-Python
+//! calls, which it otherwise inlines). Each frame's code object is looked up in
+//! [`CODE_VERDICTS`]: ignored code costs that lookup; selected code opens a span; code not seen
+//! before is reported as a tentative span while the agent decides (it drops the span if the
+//! code is not selected, so a selected function's first call has a span too).
+//!
+//! Open calls form a per-thread stack ([`OPEN_CALLS`]): its top is the current span for
+//! [`super::context`], so client requests and nested selected calls are its children. A return
+//! belongs to the top call when the stack pointer is just above that call's return address;
+//! returns of calls whose probe the kernel dropped (it keeps 64 per thread) are told apart the
+//! same way. A generator's or coroutine's span lasts from its first resume until its frame
+//! finishes ([`GENERATOR_SPANS`]); each resume makes it the current span again.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, bpf_probe_read_user_buf},
+    macros::{uprobe, uretprobe},
+    programs::{ProbeContext, RetProbeContext},
+    EbpfContext,
+};
+use scouter_ebpf::{
+    context_origin, counter, function_flags, generator_state, verdict, CallLayout, EventKind, FunctionEnteredEvent,
+    FunctionReturnedEvent, FunctionVerdict, ARGUMENT_BYTES, CALL_NESTING, CO_GENERATOR_LIKE, FRAME_OWNED_BY_GENERATOR,
+    MAX_CAPTURED_ARGUMENTS, NO_ARGUMENT, NO_OFFSET,
+};
+
+use super::context::{function_started, object};
+use super::python_stack::{read_pointer, read_u64, thread_state};
+use super::{current_ids, header, tracked_thread};
+use crate::maps::{
+    count, GeneratorSpan, OpenCall, ServedRequest, CALL_LAYOUTS, CALL_SCRATCH, CODE_VERDICTS, EVENTS, GENERATOR_SPANS,
+    NO_OPEN_CALLS, OPEN_CALLS, PYTHON_LAYOUTS,
+};
+
+/// `_PyEval_EvalFrameDefault(frame, throwflag)` (3.8).
+#[uprobe]
+pub fn python_call_frame_first(ctx: ProbeContext) -> u32 {
+    frame_starts(&ctx, ctx.arg::<u64>(0));
+    0
+}
+
+/// `_PyEval_EvalFrameDefault(tstate, frame, throwflag)` (3.9+).
+#[uprobe]
+pub fn python_call_frame_second(ctx: ProbeContext) -> u32 {
+    frame_starts(&ctx, ctx.arg::<u64>(1));
+    0
+}
+
+#[uretprobe]
+pub fn python_call_return(ctx: RetProbeContext) -> u32 {
+    frame_ends(&ctx);
+    0
+}
+
+/// The span the thread's innermost open call that may parent stands for, copied into `span`;
+/// false when the thread is in none. Not inlined: the client-request paths that ask are near the
+/// verifier's limits, and a call of its own keeps this out of their state.
+#[inline(never)]
+pub fn innermost_call(pid_tgid: u64, span: &mut ServedRequest) -> bool {
+    // SAFETY: read in place.
+    let Some(open) = (unsafe { OPEN_CALLS.get(&pid_tgid) }) else { return false };
+    let depth = open.depth as usize;
+    if depth > CALL_NESTING {
+        return false;
+    }
+    for index in 0..CALL_NESTING {
+        if index >= depth {
+            return false;
+        }
+        // The mask keeps the index provably in bounds for the verifier (the nesting is a
+        // power of two).
+        let call = &open.calls[(depth - 1 - index) & (CALL_NESTING - 1)];
+        if call.current != 0 {
+            *span = call.span;
+            return true;
+        }
+    }
+    false
+}
+
+#[inline(always)]
+fn frame_starts(ctx: &ProbeContext, frame: Option<u64>) {
+    let Some(pid_tgid) = tracked_thread() else { return };
+    let Some(frame) = frame else { return };
+    let pid = current_ids(pid_tgid).0;
+    // SAFETY: copied out.
+    let Some(layout) = (unsafe { CALL_LAYOUTS.get(&pid) }).copied() else { return };
+    let Some(code) = read_pointer(frame + layout.frame_code as u64) else { return };
+    let (chosen, tentative) = match verdict_of(pid_tgid, code) {
+        Some(chosen) if chosen.verdict == verdict::IGNORED => return,
+        Some(chosen) => (chosen, chosen.verdict != verdict::SELECTED),
+        None => (FunctionVerdict::default(), true),
+    };
+    let generator = is_generator(&layout, code);
+    if generator && !is_generators_own_frame(&layout, frame) {
+        // 3.11+ runs a generator function's call only to create the generator.
+        return;
+    }
+    let entry_sp = stack_pointer(ctx);
+    if generator {
+        // SAFETY: copied out.
+        if let Some(started) = unsafe { GENERATOR_SPANS.get(&object(pid_tgid, frame)) }.copied() {
+            if started.code == code {
+                let call = OpenCall {
+                    entry_sp,
+                    frame,
+                    span: started.span,
+                    generator: 1,
+                    current: started.current,
+                    _pad: [0; 6],
+                };
+                push(pid_tgid, call);
+                return;
+            }
+        }
+    }
+    let span = function_started(pid_tgid);
+    // Undecided code entered outside any span is most likely a server loop's frame, entered
+    // before the request it is about to read: it must not make that request's work a trace of
+    // its own. Selected code always parents its work.
+    let current = (!tentative || span.context.origin != context_origin::NEW_TRACE) as u8;
+    let call = OpenCall { entry_sp, frame, span, generator: generator as u8, current, _pad: [0; 6] };
+    if !push(pid_tgid, call) {
+        return;
+    }
+    if generator {
+        let started = GeneratorSpan { span, code, current, _pad: [0; 7] };
+        let _ = GENERATOR_SPANS.insert(&object(pid_tgid, frame), &started, 0);
+    }
+    let mut flags = 0;
+    if tentative {
+        flags |= function_flags::TENTATIVE;
+    }
+    if generator {
+        flags |= function_flags::GENERATOR;
+    }
+    report_entry(pid_tgid, &layout, frame, code, &span, flags, &chosen, tentative);
+}
+
+/// The code object's verdict; a code object not seen before is marked pending (the agent
+/// decides when its first entry event arrives).
+#[inline(always)]
+fn verdict_of(pid_tgid: u64, code: u64) -> Option<FunctionVerdict> {
+    let key = object(pid_tgid, code);
+    // SAFETY: copied out.
+    if let Some(known) = unsafe { CODE_VERDICTS.get(&key) }.copied() {
+        return Some(known);
+    }
+    let pending =
+        FunctionVerdict { verdict: verdict::PENDING, arguments: [NO_ARGUMENT; MAX_CAPTURED_ARGUMENTS], _pad: [0; 1] };
+    let _ = CODE_VERDICTS.insert(&key, &pending, 0);
+    None
+}
+
+#[inline(always)]
+fn is_generator(layout: &CallLayout, code: u64) -> bool {
+    // SAFETY: a read of the process's memory through the helper.
+    unsafe { bpf_probe_read_user((code + layout.code_flags as u64) as *const u32) }
+        .is_ok_and(|flags| flags & CO_GENERATOR_LIKE != 0)
+}
+
+/// Up to 3.10 a generator only ever runs in its own frame; from 3.11 its creation runs in the
+/// caller's frame first, owned by the thread rather than the generator.
+#[inline(always)]
+fn is_generators_own_frame(layout: &CallLayout, frame: u64) -> bool {
+    if layout.frame_owner == NO_OFFSET {
+        return true;
+    }
+    // SAFETY: a read of the process's memory through the helper.
+    unsafe { bpf_probe_read_user((frame + layout.frame_owner as u64) as *const u8) }
+        .is_ok_and(|owner| owner == FRAME_OWNED_BY_GENERATOR)
+}
+
+#[inline(always)]
+fn stack_pointer<C: EbpfContext>(ctx: &C) -> u64 {
+    let regs = ctx.as_ptr() as *const aya_ebpf::bindings::pt_regs;
+    // SAFETY: a probe's context is the probed thread's registers.
+    unsafe { (*regs).rsp }
+}
+
+/// Pushes `call` on the thread's open calls; false (counted) when they are too deep.
+#[inline(always)]
+fn push(pid_tgid: u64, call: OpenCall) -> bool {
+    let open = match OPEN_CALLS.get_ptr_mut(&pid_tgid) {
+        Some(open) => open,
+        None => {
+            let Some(empty) = NO_OPEN_CALLS.get_ptr(0) else { return false };
+            // SAFETY: a map value used as the initial value.
+            let _ = OPEN_CALLS.insert(&pid_tgid, unsafe { &*empty }, 0);
+            let Some(open) = OPEN_CALLS.get_ptr_mut(&pid_tgid) else { return false };
+            open
+        }
+    };
+    // SAFETY: this thread's own entry.
+    let open = unsafe { &mut *open };
+    let depth = open.depth as usize;
+    let Some(slot) = open.calls.get_mut(depth) else {
+        count(counter::CALL_TOO_DEEP);
+        return false;
+    };
+    *slot = call;
+    open.depth += 1;
+    true
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn report_entry(
+    pid_tgid: u64,
+    layout: &CallLayout,
+    frame: u64,
+    code: u64,
+    span: &ServedRequest,
+    flags: u8,
+    chosen: &FunctionVerdict,
+    tentative: bool,
+) {
+    let Some(event) = CALL_SCRATCH.get_ptr_mut(0) else { return };
+    // SAFETY: this CPU's scratch; nothing else runs here until the event is out.
+    let event = unsafe { &mut *event };
+    event.header = header(EventKind::FunctionEntered, pid_tgid);
+    event.code = code;
+    event.globals = read_u64(frame + layout.frame_globals as u64).unwrap_or(0);
+    event.context = span.context;
+    event.flags = flags;
+    event.argument_count = 0;
+    let locals = frame + layout.frame_localsplus as u64;
+    for index in 0..MAX_CAPTURED_ARGUMENTS {
+        // Until the agent has decided, the first slots are taken: it keeps the named ones.
+        let slot = if tentative { index as u8 } else { chosen.arguments[index] };
+        let captured = &mut event.arguments[index];
+        captured.slot = slot;
+        captured.len = 0;
+        captured.object = 0;
+        if slot == NO_ARGUMENT {
+            continue;
+        }
+        let Some(object) = read_pointer(locals + slot as u64 * 8) else { continue };
+        captured.object = object;
+        // SAFETY: reads of the process's memory into this CPU's scratch; an object near the end
+        // of its mapping is retried with the header and a small value only.
+        captured.len = if unsafe { bpf_probe_read_user_buf(object as *const u8, &mut captured.bytes) }.is_ok() {
+            ARGUMENT_BYTES as u32
+        } else if unsafe { bpf_probe_read_user_buf(object as *const u8, &mut captured.bytes[..SMALL_OBJECT]) }.is_ok() {
+            SMALL_OBJECT as u32
+        } else {
+            0
+        };
+        event.argument_count = index as u8 + 1;
+    }
+    if EVENTS.output::<FunctionEnteredEvent>(&*event, 0).is_err() {
+        count(counter::RING_FULL);
+    }
+}
+
+/// Bytes of an object's head and a number: what a captured argument falls back to.
+const SMALL_OBJECT: usize = 32;
+
+#[inline(always)]
+fn frame_ends(ctx: &RetProbeContext) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(open) = OPEN_CALLS.get_ptr_mut(&pid_tgid) else { return };
+    // SAFETY: this thread's own entry.
+    let open = unsafe { &mut *open };
+    // After `ret` the stack pointer is one slot above where the return address was.
+    let return_sp = stack_pointer(ctx).wrapping_sub(8);
+    let mut call = None;
+    // Calls below the top whose return was never probed are over too: a return further out
+    // than the top call passes them.
+    for _ in 0..CALL_NESTING {
+        let depth = open.depth as usize;
+        if depth == 0 || depth > CALL_NESTING {
+            return;
+        }
+        let Some(top) = open.calls.get(depth - 1).copied() else { return };
+        if top.entry_sp > return_sp {
+            // A frame deeper than every open call returned (an unselected one).
+            return;
+        }
+        open.depth -= 1;
+        if top.entry_sp == return_sp {
+            call = Some(top);
+            break;
+        }
+        count(counter::CALL_RETURN_MISSED);
+    }
+    let Some(call) = call else { return };
+    let pid = current_ids(pid_tgid).0;
+    // SAFETY: copied out.
+    let Some(layout) = (unsafe { CALL_LAYOUTS.get(&pid) }).copied() else { return };
+    if call.generator != 0 {
+        if !generator_finished(&layout, call.frame) {
+            return;
+        }
+        let _ = GENERATOR_SPANS.remove(&object(pid_tgid, call.frame));
+    }
+    let failed = ctx.ret::<u64>() == 0;
+    let event = FunctionReturnedEvent {
+        header: header(EventKind::FunctionReturned, pid_tgid),
+        span_id: call.span.context.span_id,
+        exception_type: if failed { exception_type(pid, &layout) } else { 0 },
+        failed: failed as u8,
+        _pad: [0; 7],
+    };
+    if EVENTS.output::<FunctionReturnedEvent>(&event, 0).is_err() {
+        count(counter::RING_FULL);
+    }
+}
+
+/// Whether the generator running in `frame` is done (returned or raised) rather than
+/// suspended at a `yield`/`await`.
+#[inline(always)]
+fn generator_finished(layout: &CallLayout, frame: u64) -> bool {
+    let at = frame.wrapping_add(layout.generator_state as i64 as u64);
+    match layout.generator_state_kind {
+        generator_state::STACK_TOP => read_u64(at).is_some_and(|top| top == 0),
+        // SAFETY: a read of the process's memory through the helper.
+        _ => unsafe { bpf_probe_read_user(at as *const i8) }.is_ok_and(|state| state >= 1),
+    }
+}
+
+/// The type of the exception the thread's state holds, or 0.
+#[inline(always)]
+fn exception_type(pid: u32, layout: &CallLayout) -> u64 {
+    // SAFETY: copied out.
+    let Some(python) = (unsafe { PYTHON_LAYOUTS.get(&pid) }).copied() else { return 0 };
+    let Some(tstate) = thread_state(&python) else { return 0 };
+    let Some(pending) = read_pointer(tstate + layout.tstate_exception as u64) else { return 0 };
+    if layout.exception_is_object == 0 {
+        return pending;
+    }
+    read_u64(pending + OB_TYPE).unwrap_or(0)
+}
+
+/// `PyObject.ob_type`.
+const OB_TYPE: u64 = 8;
