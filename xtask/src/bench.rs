@@ -1,21 +1,30 @@
-//! `cargo xtask bench`: what tracing costs a Python HTTP service, the agent beside
-//! OpenTelemetry's zero-code instrumentation, in one run on one machine.
+//! `cargo xtask bench`: what tracing costs Python, in one run on one machine, in two parts.
 //!
-//! For each service variant (sync: flask/gunicorn/requests; asyncio: fastapi/uvicorn/httpx),
-//! each making one downstream HTTP call per request, and each mode (no tracing, the agent,
-//! `opentelemetry-instrument`), the bench starts the service fresh, waits until it answers,
-//! starts the agent if the mode wants it, puts wrk's load on it for a warm-up and then for the
-//! measured window, and reads CPU time and memory from /proc around that window.
+//! The HTTP part: the agent beside OpenTelemetry's zero-code instrumentation on a Python HTTP
+//! service. For each service variant (sync: flask/gunicorn/requests; asyncio:
+//! fastapi/uvicorn/httpx), each making one downstream HTTP call per request, and each mode (no
+//! tracing, the agent, `opentelemetry-instrument`), the bench starts the service fresh, waits
+//! until it answers, starts the agent if the mode wants it, puts wrk's load on it for a warm-up
+//! and then for the measured window, and reads CPU time and memory from /proc around that
+//! window.
+//!
+//! The function part ([`functions`]), after it: what one Python call costs once the agent makes
+//! spans of a selected function (`--function`), for that function and for an unrelated one
+//! (selecting functions hooks every call of the process), on every interpreter the tests use,
+//! before, with and after the agent. `--functions-only` and `--skip-functions` run one part.
 //!
 //! It prints figures and asserts nothing about them. Everything it starts is stopped when it
-//! ends, fails or is interrupted ([`process`]).
+//! ends, fails or is interrupted ([`process`]); a failed run is reported and the others still run.
 //!
 //! Parts: [`wrk`] (load and its report), [`procfs`] (CPU and memory), [`service`] (the Python
-//! services), [`agent`] (the agent under load), [`stub`] (the downstream service and the OTLP
-//! receiver, on threads of this process), [`otlp`] (counting exported spans), [`report`] (the
-//! results table).
+//! services), [`agent`] (the agent, started with each part's arguments), [`stub`] (the downstream
+//! service and the OTLP receiver, on threads of this process), [`otlp`] (counting exported
+//! spans), [`report`] (the HTTP results table), [`functions`] and [`function_program`] (the
+//! function part and the Python program it drives).
 
 mod agent;
+mod function_program;
+mod functions;
 mod otlp;
 mod process;
 mod procfs;
@@ -82,6 +91,13 @@ pub struct Options {
     /// Benchmark this agent binary (e.g. another build) instead of building the workspace's.
     #[arg(long, value_name = "PATH", conflicts_with = "no_build")]
     agent_bin: Option<PathBuf>,
+    /// Run only the function part: the cost per call of a function the agent selects
+    /// (`--function`) and of one it does not, on every test interpreter; no HTTP services.
+    #[arg(long, conflicts_with = "skip_functions")]
+    functions_only: bool,
+    /// Leave out the function part (which otherwise runs after the HTTP services).
+    #[arg(long)]
+    skip_functions: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -114,31 +130,95 @@ impl Options {
     fn load(&self) -> wrk::Load {
         wrk::Load { threads: self.threads, connections: self.connections }
     }
+
+    /// Whether the HTTP services part runs.
+    fn runs_http(&self) -> bool {
+        !self.functions_only
+    }
+
+    /// Whether the function part runs.
+    fn runs_functions(&self) -> bool {
+        !self.skip_functions
+    }
 }
 
 pub fn run(ws: &Workspace, options: &Options) -> Result<()> {
-    workspace::require_root("bench", "its agent mode loads eBPF programs and attaches uprobes")?;
-    if options.connections < options.threads {
+    workspace::require_root("bench", "its agent runs load eBPF programs and attach uprobes")?;
+    if options.runs_http() && options.connections < options.threads {
         bail!("--connections ({}) must be at least --threads ({})", options.connections, options.threads);
     }
     let started = Instant::now();
     process::catch_interrupts();
-    let venv = ws.tools_dir().join("bench-venv");
-    let python = setup::bench(ws, PYTHON_VERSION, &venv, &ws.root().join(REQUIREMENTS))?;
+    let python = setup_for(ws, options)?;
     let agent = match &options.agent_bin {
         Some(path) => AgentBinary::given(path)?,
         None => AgentBinary::get(ws, options.no_build)?,
     };
     check_interrupt()?;
-    let bench = Bench::prepare(ws, options, python, agent)?;
-    bench.print_header()?;
-    let outcomes = bench.run_all()?;
-    report::print_table(&outcomes);
-    report::print_traced_work(&outcomes);
+    let out_dir = ws.target_dir().join("bench");
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let http = python.map(|python| Bench::prepare(ws, options, python, &agent, &out_dir)).transpose()?;
+    let function_part =
+        options.runs_functions().then(|| functions::Part::new(&agent.path, ws.root().join(APP_DIR), &out_dir));
+    print_header(&agent, &out_dir, http.as_ref(), function_part.as_ref())?;
+    let mut failed = Vec::new();
+    if let Some(bench) = &http {
+        let outcomes = bench.run_all()?;
+        report::print_table(&outcomes);
+        report::print_traced_work(&outcomes);
+        failed.extend(outcomes.iter().filter(|o| o.result.is_err()).map(Outcome::label));
+    }
+    if let Some(part) = &function_part {
+        let outcomes = part.run_all()?;
+        functions::print_table(&outcomes);
+        failed.extend(outcomes.iter().filter(|o| o.failed()).map(|o| format!("functions/{}", o.label)));
+    }
     println!("\nbench finished in {:.0} s (setup and build included)", started.elapsed().as_secs_f64());
-    let failed: Vec<String> = outcomes.iter().filter(|o| o.result.is_err()).map(Outcome::label).collect();
     if !failed.is_empty() {
         bail!("some runs failed: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// Sets up what the chosen parts need; returns the HTTP part's interpreter when it runs. The
+/// HTTP part needs wrk and its virtual environment; the function part only the build tools
+/// (for the agent) and the test interpreters, used as they are.
+fn setup_for(ws: &Workspace, options: &Options) -> Result<Option<PathBuf>> {
+    if !options.runs_http() {
+        setup::run(ws, setup::Scope::Build)?;
+        return Ok(None);
+    }
+    let venv = ws.tools_dir().join("bench-venv");
+    setup::bench(ws, PYTHON_VERSION, &venv, &ws.root().join(REQUIREMENTS)).map(Some)
+}
+
+/// What runs where, before any figure: the machine, the agent, then each part's set-up.
+fn print_header(
+    agent: &AgentBinary,
+    out_dir: &Path,
+    http: Option<&Bench>,
+    functions: Option<&functions::Part>,
+) -> Result<()> {
+    let mut text = String::from("\n== cargo xtask bench ==\n");
+    let mut line = |key: &str, value: String| writeln!(text, "{key:<12}{value}").unwrap();
+    line("machine:", machine());
+    line("agent:", format!("{} ({})", agent.path.display(), agent.provenance));
+    if let Some(bench) = http {
+        bench.describe(&mut line)?;
+    }
+    if let Some(part) = functions {
+        part.describe(&mut line);
+    }
+    line("logs:", format!("{} (service and program logs, agent logs and stores)", out_dir.display()));
+    print!("{text}");
+    if http.is_some() {
+        println!("note: wrk, the services, the stubs and the agent all share this machine's cores");
+    } else {
+        println!("note: the program and the agent share this machine's cores with whatever else runs on it");
+    }
+    let others = foreign_agents(&[]);
+    if !others.is_empty() {
+        println!("WARNING: other scouter-agent processes are running ({others:?}): they trace every mode");
     }
     Ok(())
 }
@@ -191,13 +271,13 @@ fn age(path: &Path) -> String {
     }
 }
 
-/// Everything that stays the same across the runs of one bench.
+/// Everything that stays the same across the runs of the HTTP part.
 struct Bench<'a> {
     options: &'a Options,
     python: PathBuf,
-    agent: AgentBinary,
+    agent: &'a AgentBinary,
     app_dir: PathBuf,
-    out_dir: PathBuf,
+    out_dir: &'a Path,
     /// Serves from threads of this process until it exits.
     downstream_url: String,
     receiver: StubServer,
@@ -237,9 +317,13 @@ impl Outcome {
 }
 
 impl<'a> Bench<'a> {
-    fn prepare(ws: &Workspace, options: &'a Options, python: PathBuf, agent: AgentBinary) -> Result<Self> {
-        let out_dir = ws.target_dir().join("bench");
-        std::fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
+    fn prepare(
+        ws: &Workspace,
+        options: &'a Options,
+        python: PathBuf,
+        agent: &'a AgentBinary,
+        out_dir: &'a Path,
+    ) -> Result<Self> {
         let receiver = StubServer::start(Role::OtlpReceiver)?;
         Ok(Self {
             options,
@@ -278,7 +362,7 @@ impl<'a> Bench<'a> {
             workers: self.options.workers,
             downstream_url: &self.downstream_url,
             otlp_endpoint: &self.otlp_url,
-            log_dir: &self.out_dir,
+            log_dir: self.out_dir,
         }
     }
 
@@ -293,7 +377,7 @@ impl<'a> Bench<'a> {
         let mut agent = match mode {
             Mode::Agent => {
                 let log = self.out_dir.join(format!("agent-{}.log", variant.name()));
-                Some(RunningAgent::start(&self.agent.path, &self.store_path(variant), &log)?)
+                Some(RunningAgent::start(&self.agent.path, &self.store_path(variant), &log, &[])?)
             }
             _ => None,
         };
@@ -371,14 +455,11 @@ impl<'a> Bench<'a> {
         Ok(Measurement { wrk: report, wall, service_cpu, agent, traced: None, foreign_agents })
     }
 
-    fn print_header(&self) -> Result<()> {
+    /// The bench header's lines about this part.
+    fn describe(&self, line: &mut dyn FnMut(&str, String)) -> Result<()> {
         let o = self.options;
         let load = wrk::command("URL", o.load(), Duration::from_secs(o.duration));
-        let mut text = String::from("\n== cargo xtask bench ==\n");
-        let mut line = |key: &str, value: String| writeln!(text, "{key:<12}{value}").unwrap();
-        line("machine:", machine());
         line("python:", python_versions(&self.python)?);
-        line("agent:", format!("{} ({})", self.agent.path.display(), self.agent.provenance));
         line(
             "load:",
             format!("{}; {} s warm-up, then {} s measured, per run", cmd::describe(&load), o.warmup, o.duration),
@@ -407,13 +488,6 @@ impl<'a> Bench<'a> {
                  OTLP/HTTP protobuf to a stub inside the bench process that answers 200 and discards (after counting spans)"
                     .into(),
             );
-        }
-        line("logs:", format!("{} (service logs, agent stores)", self.out_dir.display()));
-        print!("{text}");
-        println!("note: wrk, the services, the stubs and the agent all share this machine's cores");
-        let others = foreign_agents(&[]);
-        if !others.is_empty() {
-            println!("WARNING: other scouter-agent processes are running ({others:?}): they trace every mode");
         }
         Ok(())
     }

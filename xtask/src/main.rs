@@ -9,7 +9,9 @@
 //! - `run` builds, then replaces itself with the agent.
 //! - `test` runs the full setup, builds, then the unit tests and the end-to-end tests.
 //! - `bench` measures what tracing costs a Python HTTP service: no tracing, the agent, and
-//!   OpenTelemetry's zero-code instrumentation, side by side (figures only, no assertions).
+//!   OpenTelemetry's zero-code instrumentation, side by side; then what one Python call costs
+//!   with the agent's function spans, for a selected and an unrelated function, on every test
+//!   interpreter (figures only, no assertions).
 //!
 //! Every external program runs through [`cmd`], with inherited standard streams, so that what
 //! failed is always named in the error.
@@ -56,7 +58,8 @@ enum Task {
     /// The end-to-end tests load eBPF programs, so this refuses to run without root rather
     /// than let them be skipped. FILTER, if given, is passed to both cargo test runs.
     Test(TestArgs),
-    /// Measure tracing overhead as root: no tracing vs the agent vs opentelemetry-instrument.
+    /// Measure tracing overhead as root: no tracing vs the agent vs opentelemetry-instrument,
+    /// then the per-call cost of the agent's function spans.
     ///
     /// Two Python services, each making one downstream HTTP call per request: sync (flask on
     /// gunicorn gthread workers, requests) and asyncio (fastapi on uvicorn with the asyncio
@@ -67,8 +70,15 @@ enum Task {
     /// per request, and the agent's CPU (% of one core) and memory; asserts nothing.
     ///
     /// The services run in a virtual environment (target/tools/bench-venv, from pyenv's Python
-    /// 3.12.1) with the packages in xtask/bench/requirements.txt, installed on first use. Service
-    /// logs and agent stores go to target/bench/.
+    /// 3.12.1) with the packages in xtask/bench/requirements.txt, installed on first use.
+    ///
+    /// Then the function part (--functions-only runs it alone, --skip-functions leaves it out):
+    /// on every interpreter the tests use, xtask/bench/bench_functions.py measures the ns per call
+    /// of `selected` and of `unrelated` (same body) with no agent, with the agent restricted to
+    /// it (`--pid`) and given `--function bench_functions:selected` (which hooks every call of
+    /// the process), and again once the agent stopped; and counts the spans the agent stored.
+    ///
+    /// Service and program logs, agent logs and agent stores go to target/bench/.
     Bench(bench::Options),
 }
 

@@ -43,6 +43,14 @@ impl Process {
         self.child.stderr.take()
     }
 
+    pub fn take_stdin(&mut self) -> Option<std::process::ChildStdin> {
+        self.child.stdin.take()
+    }
+
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.stdout.take()
+    }
+
     /// Fails if the process has exited (giving it a moment, in case it is exiting right now).
     pub fn ensure_running(&mut self) -> Result<()> {
         let status = self.wait_until(Instant::now() + Duration::from_millis(200))?;
@@ -51,6 +59,14 @@ impl Process {
             bail!("{} exited unexpectedly ({status})", self.name);
         }
         Ok(())
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself; its exit status if it did.
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
+        if self.exited.is_none() {
+            self.exited = self.wait_until(Instant::now() + timeout)?;
+        }
+        Ok(self.exited)
     }
 
     /// SIGTERM to the group, then SIGKILL to whatever is left of it after [`STOP_TIMEOUT`].
@@ -161,11 +177,16 @@ impl LogTail {
     /// Waits for a line containing `text`; false on timeout or when the stream closed first.
     /// Only lines still in the tail count, which is enough for a line awaited from the start.
     pub fn wait_for(&self, text: &str, timeout: Duration) -> bool {
+        self.wait_for_line(|line| line.contains(text), timeout)
+    }
+
+    /// Like [`wait_for`](Self::wait_for), for the first line `matches` accepts.
+    pub fn wait_for_line(&self, matches: impl Fn(&str) -> bool, timeout: Duration) -> bool {
         let (state, changed) = &*self.shared;
         let deadline = Instant::now() + timeout;
         let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            if state.lines.iter().any(|line| line.contains(text)) {
+            if state.lines.iter().any(|line| matches(line)) {
                 return true;
             }
             let now = Instant::now();

@@ -14,7 +14,8 @@
 //! 4. [`python`]: pip requirements for every interpreter the tests use.
 //!
 //! Steps 1-2 are all that building needs ([`Scope::Build`]); 3-4 serve the tests. [`bench`]
-//! takes steps 1-3 (wrk is among the Debian packages) and a virtual environment of its own.
+//! takes steps 1-3 (wrk is among the Debian packages) and a virtual environment of its own, and
+//! measures function calls on every test interpreter ([`test_interpreters`]).
 
 mod bpf_linker;
 mod debian;
@@ -22,6 +23,8 @@ mod python;
 mod toolchain;
 
 use std::path::{Path, PathBuf};
+
+pub use self::python::test_interpreters;
 
 use anyhow::Result;
 

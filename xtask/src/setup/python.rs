@@ -126,6 +126,16 @@ fn interpreters() -> Result<Vec<Interpreter>> {
     Ok(found)
 }
 
+/// Every interpreter the tests use, as (label, path), whether installed or not: for tasks that
+/// measure each one and report a missing one rather than stop (`cargo xtask bench`).
+pub fn test_interpreters() -> Vec<(String, PathBuf)> {
+    let root = pyenv_root();
+    let pyenv = PYENV_VERSIONS
+        .iter()
+        .map(|version| (format!("pyenv-{version}"), root.join("versions").join(version).join("bin/python3")));
+    pyenv.chain(std::iter::once(("debian-python3.11".to_owned(), PathBuf::from(DEBIAN_PYTHON)))).collect()
+}
+
 /// pyenv's interpreter of `version`; fails if it is not installed.
 fn pyenv_interpreter(root: &Path, version: &str) -> Result<Interpreter> {
     let python = root.join("versions").join(version).join("bin/python3");
