@@ -17,12 +17,12 @@ use tokio::sync::mpsc;
 
 use crate::config::AgentConfig;
 use crate::discovery::{self, PythonProcess, Skip, UntracedProcesses};
-use crate::events::{self, FunctionEntry, KernelEvent, SocketId, WallClock};
+use crate::events::{self, FunctionEntry, KernelEvent, WallClock};
 use crate::export::Exporter;
 use crate::frames::attach::{self as layouts, CheckedLayout, LayoutError};
 use crate::frames::calls::CalledFunction;
 use crate::frames::ProcessStacks;
-use crate::probes::eval_hook::{self, EvalHook};
+use crate::probes::eval_hook;
 use crate::probes::{ProbeOptions, Probes};
 use crate::spans::assembly::{Assembler, CompletedExchange};
 use crate::spans::code_attribution::CodeAttributions;
@@ -148,8 +148,6 @@ struct Agent {
     /// Function spans: open calls, and the decision about each code object seen.
     functions: FunctionSpans,
     decisions: HashMap<(u32, u64), Decision>,
-    /// Processes whose calls are reported, with the evaluator hook to undo (3.11+).
-    hooked: HashMap<u32, Option<EvalHook>>,
     layout_checks: mpsc::UnboundedSender<LayoutResult>,
     decode_errors: u64,
     last_kernel_counters: [u64; scouter_ebpf::counter::COUNT as usize],
@@ -175,7 +173,6 @@ impl Agent {
             code: CodeAttributions::default(),
             functions: FunctionSpans::default(),
             decisions: HashMap::new(),
-            hooked: HashMap::new(),
             layout_checks,
             decode_errors: 0,
             last_kernel_counters: Default::default(),
@@ -256,7 +253,9 @@ impl Agent {
             KernelEvent::FunctionEntered(entry) => self.on_function_entered(entry),
             KernelEvent::FunctionReturned { pid, span_id, time, failed, exception_type } => {
                 let how = if failed {
-                    CallEnd::Raised(self.stacks.exception_name(pid, exception_type).filter(|_| exception_type != 0))
+                    CallEnd::Raised(
+                        (exception_type != 0).then(|| self.stacks.exception_name(pid, exception_type)).flatten(),
+                    )
                 } else {
                     CallEnd::Returned
                 };
@@ -289,7 +288,7 @@ impl Agent {
                 Some((name.clone(), self.stacks.argument_value(pid, &raw.bytes)?))
             })
             .collect();
-        let resource = self.resource_of(SocketId { pid, fd: 0 });
+        let resource = self.resource_of(pid);
         self.functions.started(StartedCall {
             pid,
             trace_id: TraceId(context.trace_id),
@@ -313,7 +312,7 @@ impl Agent {
             Some(called) => match self.config.functions.select(&service, &called.module, &called.code.qualname) {
                 Some(wanted) => {
                     let arguments = argument_slots(&called, &wanted);
-                    Decision::Selected { function: called, arguments }
+                    Decision::Selected { function: Arc::new(called), arguments }
                 }
                 None => Decision::Ignored,
             },
@@ -351,24 +350,23 @@ impl Agent {
                 return;
             }
         };
-        if let Err(error) = self.probes.trace_calls(pid, &interpreter, version.minor, layout.version.for_calls()) {
+        if let Err(error) = self.probes.trace_calls(pid, &interpreter, version.minor, layout.version.for_calls(), hook)
+        {
             tracing::warn!(pid, %version, %error, "python functions are not traced in this process");
             if let Some(hook) = hook {
                 let _ = hook.remove();
             }
             return;
         }
-        self.hooked.insert(pid, hook);
         tracing::info!(pid, %version, hooked = hook.is_some(), "tracing python functions");
     }
 
     /// Stops reporting `pid`'s calls; `restore` writes the evaluator hook back (the process
     /// lives on), otherwise the process is gone or its image replaced.
     fn untrace_functions(&mut self, pid: u32, restore: bool) {
-        self.probes.untrace_calls(pid);
+        let hook = self.probes.untrace_calls(pid);
         self.decisions.retain(|(owner, _), _| *owner != pid);
         self.functions.process_exited(pid);
-        let Some(hook) = self.hooked.remove(&pid) else { return };
         if let (true, Some(hook)) = (restore, hook) {
             match hook.remove() {
                 Ok(()) => tracing::info!(pid, "python functions no longer traced; evaluator hook removed"),
@@ -404,7 +402,6 @@ impl Agent {
             tracing::info!(pid, "python process exited");
         }
         self.listener_ports.retain(|(owner, _), _| *owner != pid);
-        self.untrace_functions(pid, false);
         self.stop_reading_stacks(pid);
         self.code.process_exited(pid);
     }
@@ -422,7 +419,6 @@ impl Agent {
                 // An exec can turn a traced Python process into something else.
                 if self.processes.remove(&pid).is_some() {
                     self.probes.untrack(pid);
-                    self.untrace_functions(pid, false);
                     self.stop_reading_stacks(pid);
                     tracing::info!(pid, "process is no longer python; stopped tracing it");
                 }
@@ -473,7 +469,6 @@ impl Agent {
             self.probes.track_asyncio(&discovery::asyncio::module_of(&process));
             self.probes.track_contexts(&process.interpreter_file());
             // An exec replaced the memory image: the old layout must not read the new one.
-            self.untrace_functions(pid, false);
             self.stop_reading_stacks(pid);
             if self.probes.reads_stacks() {
                 spawn_layout_check(process.clone(), 0, Duration::ZERO, &self.layout_checks);
@@ -522,7 +517,10 @@ impl Agent {
         self.trace_functions(pid, &layout);
     }
 
+    /// Stops reading `pid`'s stacks and calls: it exited, is no longer Python, or an exec
+    /// replaced its image (there is no hook left to undo in any of these).
     fn stop_reading_stacks(&mut self, pid: u32) {
+        self.untrace_functions(pid, false);
         self.stacks.remove(pid);
         self.probes.forget_stacks(pid);
     }
@@ -533,7 +531,7 @@ impl Agent {
 
     fn export(&mut self, done: Vec<CompletedExchange>) {
         for exchange in done {
-            let resource = self.resource_of(exchange.socket);
+            let resource = self.resource_of(exchange.socket.pid);
             let mut span = span_from_exchange(&exchange, resource);
             self.code.apply(exchange.socket.pid, &mut span);
             self.submit(span);
@@ -550,18 +548,18 @@ impl Agent {
 
     fn export_failed_connects(&mut self) {
         for failed in self.assembler.take_failed_connects() {
-            let resource = self.resource_of(failed.socket);
+            let resource = self.resource_of(failed.socket.pid);
             self.submit(span_from_failed_connect(&failed, resource));
         }
     }
 
     /// The process's resource; a minimal one if the process was forgotten meanwhile.
-    fn resource_of(&self, socket: SocketId) -> Arc<Resource> {
-        match self.processes.get(&socket.pid) {
+    fn resource_of(&self, pid: u32) -> Arc<Resource> {
+        match self.processes.get(&pid) {
             Some(process) => Arc::clone(&process.resource),
             None => {
                 let mut resource = Resource::default();
-                resource.attributes.insert("process.pid".into(), AttributeValue::from(socket.pid));
+                resource.attributes.insert("process.pid".into(), AttributeValue::from(pid));
                 resource.attributes.insert("service.name".into(), "unknown_service:python".into());
                 Arc::new(resource)
             }
@@ -599,8 +597,7 @@ impl Agent {
     fn shutdown(mut self) {
         let done = self.assembler.finish_all();
         self.export(done);
-        let hooked: Vec<u32> = self.hooked.keys().copied().collect();
-        for pid in hooked {
+        for pid in self.probes.call_traced_processes() {
             self.untrace_functions(pid, true);
         }
         let stats = self.assembler.stats();
@@ -630,9 +627,10 @@ const LOCAL_NAMES_READ: usize = 64;
 /// The agent's decision about one code object.
 #[derive(Clone, Debug)]
 enum Decision {
-    /// Its calls are spans; these (slot, name) arguments are captured.
+    /// Its calls are spans; these (slot, name) arguments are captured. Shared: every call's
+    /// span names the same function.
     Selected {
-        function: CalledFunction,
+        function: Arc<CalledFunction>,
         arguments: Vec<(u8, String)>,
     },
     Ignored,

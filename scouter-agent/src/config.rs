@@ -89,14 +89,9 @@ impl ConfigFile {
         self.functions
             .iter()
             .map(|entry| {
-                let mut written = entry.pattern.clone();
-                if !entry.arguments.is_empty() && !written.contains('(') {
-                    written = format!("{written}({})", entry.arguments.join(","));
-                } else if !entry.arguments.is_empty() {
-                    written = format!("{},{})", written.trim_end().trim_end_matches(')'), entry.arguments.join(","));
-                }
-                let pattern = FunctionPattern::parse(&written)
-                    .map_err(|source| ConfigError::FilePattern { path: path.into(), source })?;
+                let in_file = |source| ConfigError::FilePattern { path: path.into(), source };
+                let mut pattern = FunctionPattern::parse(&entry.pattern).map_err(in_file)?;
+                pattern.add_arguments(&entry.pattern, &entry.arguments).map_err(in_file)?;
                 Ok(FunctionRule { pattern, services: entry.services.iter().map(|s| Glob::new(s)).collect() })
             })
             .collect()

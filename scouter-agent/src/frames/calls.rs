@@ -58,9 +58,7 @@ impl ProcessStacks {
     }
 
     fn cached_type_name(&mut self, pid: u32, type_object: u64, qualified: bool) -> Option<String> {
-        // Qualified and plain names of one type are cached apart (low bit: never set in an
-        // object's address).
-        let key = (pid, type_object | qualified as u64);
+        let key = (pid, type_object, qualified);
         if let Some(known) = self.types.get(&key) {
             return Some(known.clone());
         }

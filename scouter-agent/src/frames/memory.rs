@@ -75,13 +75,11 @@ impl ProcessMemory {
     pub fn unicode(&self, address: u64, ascii_data: u64, compact_data: u64) -> Result<String, MemoryError> {
         let length = self.u64(address + UNICODE_LENGTH)? as usize;
         let state = self.u32(address + UNICODE_STATE)?;
-        let kind = (state >> 2) & 0b111;
-        let compact = state & (1 << 5) != 0;
-        let ascii = state & (1 << 6) != 0;
-        if !compact || length > MAX_STRING || !matches!(kind, 1 | 2 | 4) {
+        let Some((kind, data_offset)) = compact_str(state, ascii_data, compact_data).filter(|_| length <= MAX_STRING)
+        else {
             return Err(MemoryError::NotAString { address });
-        }
-        let data = address + if ascii { ascii_data } else { compact_data };
+        };
+        let data = address + data_offset;
         let raw = self.bytes(data, length * kind as usize)?;
         decode(&raw, kind).ok_or(MemoryError::NotAString { address })
     }
@@ -102,6 +100,19 @@ pub(super) const UNICODE_STATE: u64 = 32;
 /// `PyBytesObject.ob_size` and `ob_sval`.
 const BYTES_SIZE: u64 = 16;
 const BYTES_DATA: u64 = 32;
+
+/// A compact `str`'s bytes per character and where its characters start, from its `state`
+/// word; `None` for anything else (a legacy string, or not a string at all). The offsets are
+/// the version's `sizeof(PyASCIIObject)` and `sizeof(PyCompactUnicodeObject)`.
+pub(super) fn compact_str(state: u32, ascii_data: u64, compact_data: u64) -> Option<(u32, u64)> {
+    let kind = (state >> 2) & 0b111;
+    let compact = state & (1 << 5) != 0;
+    let ascii = state & (1 << 6) != 0;
+    if !compact || !matches!(kind, 1 | 2 | 4) || (ascii && kind != 1) {
+        return None;
+    }
+    Some((kind, if ascii { ascii_data } else { compact_data }))
+}
 
 /// Latin-1, UCS-2 or UCS-4 code units to a string.
 pub(super) fn decode(raw: &[u8], kind: u32) -> Option<String> {

@@ -8,7 +8,7 @@
 
 use super::attach::OBJECT_TYPE;
 use super::layout::VersionLayout;
-use super::memory::{self, decode, MemoryError, ProcessMemory};
+use super::memory::{self, compact_str, decode, MemoryError, ProcessMemory};
 
 /// A Python value captured from a function's argument slot, reduced to what a span attribute can hold.
 #[derive(Clone, Debug, PartialEq)]
@@ -240,14 +240,8 @@ fn decode_str(minor: u8, raw: &[u8]) -> Option<ArgumentValue> {
     let layout = VersionLayout::for_minor(minor)?;
     let length = usize::try_from(word(raw, UNICODE_LENGTH)?).ok()?;
     let state = u32::from_le_bytes(raw.get(UNICODE_STATE..UNICODE_STATE + 4)?.try_into().ok()?);
-    let kind = (state >> 2) & 0b111;
-    let compact = state & (1 << 5) != 0;
-    let ascii = state & (1 << 6) != 0;
-    if !compact || !matches!(kind, 1 | 2 | 4) || (ascii && kind != 1) {
-        return None;
-    }
-    let start = if ascii { layout.unicode_ascii_data } else { layout.unicode_compact_data } as usize;
-    let held = raw.get(start..)?;
+    let (kind, start) = compact_str(state, layout.unicode_ascii_data, layout.unicode_compact_data)?;
+    let held = raw.get(start as usize..)?;
     let chars = length.min(MAX_ARGUMENT_CHARS).min(held.len() / kind as usize);
     let text = decode(&held[..chars * kind as usize], kind)?;
     Some(ArgumentValue::Str { text, truncated: chars < length })

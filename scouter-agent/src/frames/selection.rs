@@ -97,20 +97,30 @@ impl FunctionPattern {
     pub fn matches(&self, module: &str, qualname: &str) -> bool {
         self.module.matches(module) && self.qualname.matches(qualname)
     }
+
+    /// Captures `names` too (the configuration file lists them apart from the pattern);
+    /// `pattern` is the pattern as written, for the error.
+    pub fn add_arguments(&mut self, pattern: &str, names: &[String]) -> Result<(), PatternError> {
+        for name in names {
+            let name = argument_name(pattern, name.trim())?;
+            if !self.arguments.contains(&name) {
+                self.arguments.push(name);
+            }
+        }
+        Ok(())
+    }
 }
 
 fn parse_arguments(pattern: &str, list: &str) -> Result<Vec<String>, PatternError> {
-    list.split(',')
-        .map(str::trim)
-        .filter(|name| !name.is_empty())
-        .map(|name| {
-            if is_identifier(name) {
-                Ok(name.to_owned())
-            } else {
-                Err(PatternError::BadArgumentName { pattern: pattern.into(), argument: name.into() })
-            }
-        })
-        .collect()
+    list.split(',').map(str::trim).filter(|name| !name.is_empty()).map(|name| argument_name(pattern, name)).collect()
+}
+
+fn argument_name(pattern: &str, name: &str) -> Result<String, PatternError> {
+    if is_identifier(name) {
+        Ok(name.to_owned())
+    } else {
+        Err(PatternError::BadArgumentName { pattern: pattern.into(), argument: name.into() })
+    }
 }
 
 fn is_identifier(name: &str) -> bool {
@@ -200,6 +210,17 @@ mod tests {
         assert_eq!(FunctionPattern::parse(":fib"), Err(PatternError::Empty(":fib".into())));
         assert!(matches!(FunctionPattern::parse("a:fib(n"), Err(PatternError::BadArguments(_))));
         assert!(matches!(FunctionPattern::parse("a:fib(n-1)"), Err(PatternError::BadArgumentName { .. })));
+    }
+
+    #[test]
+    fn arguments_listed_apart_are_checked_and_added_once() {
+        let mut pattern = FunctionPattern::parse("app:fib(n)").unwrap();
+        pattern.add_arguments("app:fib(n)", &["depth".into(), " n ".into()]).unwrap();
+        assert_eq!(pattern.arguments, vec!["n".to_owned(), "depth".to_owned()]);
+        assert!(matches!(
+            pattern.add_arguments("app:fib(n)", &["not-a-name".into()]),
+            Err(PatternError::BadArgumentName { .. })
+        ));
     }
 
     #[test]

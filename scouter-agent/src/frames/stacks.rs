@@ -17,8 +17,9 @@ pub struct ProcessStacks {
     pub(super) qualnames: SourceQualnames,
     /// Module names by (pid, globals dict), for function spans.
     pub(super) modules: HashMap<(u32, u64), String>,
-    /// Type names by (pid, type object), for captured arguments and exceptions.
-    pub(super) types: HashMap<(u32, u64), String>,
+    /// Type names by (pid, type object, qualified with the module), for captured arguments
+    /// and exceptions.
+    pub(super) types: HashMap<(u32, u64, bool), String>,
 }
 
 impl ProcessStacks {
@@ -36,7 +37,7 @@ impl ProcessStacks {
     pub fn remove(&mut self, pid: u32) {
         self.readers.remove(&pid);
         self.modules.retain(|(owner, _), _| *owner != pid);
-        self.types.retain(|(owner, _), _| *owner != pid);
+        self.types.retain(|(owner, _, _), _| *owner != pid);
     }
 
     /// The application frames of a stack `pid`'s thread had; nothing for a process without a

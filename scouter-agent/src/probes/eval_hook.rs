@@ -46,9 +46,10 @@ pub struct EvalHook {
 
 /// Sets `pid`'s hook if its version needs one (`Ok(None)`: 3.8–3.10 call the evaluator anyway).
 pub fn install(pid: u32, layout: &CheckedLayout) -> Result<Option<EvalHook>, HookError> {
-    let Some(field) = hook_field(pid, layout)? else { return Ok(None) };
+    let memory = ProcessMemory::open(pid)?;
+    let Some(field) = hook_field(&memory, layout)? else { return Ok(None) };
     let hook = EvalHook { pid, field, evaluator: layout.evaluator };
-    match ProcessMemory::open(pid)?.u64(field)? {
+    match memory.u64(field)? {
         0 => write(pid, field, layout.evaluator)?,
         // Set by an earlier agent that did not stop cleanly: this one undoes it in the end.
         current if current == layout.evaluator => {}
@@ -70,8 +71,9 @@ impl EvalHook {
 /// Removes a hook that points at the evaluator in a process where this agent traces no
 /// functions: only an agent sets that value, and this one did not. Returns whether it did.
 pub fn remove_leftover(pid: u32, layout: &CheckedLayout) -> Result<bool, HookError> {
-    let Some(field) = hook_field(pid, layout)? else { return Ok(false) };
-    if ProcessMemory::open(pid)?.u64(field)? != layout.evaluator {
+    let memory = ProcessMemory::open(pid)?;
+    let Some(field) = hook_field(&memory, layout)? else { return Ok(false) };
+    if memory.u64(field)? != layout.evaluator {
         return Ok(false);
     }
     write(pid, field, 0)?;
@@ -79,9 +81,8 @@ pub fn remove_leftover(pid: u32, layout: &CheckedLayout) -> Result<bool, HookErr
 }
 
 /// `&interp->eval_frame` of the main interpreter, on versions that have the field and need it.
-fn hook_field(pid: u32, layout: &CheckedLayout) -> Result<Option<u64>, HookError> {
+fn hook_field(memory: &ProcessMemory, layout: &CheckedLayout) -> Result<Option<u64>, HookError> {
     let Some(offset) = layout.version.calls.interpreter_eval_frame else { return Ok(None) };
-    let memory = ProcessMemory::open(pid)?;
     let interpreter = memory.u64(layout.runtime + layout.version.runtime_interpreters_head)?;
     if interpreter == 0 {
         return Err(HookError::NoInterpreter);

@@ -226,23 +226,31 @@ impl Probes {
         self.stacks.forget(pid);
     }
 
-    /// Reports `pid`'s calls of selected functions from now on (see [`python_calls`]).
+    /// Reports `pid`'s calls of selected functions from now on (see [`python_calls`]),
+    /// keeping the evaluator hook set for it (3.11+) until [`Self::untrace_calls`].
     pub fn trace_calls(
         &mut self,
         pid: u32,
         interpreter: &std::path::Path,
         minor: u8,
         layout: scouter_ebpf::CallLayout,
+        hook: Option<eval_hook::EvalHook>,
     ) -> Result<(), ProbeError> {
-        self.calls.trace(&mut self.ebpf, pid, interpreter, minor, layout)
+        self.calls.trace(&mut self.ebpf, pid, interpreter, minor, layout, hook)
     }
 
     pub fn traces_calls(&self, pid: u32) -> bool {
         self.calls.is_traced(pid)
     }
 
-    pub fn untrace_calls(&mut self, pid: u32) {
-        self.calls.untrace(&mut self.ebpf, pid);
+    /// The processes whose calls are reported.
+    pub fn call_traced_processes(&self) -> Vec<u32> {
+        self.calls.traced()
+    }
+
+    /// Stops reporting `pid`'s calls; returns the evaluator hook to undo, if any.
+    pub fn untrace_calls(&mut self, pid: u32) -> Option<eval_hook::EvalHook> {
+        self.calls.untrace(&mut self.ebpf, pid)
     }
 
     /// Tells the kernel whether one of `pid`'s code objects is selected.

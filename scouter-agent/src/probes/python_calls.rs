@@ -16,6 +16,7 @@ use aya::programs::uprobe::UProbeLinkId;
 use aya::Ebpf;
 use scouter_ebpf::{map_names, CallLayout, FunctionVerdict, ObjectKey};
 
+use super::eval_hook::EvalHook;
 use super::uprobes::{self, attach_to_process};
 use super::{take_map, ProbeError};
 
@@ -29,8 +30,13 @@ const EVALUATOR: &str = "_PyEval_EvalFrameDefault";
 pub struct CallProbes {
     layouts: BpfHashMap<MapData, u32, CallLayout>,
     verdicts: BpfHashMap<MapData, ObjectKey, FunctionVerdict>,
-    /// The links of each hooked process.
-    links: HashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
+    /// Each traced process: its links, and the evaluator hook to undo (3.11+).
+    traced: HashMap<u32, TracedProcess>,
+}
+
+struct TracedProcess {
+    links: Vec<(&'static str, UProbeLinkId)>,
+    hook: Option<EvalHook>,
 }
 
 impl CallProbes {
@@ -40,11 +46,12 @@ impl CallProbes {
             .map_err(|source| ProbeError::Map { name: map_names::CALL_LAYOUTS, source })?;
         let verdicts = BpfHashMap::try_from(take_map(ebpf, map_names::CODE_VERDICTS)?)
             .map_err(|source| ProbeError::Map { name: map_names::CODE_VERDICTS, source })?;
-        Ok(Self { layouts, verdicts, links: HashMap::new() })
+        Ok(Self { layouts, verdicts, traced: HashMap::new() })
     }
 
     /// Reports `pid`'s calls from now on; `interpreter` is the file holding the evaluator
-    /// (libpython, or the executable of a static build) as the agent opens it.
+    /// (libpython, or the executable of a static build) as the agent opens it, and `hook` the
+    /// evaluator hook set for it, kept until [`Self::untrace`] hands it back.
     pub fn trace(
         &mut self,
         ebpf: &mut Ebpf,
@@ -52,8 +59,9 @@ impl CallProbes {
         interpreter: &Path,
         minor: u8,
         layout: CallLayout,
+        hook: Option<EvalHook>,
     ) -> Result<(), ProbeError> {
-        if self.links.contains_key(&pid) {
+        if self.traced.contains_key(&pid) {
             return Ok(());
         }
         let Some(process) = NonZeroU32::new(pid) else { return Ok(()) };
@@ -72,20 +80,25 @@ impl CallProbes {
                 }
             }
         }
-        self.links.insert(pid, links);
+        self.traced.insert(pid, TracedProcess { links, hook });
         Ok(())
     }
 
     pub fn is_traced(&self, pid: u32) -> bool {
-        self.links.contains_key(&pid)
+        self.traced.contains_key(&pid)
     }
 
-    /// Stops reporting `pid`'s calls (it exited, exec'd, or the agent is stopping).
-    pub fn untrace(&mut self, ebpf: &mut Ebpf, pid: u32) {
-        if let Some(links) = self.links.remove(&pid) {
-            uprobes::detach(ebpf, links);
-        }
+    pub fn traced(&self) -> Vec<u32> {
+        self.traced.keys().copied().collect()
+    }
+
+    /// Stops reporting `pid`'s calls (it exited, exec'd, or the agent is stopping); returns
+    /// the evaluator hook to undo, if the process lives on.
+    pub fn untrace(&mut self, ebpf: &mut Ebpf, pid: u32) -> Option<EvalHook> {
         let _ = self.layouts.remove(&pid);
+        let traced = self.traced.remove(&pid)?;
+        uprobes::detach(ebpf, traced.links);
+        traced.hook
     }
 
     /// Records the agent's decision about one of `pid`'s code objects.

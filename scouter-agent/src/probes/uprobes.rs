@@ -28,10 +28,7 @@ pub fn attach(
     symbol: &'static str,
     path: &Path,
 ) -> Result<UProbeLinkId, ProbeError> {
-    let point = UProbeAttachPoint { location: UProbeAttachLocation::Symbol(symbol), cookie: None };
-    uprobe(ebpf, program)?
-        .attach(point, path, UProbeScope::AllProcesses)
-        .map_err(|source| ProbeError::AttachProgram { program, source })
+    attach_scoped(ebpf, program, symbol, path, UProbeScope::AllProcesses)
 }
 
 /// Attaches `program` to `symbol` in the ELF file at `path`, for process `pid` only: the
@@ -43,10 +40,18 @@ pub fn attach_to_process(
     path: &Path,
     pid: NonZeroU32,
 ) -> Result<UProbeLinkId, ProbeError> {
+    attach_scoped(ebpf, program, symbol, path, UProbeScope::OneProcess(pid))
+}
+
+fn attach_scoped(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    symbol: &'static str,
+    path: &Path,
+    scope: UProbeScope,
+) -> Result<UProbeLinkId, ProbeError> {
     let point = UProbeAttachPoint { location: UProbeAttachLocation::Symbol(symbol), cookie: None };
-    uprobe(ebpf, program)?
-        .attach(point, path, UProbeScope::OneProcess(pid))
-        .map_err(|source| ProbeError::AttachProgram { program, source })
+    uprobe(ebpf, program)?.attach(point, path, scope).map_err(|source| ProbeError::AttachProgram { program, source })
 }
 
 /// Detaches links made by [`attach`] (undoing a file's partial instrumentation).

@@ -20,7 +20,7 @@ const MAX_OPEN_CALLS: usize = 65_536;
 /// Dropped tentative spans remembered for re-parenting their children.
 const MAX_DROPPED: usize = 65_536;
 /// Longest string attribute made from a captured argument (in characters).
-pub const MAX_INPUT_JSON: usize = 1000;
+const MAX_INPUT_JSON: usize = 1000;
 
 /// A `co_flags` bit and the `function.type` it gives.
 const FUNCTION_TYPES: [(u32, &str); 3] = [(0x200, "async_generator"), (0x80, "async"), (0x20, "generator")];
@@ -33,7 +33,7 @@ pub struct StartedCall {
     pub span_id: SpanId,
     pub parent_span_id: Option<SpanId>,
     pub start: u64,
-    pub function: CalledFunction,
+    pub function: Arc<CalledFunction>,
     /// Captured arguments by name, in the order the function declares them.
     pub arguments: Vec<(String, ArgumentValue)>,
     pub resource: Arc<Resource>,
@@ -215,7 +215,7 @@ mod tests {
             span_id: SpanId([span; 8]),
             parent_span_id: parent.map(|p| SpanId([p; 8])),
             start: 100,
-            function: CalledFunction {
+            function: Arc::new(CalledFunction {
                 module: "shop.orders".into(),
                 code: FunctionCode {
                     qualname: "Orders.place".into(),
@@ -225,7 +225,7 @@ mod tests {
                     flags,
                     local_names: vec!["self".into(), "order_id".into()],
                 },
-            },
+            }),
             arguments: vec![
                 ("order_id".into(), ArgumentValue::Int(42)),
                 ("note".into(), ArgumentValue::None),

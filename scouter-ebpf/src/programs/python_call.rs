@@ -137,7 +137,7 @@ fn frame_starts(ctx: &ProbeContext, frame: Option<u64>) {
     if generator {
         flags |= function_flags::GENERATOR;
     }
-    report_entry(pid_tgid, &layout, frame, code, &span, flags, &chosen, tentative);
+    report_entry(pid_tgid, &layout, frame, code, &span, flags, &chosen);
 }
 
 /// The code object's verdict; a code object not seen before is marked pending (the agent
@@ -206,7 +206,6 @@ fn push(pid_tgid: u64, call: OpenCall) -> bool {
     true
 }
 
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn report_entry(
     pid_tgid: u64,
@@ -216,7 +215,6 @@ fn report_entry(
     span: &ServedRequest,
     flags: u8,
     chosen: &FunctionVerdict,
-    tentative: bool,
 ) {
     let Some(event) = CALL_SCRATCH.get_ptr_mut(0) else { return };
     // SAFETY: this CPU's scratch; nothing else runs here until the event is out.
@@ -230,7 +228,7 @@ fn report_entry(
     let locals = frame + layout.frame_localsplus as u64;
     for index in 0..MAX_CAPTURED_ARGUMENTS {
         // Until the agent has decided, the first slots are taken: it keeps the named ones.
-        let slot = if tentative { index as u8 } else { chosen.arguments[index] };
+        let slot = if flags & function_flags::TENTATIVE != 0 { index as u8 } else { chosen.arguments[index] };
         let captured = &mut event.arguments[index];
         captured.slot = slot;
         captured.len = 0;
