@@ -121,6 +121,9 @@ pub enum ServerProgram {
     Chain(ServiceConfig),
     /// `stack_service.py --server <server>`: a handler that calls `downstream` itself.
     Stack { server: &'static str, downstream: String },
+    /// `function_service.py`, imported as the module `function_service` (through `-c`, so its
+    /// functions do not belong to `__main__`): Flask on the port, FastAPI on `async_port`.
+    Function { async_port: u16 },
 }
 
 impl ServerProgram {
@@ -144,6 +147,17 @@ impl ServerProgram {
                 port.to_string(),
                 "--downstream".into(),
                 downstream.clone(),
+            ],
+            Self::Function { async_port } => vec![
+                "-c".into(),
+                "import sys; sys.path.insert(0, sys.argv[1]); import function_service; \
+                 sys.exit(function_service.main(sys.argv[2:]))"
+                    .into(),
+                dir.canonicalize().unwrap_or_else(|_| dir.clone()).display().to_string(),
+                "--port".into(),
+                port.to_string(),
+                "--async-port".into(),
+                async_port.to_string(),
             ],
             Self::HttpServerModule => vec![
                 "-m".into(),

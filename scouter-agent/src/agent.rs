@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 
 use crate::config::AgentConfig;
 use crate::discovery::{self, PythonProcess, Skip, UntracedProcesses};
-use crate::events::{self, FunctionEntry, KernelEvent, WallClock};
+use crate::events::{self, CallOutcome, FunctionEntry, KernelEvent, WallClock};
 use crate::export::Exporter;
 use crate::frames::attach::{self as layouts, CheckedLayout, LayoutError};
 use crate::frames::calls::CalledFunction;
@@ -251,18 +251,23 @@ impl Agent {
                 self.code.socket_closed(socket);
             }
             KernelEvent::FunctionEntered(entry) => self.on_function_entered(entry),
-            KernelEvent::FunctionReturned { pid, span_id, time, failed, exception_type } => {
-                let how = if failed {
-                    CallEnd::Raised(
-                        (exception_type != 0).then(|| self.stacks.exception_name(pid, exception_type)).flatten(),
-                    )
-                } else {
-                    CallEnd::Returned
-                };
-                if let Some(span) = self.functions.returned(SpanId(span_id), time, how) {
-                    self.submit(span);
-                }
+            KernelEvent::FunctionReturned { pid, span_id, time, outcome } => self.on_function_returned(pid, span_id, time, outcome),
+        }
+    }
+
+    fn on_function_returned(&mut self, pid: u32, span_id: [u8; 8], time: u64, outcome: CallOutcome) {
+        let how = match outcome {
+            CallOutcome::Returned => CallEnd::Returned,
+            CallOutcome::Raised { exception_type } => {
+                CallEnd::Raised((exception_type != 0).then(|| self.stacks.exception_name(pid, exception_type)).flatten())
             }
+            CallOutcome::Evicted => {
+                self.functions.evicted(SpanId(span_id));
+                return;
+            }
+        };
+        if let Some(span) = self.functions.returned(SpanId(span_id), time, how) {
+            self.submit(span);
         }
     }
 

@@ -320,8 +320,9 @@ pub mod counter {
     /// A Python stack was due but the thread's state could not be read (a thread Python does
     /// not know, or memory that moved).
     pub const STACK_UNREADABLE: u32 = 7;
-    /// A selected call nested deeper than [`CALL_NESTING`](super::CALL_NESTING) selected calls
-    /// on its thread: no span.
+    /// A call that found its thread's [`CALL_NESTING`](super::CALL_NESTING) open calls all
+    /// selected (no span), or a tentative one pushed off them by deeper calls (its span, if
+    /// its code turns out selected, is dropped).
     pub const CALL_TOO_DEEP: u32 = 8;
     /// A selected call whose return was never seen (the kernel keeps return probes for the
     /// innermost 64 native frames of a thread only): its span is dropped.
@@ -424,8 +425,9 @@ pub struct CallLayout {
 /// How a finished generator's frame is told from a suspended one after the interpreter
 /// returns from it.
 pub mod generator_state {
-    /// A signed byte (`f_state` on 3.10, `gi_frame_state` on 3.11+) at or above 1 (returned,
-    /// raised, completed or cleared).
+    /// A signed byte (`f_state` on 3.10, `gi_frame_state` on 3.11+) at or above 0: a frame
+    /// left without being suspended (suspended states are negative; 3.11 still says
+    /// "executing", 0, when the frame returns, and marks it completed only after).
     pub const STATE_BYTE: u8 = 1;
     /// A pointer (`f_stacktop` on 3.8/3.9) that only a `yield` leaves set.
     pub const STACK_TOP: u8 = 2;
@@ -443,8 +445,9 @@ pub const MAX_CAPTURED_ARGUMENTS: usize = 6;
 pub const ARGUMENT_BYTES: usize = 120;
 /// An unused argument slot in a [`FunctionVerdict`].
 pub const NO_ARGUMENT: u8 = u8::MAX;
-/// Selected calls open at once on one thread (nesting and recursion), at most. A power of two.
-pub const CALL_NESTING: usize = 16;
+/// Calls open at once on one thread (selected ones, and tentative ones of code not decided
+/// about yet), at most. A power of two.
+pub const CALL_NESTING: usize = 32;
 
 /// The agent's decision about one code object.
 pub mod verdict {
@@ -509,8 +512,20 @@ pub struct FunctionReturnedEvent {
     pub span_id: [u8; 8],
     /// The type of the exception that left the function, when `failed`; 0 if unreadable.
     pub exception_type: u64,
-    pub failed: u8,
+    /// One of [`call_outcome`].
+    pub outcome: u8,
     pub _pad: [u8; 7],
+}
+
+/// How a call reported by `FunctionEntered` ended ([`FunctionReturnedEvent::outcome`]).
+pub mod call_outcome {
+    pub const RETURNED: u8 = 0;
+    /// An exception left the function.
+    pub const RAISED: u8 = 1;
+    /// Never to be seen: a tentative call pushed off its thread's open calls by deeper ones
+    /// (the first calls of a warm process fill them with undecided code). Its span is dropped
+    /// like one of code not selected.
+    pub const EVICTED: u8 = 2;
 }
 
 pub mod trace_option;

@@ -393,7 +393,10 @@ pub struct OpenCall {
     /// 0 for a call that must not parent what it does: one of code not decided about yet that
     /// started outside any span (a server loop's frame, entered before the request it reads).
     pub current: u8,
-    pub _pad: [u8; 6],
+    /// 1 for a call of code not decided about yet: the first to give way when the thread's
+    /// open calls are full.
+    pub tentative: u8,
+    pub _pad: [u8; 5],
 }
 
 /// A generator or coroutine started and not finished: its span, continued by every resume.
@@ -420,7 +423,7 @@ pub struct OpenCalls {
 pub static OPEN_CALLS: LruHashMap<u64, OpenCalls> = LruHashMap::with_max_entries(MAX_CALLING_THREADS, 0);
 
 /// Threads that may be inside selected calls at once.
-const MAX_CALLING_THREADS: u32 = 8_192;
+const MAX_CALLING_THREADS: u32 = 4_096;
 
 /// Always zero: the value a thread's [`OPEN_CALLS`] entry starts from (too large for the
 /// stack).

@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ptr;
 
 use scouter_ebpf::{
-    context_origin, data_flags, function_flags, CloseEvent, ConnectionEvent, DataEvent, Direction, EventHeader,
+    call_outcome, context_origin, data_flags, function_flags, CloseEvent, ConnectionEvent, DataEvent, Direction, EventHeader,
     EventKind, FrameRef, FunctionEnteredEvent, FunctionReturnedEvent, ProcessEvent, SocketAddress, SocketRole,
     SpanContext, StackEvent, ARGUMENT_BYTES, MAX_CAPTURE, MAX_CAPTURED_ARGUMENTS, MAX_FRAMES,
 };
@@ -72,15 +72,24 @@ pub enum KernelEvent {
         time: u64,
     },
     FunctionEntered(FunctionEntry),
-    /// The call or generator of span `span_id` is over; `exception_type` is the type object
-    /// of the exception that left it (0 if unreadable) when it failed.
+    /// The call or generator of span `span_id` is over.
     FunctionReturned {
         pid: u32,
         span_id: [u8; 8],
         time: u64,
-        failed: bool,
-        exception_type: u64,
+        outcome: CallOutcome,
     },
+}
+
+/// How a call the kernel reported ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallOutcome {
+    Returned,
+    /// An exception left it: the exception's type object (0 if unreadable).
+    Raised { exception_type: u64 },
+    /// A tentative call the kernel stopped following (its thread's open calls were full):
+    /// its end will never be seen.
+    Evicted,
 }
 
 /// A selected (or not yet decided) Python function started running.
@@ -139,6 +148,8 @@ pub enum DecodeError {
     BadStackDepth(u16),
     #[error("function record claims {0} arguments")]
     BadArgumentCount(u8),
+    #[error("function end record with unknown outcome {0}")]
+    UnknownCallOutcome(u8),
 }
 
 /// Decodes one ring-buffer record.
@@ -192,8 +203,12 @@ pub fn decode(record: &[u8], clock: &WallClock) -> Result<KernelEvent, DecodeErr
                 pid: header.pid,
                 span_id: event.span_id,
                 time,
-                failed: event.failed != 0,
-                exception_type: event.exception_type,
+                outcome: match event.outcome {
+                    call_outcome::RETURNED => CallOutcome::Returned,
+                    call_outcome::RAISED => CallOutcome::Raised { exception_type: event.exception_type },
+                    call_outcome::EVICTED => CallOutcome::Evicted,
+                    other => return Err(DecodeError::UnknownCallOutcome(other)),
+                },
             }
         }
     })

@@ -53,7 +53,7 @@ pub struct FunctionSpans {
     /// Dropped tentative span → its parent.
     dropped: HashMap<SpanId, Option<SpanId>>,
     dropped_order: VecDeque<SpanId>,
-    /// Calls given up without an end (process exit, too many open).
+    /// Calls given up without an end (process exit, too many open, evicted by the kernel).
     pub abandoned: u64,
 }
 
@@ -75,6 +75,15 @@ impl FunctionSpans {
         }
         self.dropped.insert(span_id, parent);
         self.dropped_order.push_back(span_id);
+    }
+
+    /// The kernel stopped following the tentative call `span_id` (its thread was in too many
+    /// calls): no span, and its children belong to its parent, as if it were not selected.
+    pub fn evicted(&mut self, span_id: SpanId) {
+        if let Some(call) = self.open.remove(&span_id) {
+            self.abandoned += 1;
+            self.not_selected(span_id, call.parent_span_id);
+        }
     }
 
     /// The span of the call `span_id`, now over; `None` for calls not reported (dropped,
@@ -291,6 +300,19 @@ mod tests {
         child.parent_span_id = Some(SpanId([8; 8]));
         spans.reparent(&mut child);
         assert_eq!(child.parent_span_id, None, "a dropped root leaves its children roots");
+    }
+
+    #[test]
+    fn an_evicted_call_has_no_span_and_its_children_move_to_its_parent() {
+        let mut spans = FunctionSpans::default();
+        spans.started(call(2, Some(1), 0));
+        spans.evicted(SpanId([2; 8]));
+        assert_eq!(spans.abandoned, 1);
+        assert!(spans.returned(SpanId([2; 8]), 200, CallEnd::Returned).is_none());
+        let mut child = Span::for_test(SpanKind::Internal, SpanId([3; 8]));
+        child.parent_span_id = Some(SpanId([2; 8]));
+        spans.reparent(&mut child);
+        assert_eq!(child.parent_span_id, Some(SpanId([1; 8])));
     }
 
     #[test]

@@ -12,8 +12,10 @@
 //! [`super::context`], so client requests and nested selected calls are its children. A return
 //! belongs to the top call when the stack pointer is just above that call's return address;
 //! returns of calls whose probe the kernel dropped (it keeps 64 per thread) are told apart the
-//! same way. A generator's or coroutine's span lasts from its first resume until its frame
-//! finishes ([`GENERATOR_SPANS`]); each resume makes it the current span again.
+//! same way. The first calls in a warm process are mostly of undecided code, deeper than the
+//! stack holds: the outermost tentative call gives way, and its span is dropped. A generator's
+//! or coroutine's span lasts from its first resume until its frame finishes
+//! ([`GENERATOR_SPANS`]); each resume makes it the current span again.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, bpf_probe_read_user_buf},
@@ -22,7 +24,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 use scouter_ebpf::{
-    context_origin, counter, function_flags, generator_state, verdict, CallLayout, EventKind, FunctionEnteredEvent,
+    call_outcome, context_origin, counter, function_flags, generator_state, verdict, CallLayout, EventKind, FunctionEnteredEvent,
     FunctionReturnedEvent, FunctionVerdict, ARGUMENT_BYTES, CALL_NESTING, CO_GENERATOR_LIKE, FRAME_OWNED_BY_GENERATOR,
     MAX_CAPTURED_ARGUMENTS, NO_ARGUMENT, NO_OFFSET,
 };
@@ -32,7 +34,7 @@ use super::python_stack::{read_pointer, read_u64, thread_state};
 use super::{current_ids, header, tracked_thread};
 use crate::maps::{
     count, GeneratorSpan, OpenCall, ServedRequest, CALL_LAYOUTS, CALL_SCRATCH, CODE_VERDICTS, EVENTS, GENERATOR_SPANS,
-    NO_OPEN_CALLS, OPEN_CALLS, PYTHON_LAYOUTS,
+    NO_OPEN_CALLS, OPEN_CALLS, OpenCalls, PYTHON_LAYOUTS,
 };
 
 /// `_PyEval_EvalFrameDefault(frame, throwflag)` (3.8).
@@ -110,7 +112,8 @@ fn frame_starts(ctx: &ProbeContext, frame: Option<u64>) {
                     span: started.span,
                     generator: 1,
                     current: started.current,
-                    _pad: [0; 6],
+                    tentative: tentative as u8,
+                    _pad: [0; 5],
                 };
                 push(pid_tgid, call);
                 return;
@@ -122,7 +125,15 @@ fn frame_starts(ctx: &ProbeContext, frame: Option<u64>) {
     // before the request it is about to read: it must not make that request's work a trace of
     // its own. Selected code always parents its work.
     let current = (!tentative || span.context.origin != context_origin::NEW_TRACE) as u8;
-    let call = OpenCall { entry_sp, frame, span, generator: generator as u8, current, _pad: [0; 6] };
+    let call = OpenCall {
+        entry_sp,
+        frame,
+        span,
+        generator: generator as u8,
+        current,
+        tentative: tentative as u8,
+        _pad: [0; 5],
+    };
     if !push(pid_tgid, call) {
         return;
     }
@@ -181,7 +192,9 @@ fn stack_pointer<C: EbpfContext>(ctx: &C) -> u64 {
     unsafe { (*regs).rsp }
 }
 
-/// Pushes `call` on the thread's open calls; false (counted) when they are too deep.
+/// Pushes `call` on the thread's open calls. When they are full, the outermost tentative call
+/// gives way (the innermost calls are the ones that parent what runs now); false (counted)
+/// when every open call is selected.
 #[inline(always)]
 fn push(pid_tgid: u64, call: OpenCall) -> bool {
     let open = match OPEN_CALLS.get_ptr_mut(&pid_tgid) {
@@ -196,13 +209,46 @@ fn push(pid_tgid: u64, call: OpenCall) -> bool {
     };
     // SAFETY: this thread's own entry.
     let open = unsafe { &mut *open };
-    let depth = open.depth as usize;
-    let Some(slot) = open.calls.get_mut(depth) else {
+    if open.depth as usize >= CALL_NESTING && !evict_outermost_tentative(pid_tgid, open) {
+        count(counter::CALL_TOO_DEEP);
+        return false;
+    }
+    let Some(slot) = open.calls.get_mut(open.depth as usize) else {
         count(counter::CALL_TOO_DEEP);
         return false;
     };
     *slot = call;
     open.depth += 1;
+    true
+}
+
+/// Removes the outermost tentative call from the full `open` calls and tells the agent its
+/// span will never end; false if every call is selected.
+#[inline(never)]
+fn evict_outermost_tentative(pid_tgid: u64, open: &mut OpenCalls) -> bool {
+    let mut outermost = CALL_NESTING;
+    for index in 0..CALL_NESTING {
+        if open.calls[index].tentative != 0 {
+            outermost = index;
+            break;
+        }
+    }
+    if outermost == CALL_NESTING {
+        return false;
+    }
+    let evicted = open.calls[outermost & (CALL_NESTING - 1)];
+    for index in 0..CALL_NESTING - 1 {
+        if index >= outermost {
+            open.calls[index] = open.calls[index + 1];
+        }
+    }
+    open.depth = CALL_NESTING as u32 - 1;
+    count(counter::CALL_TOO_DEEP);
+    if evicted.generator != 0 {
+        // Its later resumes must not continue a span the agent has dropped.
+        let _ = GENERATOR_SPANS.remove(&object(pid_tgid, evicted.frame));
+    }
+    report_end(pid_tgid, &evicted, call_outcome::EVICTED, 0);
     true
 }
 
@@ -296,11 +342,18 @@ fn frame_ends(ctx: &RetProbeContext) {
         let _ = GENERATOR_SPANS.remove(&object(pid_tgid, call.frame));
     }
     let failed = ctx.ret::<u64>() == 0;
+    let (outcome, exception) =
+        if failed { (call_outcome::RAISED, exception_type(pid, &layout)) } else { (call_outcome::RETURNED, 0) };
+    report_end(pid_tgid, &call, outcome, exception);
+}
+
+#[inline(always)]
+fn report_end(pid_tgid: u64, call: &OpenCall, outcome: u8, exception_type: u64) {
     let event = FunctionReturnedEvent {
         header: header(EventKind::FunctionReturned, pid_tgid),
         span_id: call.span.context.span_id,
-        exception_type: if failed { exception_type(pid, &layout) } else { 0 },
-        failed: failed as u8,
+        exception_type,
+        outcome,
         _pad: [0; 7],
     };
     if EVENTS.output::<FunctionReturnedEvent>(&event, 0).is_err() {
@@ -316,7 +369,7 @@ fn generator_finished(layout: &CallLayout, frame: u64) -> bool {
     match layout.generator_state_kind {
         generator_state::STACK_TOP => read_u64(at).is_some_and(|top| top == 0),
         // SAFETY: a read of the process's memory through the helper.
-        _ => unsafe { bpf_probe_read_user(at as *const i8) }.is_ok_and(|state| state >= 1),
+        _ => unsafe { bpf_probe_read_user(at as *const i8) }.is_ok_and(|state| state >= 0),
     }
 }
 
