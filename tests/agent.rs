@@ -86,6 +86,14 @@ impl Agent {
         })
     }
 
+    /// Waits for the agent to log that it traces the selected functions of process `pid`.
+    pub fn wait_tracing_functions(&mut self, pid: u32) -> Result<String> {
+        let pid_text = pid.to_string();
+        self.wait_for_line(&format!("tracing python functions pid={pid}"), TRACKING_TIMEOUT, |line| {
+            line.contains(" INFO ") && line.contains("tracing python functions") && has_field(line, "pid", &pid_text)
+        })
+    }
+
     fn wait_for_line(&mut self, what: &str, timeout: Duration, matches: impl Fn(&str) -> bool) -> Result<String> {
         match self.log.wait_for(timeout, matches) {
             Ok(line) => Ok(line),

@@ -147,7 +147,8 @@ struct Agent {
     code: CodeAttributions,
     /// Function spans: open calls, and the decision about each code object seen.
     functions: FunctionSpans,
-    decisions: HashMap<(u32, u64), Decision>,
+    /// By (pid, code object address): the code object's identity when decided, and the decision.
+    decisions: HashMap<(u32, u64), (u64, Decision)>,
     layout_checks: mpsc::UnboundedSender<LayoutResult>,
     decode_errors: u64,
     last_kernel_counters: [u64; scouter_ebpf::counter::COUNT as usize],
@@ -251,16 +252,18 @@ impl Agent {
                 self.code.socket_closed(socket);
             }
             KernelEvent::FunctionEntered(entry) => self.on_function_entered(entry),
-            KernelEvent::FunctionReturned { pid, span_id, time, outcome } => self.on_function_returned(pid, span_id, time, outcome),
+            KernelEvent::FunctionReturned { pid, span_id, time, outcome } => {
+                self.on_function_returned(pid, span_id, time, outcome)
+            }
         }
     }
 
     fn on_function_returned(&mut self, pid: u32, span_id: [u8; 8], time: u64, outcome: CallOutcome) {
         let how = match outcome {
             CallOutcome::Returned => CallEnd::Returned,
-            CallOutcome::Raised { exception_type } => {
-                CallEnd::Raised((exception_type != 0).then(|| self.stacks.exception_name(pid, exception_type)).flatten())
-            }
+            CallOutcome::Raised { exception_type } => CallEnd::Raised(
+                (exception_type != 0).then(|| self.stacks.exception_name(pid, exception_type)).flatten(),
+            ),
             CallOutcome::Evicted => {
                 self.functions.evicted(SpanId(span_id));
                 return;
@@ -275,7 +278,7 @@ impl Agent {
     /// the kernel, and open its span if it is selected.
     fn on_function_entered(&mut self, entry: FunctionEntry) {
         let pid = entry.pid;
-        let decision = self.decide_function(pid, entry.code, entry.globals);
+        let decision = self.decide_function(pid, entry.code, entry.identity, entry.globals);
         let context = entry.context;
         let parent = SpanId(context.parent_span_id);
         let parent = parent.is_valid().then_some(parent);
@@ -307,8 +310,10 @@ impl Agent {
     }
 
     /// Whether `pid`'s code object `code` is selected (decided once, and told to the kernel).
-    fn decide_function(&mut self, pid: u32, code: u64, globals: u64) -> Decision {
-        if let Some(known) = self.decisions.get(&(pid, code)) {
+    fn decide_function(&mut self, pid: u32, code: u64, identity: u64, globals: u64) -> Decision {
+        // An address decided about before holds another code object if its identity changed
+        // (the first was freed).
+        if let Some((_, known)) = self.decisions.get(&(pid, code)).filter(|(decided, _)| *decided == identity) {
             return known.clone();
         }
         let service = self.processes.get(&pid).map(|p| p.service_name.clone()).unwrap_or_default();
@@ -321,13 +326,19 @@ impl Agent {
                 }
                 None => Decision::Ignored,
             },
-            None => Decision::Ignored,
+            None => {
+                tracing::debug!(pid, code, "code object unreadable; its calls are ignored");
+                Decision::Ignored
+            }
         };
-        self.probes.set_code_verdict(pid, code, decision.for_kernel());
+        if let Decision::Selected { function, .. } = &decision {
+            tracing::debug!(pid, code, module = %function.module, qualname = %function.code.qualname, "function selected");
+        }
+        self.probes.set_code_verdict(pid, code, decision.for_kernel(identity));
         if self.decisions.len() >= MAX_DECISIONS {
             self.decisions.clear();
         }
-        self.decisions.insert((pid, code), decision.clone());
+        self.decisions.insert((pid, code), (identity, decision.clone()));
         decision
     }
 
@@ -642,11 +653,12 @@ enum Decision {
 }
 
 impl Decision {
-    fn for_kernel(&self) -> scouter_ebpf::FunctionVerdict {
+    fn for_kernel(&self, identity: u64) -> scouter_ebpf::FunctionVerdict {
         let mut verdict = scouter_ebpf::FunctionVerdict {
             verdict: scouter_ebpf::verdict::IGNORED,
             arguments: [scouter_ebpf::NO_ARGUMENT; scouter_ebpf::MAX_CAPTURED_ARGUMENTS],
             _pad: [0; 1],
+            identity,
         };
         if let Decision::Selected { arguments, .. } = self {
             verdict.verdict = scouter_ebpf::verdict::SELECTED;

@@ -419,7 +419,10 @@ pub struct CallLayout {
     /// A [`generator_state`] kind.
     pub generator_state_kind: u8,
     pub exception_is_object: u8,
-    pub _pad: [u8; 4],
+    /// `co_filename`, followed by `co_name`: the pair of pointers that tells a code object
+    /// from an earlier one freed at the same address ([`FunctionVerdict::identity`]).
+    pub code_identity: u16,
+    pub _pad: [u8; 2],
 }
 
 /// How a finished generator's frame is told from a suspended one after the interpreter
@@ -466,6 +469,15 @@ pub struct FunctionVerdict {
     /// Local slots whose values are captured at entry, [`NO_ARGUMENT`] for none.
     pub arguments: [u8; MAX_CAPTURED_ARGUMENTS],
     pub _pad: [u8; 1],
+    /// The code object's [`code_identity`] when decided: code objects are freed (a module's
+    /// body, once run) and their addresses reused, and a verdict must not outlive its code.
+    pub identity: u64,
+}
+
+/// Mixes a code object's `co_filename` and `co_name` pointers into one value (never 0 for a
+/// live code object); a new code object at a freed one's address differs in at least one.
+pub const fn code_identity(filename: u64, name: u64) -> u64 {
+    filename ^ name.rotate_left(29) | 1
 }
 
 /// One argument as the kernel copied it: the object's address and its first bytes.
@@ -494,6 +506,8 @@ pub mod function_flags {
 pub struct FunctionEnteredEvent {
     pub header: EventHeader,
     pub code: u64,
+    /// [`code_identity`] of the code object, to decide with.
+    pub identity: u64,
     /// The frame's globals: the module's dict, whose `__name__` names the module.
     pub globals: u64,
     pub context: SpanContext,

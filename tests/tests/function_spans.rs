@@ -26,11 +26,10 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Map, Value};
 
-use scouter_e2e::agent::{log_context, Agent, TRACKING_TIMEOUT};
+use scouter_e2e::agent::{log_context, Agent};
 use scouter_e2e::env::{python_dir, require_ebpf_host};
 use scouter_e2e::expect::Verdict;
 use scouter_e2e::http::{HttpConnection, Request};
-use scouter_e2e::lines::{has_field, WaitError};
 use scouter_e2e::python::{free_port, Interpreter, PythonServer, ServerProgram, DEBIAN_PYTHON, PYENV_VERSIONS};
 use scouter_e2e::store::{Span, Store};
 
@@ -760,21 +759,6 @@ fn indent(text: &str, prefix: &str) -> String {
     text.lines().map(|line| format!("{prefix}{line}")).collect::<Vec<_>>().join("\n")
 }
 
-/// Waits for the agent to log (INFO) that it traces the functions of process `pid`.
-fn wait_tracing_functions(agent: &Agent, pid: u32) -> Result<String> {
-    let pid_text = pid.to_string();
-    let found = agent.log().wait_for(TRACKING_TIMEOUT, |line| {
-        line.contains(" INFO ") && line.contains("tracing python functions") && has_field(line, "pid", &pid_text)
-    });
-    match found {
-        Ok(line) => Ok(line),
-        Err(WaitError::Timeout) => {
-            bail!("the agent did not log `tracing python functions pid={pid}` within {TRACKING_TIMEOUT:?}")
-        }
-        Err(WaitError::Closed) => bail!("the agent exited before logging `tracing python functions pid={pid}`"),
-    }
-}
-
 fn interpreters() -> Result<Vec<Interpreter>> {
     let mut all = PYENV_VERSIONS.iter().map(|version| Interpreter::pyenv(version)).collect::<Result<Vec<_>>>()?;
     all.push(Interpreter::debian()?);
@@ -816,7 +800,7 @@ fn selected_functions_become_spans_on_every_interpreter_and_the_process_is_resto
         if let Err(error) = agent.wait_tracking(pid) {
             service.issues.push(format!("{error:#}"));
         }
-        if let Err(error) = wait_tracing_functions(&agent, pid) {
+        if let Err(error) = agent.wait_tracing_functions(pid) {
             service.issues.push(format!("{error:#}"));
         }
     }

@@ -181,16 +181,13 @@ fn libpython_hint(path: &Path) -> Option<(u8, u8)> {
     parse_major_minor(version.trim_end_matches(|c: char| c.is_ascii_alphabetic()))
 }
 
-/// Whether an executable's name says it is Python (`python`, `python3`, `python3.11`, ...), and
-/// the version it names if any.
+/// Whether an executable's name says it is Python (`python`, `python3`, `python3.11`,
+/// `python3.11-custom`, ...), and the version it names if any.
 fn python_executable_hint(path: &Path) -> Option<Option<(u8, u8)>> {
     let name = path.file_name()?.to_str()?;
     let rest = name.strip_prefix("python")?;
-    let rest = rest.trim_end_matches(|c: char| c.is_ascii_alphabetic());
-    if rest.is_empty() || rest == "3" {
-        return Some(None);
-    }
-    parse_major_minor(rest).map(Some)
+    let version_end = rest.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(rest.len());
+    Some(parse_major_minor(rest[..version_end].trim_end_matches('.')))
 }
 
 fn parse_major_minor(text: &str) -> Option<(u8, u8)> {
@@ -210,6 +207,9 @@ mod tests {
         assert_eq!(python_executable_hint(Path::new("/usr/bin/python3.11")), Some(Some((3, 11))));
         assert_eq!(python_executable_hint(Path::new("/usr/bin/python3")), Some(None));
         assert_eq!(python_executable_hint(Path::new("/usr/bin/perl")), None);
+        assert_eq!(python_executable_hint(Path::new("/opt/app/python3.12-static")), Some(Some((3, 12))));
+        assert_eq!(python_executable_hint(Path::new("/usr/bin/python3.11d")), Some(Some((3, 11))));
+        assert_eq!(python_executable_hint(Path::new("/usr/bin/python-app")), Some(None));
     }
 
     #[test]

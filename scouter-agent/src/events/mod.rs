@@ -10,9 +10,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ptr;
 
 use scouter_ebpf::{
-    call_outcome, context_origin, data_flags, function_flags, CloseEvent, ConnectionEvent, DataEvent, Direction, EventHeader,
-    EventKind, FrameRef, FunctionEnteredEvent, FunctionReturnedEvent, ProcessEvent, SocketAddress, SocketRole,
-    SpanContext, StackEvent, ARGUMENT_BYTES, MAX_CAPTURE, MAX_CAPTURED_ARGUMENTS, MAX_FRAMES,
+    call_outcome, context_origin, data_flags, function_flags, CloseEvent, ConnectionEvent, DataEvent, Direction,
+    EventHeader, EventKind, FrameRef, FunctionEnteredEvent, FunctionReturnedEvent, ProcessEvent, SocketAddress,
+    SocketRole, SpanContext, StackEvent, ARGUMENT_BYTES, MAX_CAPTURE, MAX_CAPTURED_ARGUMENTS, MAX_FRAMES,
 };
 
 pub use clock::WallClock;
@@ -86,7 +86,9 @@ pub enum KernelEvent {
 pub enum CallOutcome {
     Returned,
     /// An exception left it: the exception's type object (0 if unreadable).
-    Raised { exception_type: u64 },
+    Raised {
+        exception_type: u64,
+    },
     /// A tentative call the kernel stopped following (its thread's open calls were full):
     /// its end will never be seen.
     Evicted,
@@ -99,6 +101,8 @@ pub struct FunctionEntry {
     pub tid: u32,
     pub time: u64,
     pub code: u64,
+    /// Tells this code object from an earlier one at the same address.
+    pub identity: u64,
     pub globals: u64,
     pub context: SpanContext,
     /// The agent had not decided about the code object: the span is kept only if selected.
@@ -234,6 +238,7 @@ fn decode_function_entry(record: &[u8], header: &EventHeader, clock: &WallClock)
         tid: header.tid,
         time: clock.to_unix_nanos(header.timestamp_ns),
         code: event.code,
+        identity: event.identity,
         globals: event.globals,
         context: event.context,
         tentative: event.flags & function_flags::TENTATIVE != 0,

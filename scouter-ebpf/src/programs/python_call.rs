@@ -24,17 +24,17 @@ use aya_ebpf::{
     EbpfContext,
 };
 use scouter_ebpf::{
-    call_outcome, context_origin, counter, function_flags, generator_state, verdict, CallLayout, EventKind, FunctionEnteredEvent,
-    FunctionReturnedEvent, FunctionVerdict, ARGUMENT_BYTES, CALL_NESTING, CO_GENERATOR_LIKE, FRAME_OWNED_BY_GENERATOR,
-    MAX_CAPTURED_ARGUMENTS, NO_ARGUMENT, NO_OFFSET,
+    call_outcome, code_identity, context_origin, counter, function_flags, generator_state, verdict, CallLayout,
+    EventKind, FunctionEnteredEvent, FunctionReturnedEvent, FunctionVerdict, ARGUMENT_BYTES, CALL_NESTING,
+    CO_GENERATOR_LIKE, FRAME_OWNED_BY_GENERATOR, MAX_CAPTURED_ARGUMENTS, NO_ARGUMENT, NO_OFFSET,
 };
 
 use super::context::{function_started, object};
 use super::python_stack::{read_pointer, read_u64, thread_state};
 use super::{current_ids, header, tracked_thread};
 use crate::maps::{
-    count, GeneratorSpan, OpenCall, ServedRequest, CALL_LAYOUTS, CALL_SCRATCH, CODE_VERDICTS, EVENTS, GENERATOR_SPANS,
-    NO_OPEN_CALLS, OPEN_CALLS, OpenCalls, PYTHON_LAYOUTS,
+    count, GeneratorSpan, OpenCall, OpenCalls, ServedRequest, CALL_LAYOUTS, CALL_SCRATCH, CODE_VERDICTS, EVENTS,
+    GENERATOR_SPANS, NO_OPEN_CALLS, OPEN_CALLS, PYTHON_LAYOUTS,
 };
 
 /// `_PyEval_EvalFrameDefault(frame, throwflag)` (3.8).
@@ -91,7 +91,8 @@ fn frame_starts(ctx: &ProbeContext, frame: Option<u64>) {
     // SAFETY: copied out.
     let Some(layout) = (unsafe { CALL_LAYOUTS.get(&pid) }).copied() else { return };
     let Some(code) = read_pointer(frame + layout.frame_code as u64) else { return };
-    let (chosen, tentative) = match verdict_of(pid_tgid, code) {
+    let identity = identity_of(&layout, code);
+    let (chosen, tentative) = match verdict_of(pid_tgid, code, identity) {
         Some(chosen) if chosen.verdict == verdict::IGNORED => return,
         Some(chosen) => (chosen, chosen.verdict != verdict::SELECTED),
         None => (FunctionVerdict::default(), true),
@@ -148,22 +149,36 @@ fn frame_starts(ctx: &ProbeContext, frame: Option<u64>) {
     if generator {
         flags |= function_flags::GENERATOR;
     }
-    report_entry(pid_tgid, &layout, frame, code, &span, flags, &chosen);
+    report_entry(pid_tgid, &layout, frame, code, identity, &span, flags, &chosen);
 }
 
-/// The code object's verdict; a code object not seen before is marked pending (the agent
-/// decides when its first entry event arrives).
+/// The code object's verdict; a code object not seen before (or only a freed one at its
+/// address) is marked pending: the agent decides when its first entry event arrives.
 #[inline(always)]
-fn verdict_of(pid_tgid: u64, code: u64) -> Option<FunctionVerdict> {
+fn verdict_of(pid_tgid: u64, code: u64, identity: u64) -> Option<FunctionVerdict> {
     let key = object(pid_tgid, code);
     // SAFETY: copied out.
     if let Some(known) = unsafe { CODE_VERDICTS.get(&key) }.copied() {
-        return Some(known);
+        if known.identity == identity {
+            return Some(known);
+        }
     }
-    let pending =
-        FunctionVerdict { verdict: verdict::PENDING, arguments: [NO_ARGUMENT; MAX_CAPTURED_ARGUMENTS], _pad: [0; 1] };
+    let pending = FunctionVerdict {
+        verdict: verdict::PENDING,
+        arguments: [NO_ARGUMENT; MAX_CAPTURED_ARGUMENTS],
+        _pad: [0; 1],
+        identity,
+    };
     let _ = CODE_VERDICTS.insert(&key, &pending, 0);
     None
+}
+
+/// [`code_identity`] of the code object at `code`; 0 if unreadable (never a decided one's).
+#[inline(always)]
+fn identity_of(layout: &CallLayout, code: u64) -> u64 {
+    // SAFETY: a read of the process's memory through the helper.
+    unsafe { bpf_probe_read_user((code + layout.code_identity as u64) as *const [u64; 2]) }
+        .map_or(0, |[filename, name]| code_identity(filename, name))
 }
 
 #[inline(always)]
@@ -253,11 +268,13 @@ fn evict_outermost_tentative(pid_tgid: u64, open: &mut OpenCalls) -> bool {
 }
 
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn report_entry(
     pid_tgid: u64,
     layout: &CallLayout,
     frame: u64,
     code: u64,
+    identity: u64,
     span: &ServedRequest,
     flags: u8,
     chosen: &FunctionVerdict,
@@ -267,6 +284,7 @@ fn report_entry(
     let event = unsafe { &mut *event };
     event.header = header(EventKind::FunctionEntered, pid_tgid);
     event.code = code;
+    event.identity = identity;
     event.globals = read_u64(frame + layout.frame_globals as u64).unwrap_or(0);
     event.context = span.context;
     event.flags = flags;

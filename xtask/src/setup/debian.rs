@@ -26,6 +26,9 @@ const PACKAGES: &[Package] = &[
     Package { name: "curl", required: true },
     // Test certificates for HTTPS servers.
     Package { name: "openssl", required: true },
+    // interpreter_shapes links static-libpython interpreters and strips them (`gcc`, `strip`).
+    Package { name: "gcc", required: true },
+    Package { name: "binutils", required: true },
     // Shows what is attached when a test needs debugging.
     Package { name: "bpftool", required: false },
 ];
