@@ -86,6 +86,14 @@ impl Agent {
         })
     }
 
+    /// Waits for the agent to log (WARN) that it will not read process `pid`'s stacks.
+    pub fn wait_refusing_stacks(&mut self, pid: u32) -> Result<String> {
+        let pid_text = pid.to_string();
+        self.wait_for_line(&format!("python stacks unavailable pid={pid}"), TRACKING_TIMEOUT, |line| {
+            line.contains(" WARN ") && line.contains("python stacks unavailable") && has_field(line, "pid", &pid_text)
+        })
+    }
+
     /// Waits for the agent to log that it traces the selected functions of process `pid`.
     pub fn wait_tracing_functions(&mut self, pid: u32) -> Result<String> {
         let pid_text = pid.to_string();

@@ -9,7 +9,10 @@
 //!   comes from the binary's version string) and 3.13;
 //! * a shared libpython stripped to `.dynsym`, loaded through `LD_LIBRARY_PATH`;
 //! * an interpreter at a path that exists only in the process's own mount namespace (a tmpfs
-//!   mounted over an empty host directory), which the agent must open through /proc/PID/root.
+//!   mounted over an empty host directory), which the agent must open through /proc/PID/root;
+//! * a 3.13 whose `_Py_DebugOffsets` says a field moved (a patched copy; the interpreter itself
+//!   never reads the table): the agent must notice, say so, and leave the process's memory
+//!   alone (no Python stacks, no function spans) while its HTTP spans go on.
 //!
 //! Each serves `keepalive_server.py`, some started before the agent (found by the /proc scan),
 //! some after (found through exec). The agent must recognise each with its exact version, and
@@ -46,6 +49,8 @@ struct Shape {
     executable: PathBuf,
     /// Started before the agent (found by its /proc scan) rather than after (found at exec).
     before_agent: bool,
+    /// Its layout must be refused: the agent's log says this, and no function span is made.
+    refused_because: Option<&'static str>,
 }
 
 /// Where the shapes are built; removed with the test.
@@ -172,7 +177,14 @@ fn run(command: &mut Command) -> Result<()> {
 
 fn build_shapes(workshop: &Workshop) -> Result<Vec<Shape>> {
     let shape = |label, path: PathBuf, version, executable: PathBuf, before_agent| -> Result<Shape> {
-        Ok(Shape { label, interpreter: Interpreter::at(label, &path)?, version, executable, before_agent })
+        Ok(Shape {
+            label,
+            interpreter: Interpreter::at(label, &path)?,
+            version,
+            executable,
+            before_agent,
+            refused_because: None,
+        })
     };
     let mut shapes = Vec::new();
 
@@ -198,7 +210,34 @@ fn build_shapes(workshop: &Workshop) -> Result<Vec<Shape>> {
     let view = workshop.path("namespace-view");
     let (script, inside) = workshop.namespaced("namespaced-3.13", &target_root, "3.13", &view)?;
     shapes.push(shape("stripped static 3.13 in its own mount namespace", script, "3.13.0", inside, false)?);
+
+    let patched = workshop.static_interpreter("static-3.13-moved-field", "3.13.0", false)?;
+    move_current_frame(&patched)?;
+    let mut refused =
+        shape("static 3.13 whose _Py_DebugOffsets moved a field", patched.clone(), "3.13.0", patched, true)?;
+    refused.refused_because = Some("thread_state.current_frame is 80, the agent's table says 72");
+    shapes.push(refused);
     Ok(shapes)
+}
+
+/// Rewrites `thread_state.current_frame` in the `_Py_DebugOffsets` of a 3.13.0 executable
+/// from 72 to 80: the table is `_PyRuntime`'s static initialiser, found by its cookie and
+/// version; the word follows 20 others.
+fn move_current_frame(executable: &Path) -> Result<()> {
+    let mut bytes = fs::read(executable)?;
+    let mut start = b"xdebugpy".to_vec();
+    start.extend_from_slice(&0x030d_00f0_u64.to_le_bytes());
+    let found: Vec<usize> =
+        bytes.windows(start.len()).enumerate().filter(|(_, w)| *w == start).map(|(at, _)| at).collect();
+    let [table] = found.as_slice() else {
+        bail!("{} holds {} _Py_DebugOffsets tables", executable.display(), found.len())
+    };
+    let at = table + 8 + 22 * 8;
+    let word = u64::from_le_bytes(bytes[at..at + 8].try_into()?);
+    anyhow::ensure!(word == 72, "thread_state.current_frame is {word} in {}, expected 72", executable.display());
+    bytes[at..at + 8].copy_from_slice(&80u64.to_le_bytes());
+    fs::write(executable, bytes)?;
+    Ok(())
 }
 
 fn get(port: u16, path: &str) -> Result<()> {
@@ -235,6 +274,12 @@ fn check_request(spans: &[Span], shape: &Shape, pid: u32, path: &str, handler_fi
         .iter()
         .filter(|s| s.kind == "INTERNAL" && s.parent_span_id.as_deref() == Some(server.span_id.as_str()))
         .collect();
+    if shape.refused_because.is_some() {
+        if !children.is_empty() || server.attr("code.function.name").is_some() {
+            wrong.push("the agent read the memory of a process whose layout it refused".to_owned());
+        }
+        return wrong.into_iter().map(|issue| format!("GET {path}: {issue}\n  server span: {}", server.json)).collect();
+    }
     match children.as_slice() {
         [call] => {
             if call.name != SELECTED_QUALNAME
@@ -294,7 +339,14 @@ fn every_interpreter_shape_is_recognised_and_traced() -> Result<()> {
             verdict
                 .problem(format!("{}: the agent reports another version than {}: {line}", shape.label, shape.version));
         }
-        if verdict
+        if let Some(reason) = shape.refused_because {
+            let refused = agent.wait_refusing_stacks(pid);
+            if let Some(line) = verdict.step(&format!("the agent refusing {}", shape.label), refused) {
+                if !line.contains(reason) {
+                    verdict.problem(format!("{}: refused, but not because {reason:?}: {line}", shape.label));
+                }
+            }
+        } else if verdict
             .step(&format!("the agent tracing functions of {}", shape.label), agent.wait_tracing_functions(pid))
             .is_none()
         {

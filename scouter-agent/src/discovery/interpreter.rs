@@ -30,7 +30,7 @@ impl PythonVersion {
     }
 
     /// Decodes `PY_VERSION_HEX` (`0xMMmmuuLS`).
-    fn from_hex(hex: u32) -> Self {
+    pub fn from_hex(hex: u32) -> Self {
         Self { major: (hex >> 24) as u8, minor: (hex >> 16) as u8, micro: (hex >> 8) as u8 }
     }
 }

@@ -5,8 +5,9 @@
 //! states, finds the glibc thread-specific slot that holds each thread's state (by looking for
 //! the state's address in the thread's `struct pthread`, so no glibc layout is assumed), and
 //! walks a thread's frames until a code object whose type is `PyCode_Type` and whose name reads
-//! back as an identifier. Anything else is reported and the process gets no stacks: no blind
-//! reads, no garbage names.
+//! back as an identifier. On 3.13+ it first compares the table with the interpreter's own
+//! `_Py_DebugOffsets` ([`super::debug_offsets`]). Anything else is reported and the process
+//! gets no stacks: no blind reads, no garbage names.
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -15,6 +16,7 @@ use std::path::Path;
 use object::{Object, ObjectSegment, ObjectSymbol};
 use scouter_ebpf::{PythonLayout, FRAME_OWNED_BY_CSTACK, NO_OFFSET};
 
+use super::debug_offsets::{self, DebugOffsets, DebugOffsetsError};
 use super::layout::VersionLayout;
 use super::memory::{MemoryError, ProcessMemory};
 use crate::discovery::file_cache::{self, FileCache};
@@ -46,6 +48,8 @@ pub enum LayoutError {
     Mismatch(&'static str),
     #[error("no frame's code object reads back as code")]
     NoSaneFrame,
+    #[error(transparent)]
+    DebugOffsets(#[from] DebugOffsetsError),
     #[error(transparent)]
     Memory(#[from] MemoryError),
 }
@@ -80,6 +84,10 @@ pub fn check(process: &PythonProcess) -> Result<CheckedLayout, LayoutError> {
     let bias = load_bias(process.pid, &process.interpreter_file(), symbols.first_load)?;
     let memory = ProcessMemory::open(process.pid)?;
     let runtime = symbols.runtime + bias;
+    if minor >= 13 {
+        let table = memory.bytes(runtime, debug_offsets::TABLE_BYTES)?;
+        DebugOffsets::parse(&table)?.verify(process.version, version)?;
+    }
     let code_type = symbols.code_type + bias;
     let key = tss_key(&memory, runtime + version.runtime_tss_key)?;
     let threads = thread_states(&memory, version, runtime)?;

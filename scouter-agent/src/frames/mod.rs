@@ -2,7 +2,8 @@
 //! instruction positions) to code locations (qualified name, file, line), and which of them is
 //! the application's.
 //!
-//! - [`layout`]: the version table (where each CPython keeps its fields);
+//! - [`layout`]: the version table (where each CPython keeps its fields), checked on 3.13+
+//!   against the interpreter's own [`debug_offsets`];
 //! - [`attach`]: checking a process's layout before its stacks are read, and finding the
 //!   thread-state slot the kernel reads (`scouter-ebpf/src/programs/python_stack.rs`);
 //! - [`memory`]: reads of the process's memory; [`code`]: code objects to locations, with
@@ -17,6 +18,7 @@ pub mod attach;
 pub mod attribution;
 pub mod calls;
 pub mod code;
+pub mod debug_offsets;
 pub mod layout;
 pub mod lines;
 pub mod memory;
