@@ -33,6 +33,7 @@
 //! not leak processes into the next one. Tests are meant to run with `--test-threads=1`.
 
 pub mod agent;
+pub mod backends;
 pub mod chain;
 pub mod env;
 pub mod expect;

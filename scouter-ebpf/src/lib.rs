@@ -578,11 +578,11 @@ mod layout {
         assert_eq!(size_of::<StackEvent>(), 24 + 8 + 16 * MAX_FRAMES);
         assert_eq!(size_of::<ObjectKey>(), 16);
         assert_eq!(size_of::<CallLayout>(), 20);
-        assert_eq!(size_of::<FunctionVerdict>(), 8);
+        assert_eq!(size_of::<FunctionVerdict>(), 16);
         assert_eq!(size_of::<CapturedArgument>(), 16 + ARGUMENT_BYTES);
         assert_eq!(
             size_of::<FunctionEnteredEvent>(),
-            24 + 16 + 40 + 8 + MAX_CAPTURED_ARGUMENTS * (16 + ARGUMENT_BYTES)
+            24 + 24 + 40 + 8 + MAX_CAPTURED_ARGUMENTS * (16 + ARGUMENT_BYTES)
         );
         assert_eq!(size_of::<FunctionReturnedEvent>(), 24 + 8 + 8 + 8);
     }

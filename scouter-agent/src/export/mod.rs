@@ -5,6 +5,7 @@
 //! event path. One writer thread drains the queue in batches into every [`Sink`]; on shutdown
 //! it drains what was accepted before returning.
 
+mod otlp;
 mod stdout;
 mod store_sink;
 

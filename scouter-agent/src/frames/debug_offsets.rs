@@ -43,7 +43,17 @@ const SCHEMA_3_13: Schema = &[
     ),
     (
         "thread_state",
-        &["size", "prev", "next", "interp", "current_frame", "thread_id", "native_thread_id", "datastack_chunk", "status"],
+        &[
+            "size",
+            "prev",
+            "next",
+            "interp",
+            "current_frame",
+            "thread_id",
+            "native_thread_id",
+            "datastack_chunk",
+            "status",
+        ],
     ),
     ("interpreter_frame", &["size", "previous", "executable", "instr_ptr", "localsplus", "owner"]),
     (
@@ -189,9 +199,9 @@ mod tests {
 
     /// The table of pyenv's 3.13.0 (`libpython3.13.so.1.0`), as read from the file.
     const PYENV_3_13_0: [u64; 57] = [
-        0x30d00f0, 0, 283320, 608, 632, 194968, 7272, 7264, 7344, 7400, 7656, 7640, 7648, 16, 7752, 0, 7768, 7760,
-        304, 0, 8, 16, 72, 152, 160, 232, 32, 80, 8, 0, 56, 72, 70, 208, 112, 120, 128, 136, 68, 52, 96, 104, 200, 16,
-        8, 416, 24, 88, 168, 32, 24, 16, 40, 24, 16, 48, 32,
+        0x30d00f0, 0, 283320, 608, 632, 194968, 7272, 7264, 7344, 7400, 7656, 7640, 7648, 16, 7752, 0, 7768, 7760, 304,
+        0, 8, 16, 72, 152, 160, 232, 32, 80, 8, 0, 56, 72, 70, 208, 112, 120, 128, 136, 68, 52, 96, 104, 200, 16, 8,
+        416, 24, 88, 168, 32, 24, 16, 40, 24, 16, 48, 32,
     ];
 
     fn table(words: &[u64]) -> Vec<u8> {
