@@ -25,7 +25,8 @@
 //!
 //! # Faults
 //!
-//! The same controls mean the same thing on every backend and transport (see [`Faults`]):
+//! The same controls mean the same thing on every backend and transport (the [`Backend`] trait,
+//! over [`Faults`]):
 //! *down* refuses connections, *hang* accepts an ingest request and never answers it,
 //! *reject_next(n, status)* answers the next `n` ingest requests with an HTTP status (mapped to a
 //! gRPC code by [`grpc_code_for_http`] on gRPC). Every ingest request that reaches a handler is
@@ -342,6 +343,52 @@ pub fn grpc_code_for_http(status: u16) -> tonic::Code {
         502 | 503 => Code::Unavailable,
         504 => Code::DeadlineExceeded,
         _ => Code::Internal,
+    }
+}
+
+/// What every test backend shares: its ports, its fault injection and what it recorded. The
+/// controls are written once here; a backend implements the three accessors and adds its own
+/// (credentials, a full queue).
+pub trait Backend {
+    fn host(&self) -> &ServerHost;
+    fn faults(&self) -> &Faults;
+    fn recorder(&self) -> &Recorder;
+
+    /// `true`: every port stops listening and open connections are dropped (connection
+    /// refused); `false`: they listen again on the same ports.
+    fn set_down(&self, down: bool) -> Result<()> {
+        self.host().set_down(down)
+    }
+
+    /// While on, ingest requests are accepted and never answered.
+    fn hang(&self, on: bool) {
+        self.faults().set_hang(on);
+    }
+
+    /// Answers the next `count` ingest requests with HTTP `status`, on gRPC with
+    /// [`grpc_code_for_http`]`(status)` (429 → RESOURCE_EXHAUSTED, 503 → UNAVAILABLE).
+    fn reject_next(&self, count: usize, status: u16) {
+        self.faults().reject_next(count, status);
+    }
+
+    /// Every span accepted so far, in arrival order.
+    fn spans(&self) -> Vec<ReceivedSpan> {
+        self.recorder().spans()
+    }
+
+    /// Every ingest request that reached a handler, accepted or not, in arrival order.
+    fn requests(&self) -> Vec<ReceivedRequest> {
+        self.recorder().requests()
+    }
+
+    /// Blocks until at least `count` spans were accepted; fails after `timeout`.
+    fn wait_for_spans(&self, count: usize, timeout: Duration) -> Result<Vec<ReceivedSpan>> {
+        self.recorder().wait_for_spans(count, timeout)
+    }
+
+    /// Forgets recorded spans and requests.
+    fn clear(&self) {
+        self.recorder().clear();
     }
 }
 

@@ -17,7 +17,6 @@
 
 use std::io::Read;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Result;
 use axum::body::{Body, Bytes};
@@ -34,8 +33,8 @@ use tonic::codec::CompressionEncoding;
 use tonic::service::Routes;
 
 use super::{
-    grpc_code_for_http, hang_forever, header_list, header_str, hung, read_body, Faults, ReceivedRequest, ReceivedSpan,
-    Recorder, Refusal, Reply, ServerHost, Transport,
+    grpc_code_for_http, hang_forever, header_list, header_str, hung, read_body, Backend, Faults, ReceivedRequest,
+    ReceivedSpan, Recorder, Refusal, Reply, ServerHost, Transport,
 };
 
 /// Largest HTTP body and gRPC message accepted (the collector's default HTTP limit is larger
@@ -79,42 +78,19 @@ impl OtlpReceiver {
     pub fn http_port(&self) -> u16 {
         self.host.port(1)
     }
+}
 
-    /// `true`: both ports stop listening and open connections are dropped (connection refused);
-    /// `false`: both listen again on the same ports.
-    pub fn set_down(&self, down: bool) -> Result<()> {
-        self.host.set_down(down)
+impl Backend for OtlpReceiver {
+    fn host(&self) -> &ServerHost {
+        &self.host
     }
 
-    /// While on, export requests are accepted and never answered.
-    pub fn hang(&self, on: bool) {
-        self.state.faults.set_hang(on);
+    fn faults(&self) -> &Faults {
+        &self.state.faults
     }
 
-    /// Answers the next `count` export requests with HTTP `status`, on gRPC with
-    /// [`grpc_code_for_http`]`(status)` (503 → UNAVAILABLE, 429 → RESOURCE_EXHAUSTED).
-    pub fn reject_next(&self, count: usize, status: u16) {
-        self.state.faults.reject_next(count, status);
-    }
-
-    /// Every span received so far, in arrival order.
-    pub fn spans(&self) -> Vec<ReceivedSpan> {
-        self.state.recorder.spans()
-    }
-
-    /// Every export request that reached a handler, accepted or not, in arrival order.
-    pub fn requests(&self) -> Vec<ReceivedRequest> {
-        self.state.recorder.requests()
-    }
-
-    /// Blocks until at least `count` spans were received; fails after `timeout`.
-    pub fn wait_for_spans(&self, count: usize, timeout: Duration) -> Result<Vec<ReceivedSpan>> {
-        self.state.recorder.wait_for_spans(count, timeout)
-    }
-
-    /// Forgets recorded spans and requests.
-    pub fn clear(&self) {
-        self.state.recorder.clear();
+    fn recorder(&self) -> &Recorder {
+        &self.state.recorder
     }
 }
 

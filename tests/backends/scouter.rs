@@ -40,7 +40,6 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use anyhow::Result;
 use axum::body::Body;
@@ -54,7 +53,7 @@ use serde_json::{json, Map, Value};
 use tonic::service::Routes;
 
 use super::{
-    grpc_code_for_http, hang_forever, header_list, header_str, hung, lock, read_body, Faults, ReceivedRequest,
+    grpc_code_for_http, hang_forever, header_list, header_str, hung, lock, read_body, Backend, Faults, ReceivedRequest,
     ReceivedSpan, Recorder, Refusal, Reply, ServerHost, Transport,
 };
 
@@ -151,51 +150,33 @@ impl ScouterBackend {
         lock(&self.state.auth).tokens.clear();
     }
 
-    /// `true`: both ports stop listening and open connections are dropped (connection refused);
-    /// `false`: both listen again on the same ports.
-    pub fn set_down(&self, down: bool) -> Result<()> {
-        self.host.set_down(down)
-    }
-
-    /// While on, ingest requests are accepted and never answered.
-    pub fn hang(&self, on: bool) {
-        self.state.faults.set_hang(on);
-    }
-
-    /// Answers the next `count` ingest requests (after the token check) with HTTP `status`, on
-    /// gRPC with [`grpc_code_for_http`]`(status)` (429 → RESOURCE_EXHAUSTED).
-    pub fn reject_next(&self, count: usize, status: u16) {
-        self.state.faults.reject_next(count, status);
-    }
-
     /// While on, every ingest request is refused as the real server does when its queue is
     /// full: 429 / RESOURCE_EXHAUSTED.
     pub fn set_queue_full(&self, on: bool) {
         self.state.queue_full.store(on, Ordering::SeqCst);
     }
 
-    /// Every span accepted so far, in arrival order.
-    pub fn spans(&self) -> Vec<ReceivedSpan> {
-        self.state.recorder.spans()
-    }
-
-    /// Every ingest request that reached a handler, accepted or not, in arrival order.
-    pub fn requests(&self) -> Vec<ReceivedRequest> {
-        self.state.recorder.requests()
-    }
-
     /// Every login attempt, in arrival order.
     pub fn logins(&self) -> Vec<LoginAttempt> {
         lock(&self.state.auth).logins.clone()
     }
+}
 
-    /// Blocks until at least `count` spans were accepted; fails after `timeout`.
-    pub fn wait_for_spans(&self, count: usize, timeout: Duration) -> Result<Vec<ReceivedSpan>> {
-        self.state.recorder.wait_for_spans(count, timeout)
+impl Backend for ScouterBackend {
+    fn host(&self) -> &ServerHost {
+        &self.host
+    }
+
+    fn faults(&self) -> &Faults {
+        &self.state.faults
+    }
+
+    fn recorder(&self) -> &Recorder {
+        &self.state.recorder
     }
 
     /// Forgets recorded spans, requests and login attempts (tokens stay valid).
-    pub fn clear(&self) {
+    fn clear(&self) {
         self.state.recorder.clear();
         lock(&self.state.auth).logins.clear();
     }

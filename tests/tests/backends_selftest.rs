@@ -21,7 +21,7 @@ use scouter_e2e::backends::scouter::proto::auth_service_client::AuthServiceClien
 use scouter_e2e::backends::scouter::proto::message_service_client::MessageServiceClient;
 use scouter_e2e::backends::scouter::proto::{InsertMessageRequest, InsertMessageResponse, LoginRequest};
 use scouter_e2e::backends::scouter::{ScouterBackend, DEFAULT_PASSWORD, DEFAULT_USERNAME, HTTP_BODY_LIMIT};
-use scouter_e2e::backends::{to_hex, AttrValue, ReceivedSpan, Reply, Transport};
+use scouter_e2e::backends::{to_hex, AttrValue, Backend, ReceivedSpan, Reply, Transport};
 use scouter_e2e::http::{HttpConnection, Request, Response};
 use serde_json::{json, Value};
 use tonic::codec::CompressionEncoding;
