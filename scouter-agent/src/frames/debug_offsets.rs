@@ -12,6 +12,7 @@
 use crate::discovery::PythonVersion;
 
 use super::layout::VersionLayout;
+use super::{memory, objects};
 
 /// The table's first 8 bytes.
 const COOKIE: &[u8; 8] = b"xdebugpy";
@@ -164,9 +165,21 @@ fn schema_for(minor: u8) -> Option<Schema> {
     }
 }
 
-/// Every offset of `layout` the table also records, by the table's name for it.
+/// Every offset the agent reads that the table also records, by the table's name for it: the
+/// version's layout, and the object offsets argument capture assumes in every version.
 fn expectations(layout: &VersionLayout) -> Vec<(&'static str, u64)> {
     let mut expected = vec![
+        ("dict_object.ma_keys", objects::DICT_KEYS as u64),
+        ("dict_object.ma_values", objects::DICT_VALUES as u64),
+        ("type_object.tp_name", objects::TYPE_NAME),
+        ("type_object.tp_flags", objects::TYPE_FLAGS),
+        ("long_object.lv_tag", objects::LONG_SIZE as u64),
+        ("long_object.ob_digit", objects::LONG_DIGITS as u64),
+        ("float_object.ob_fval", objects::FLOAT_VALUE as u64),
+        ("bytes_object.ob_size", memory::BYTES_SIZE),
+        ("bytes_object.ob_sval", memory::BYTES_DATA),
+        ("unicode_object.state", memory::UNICODE_STATE),
+        ("unicode_object.length", memory::UNICODE_LENGTH),
         ("runtime_state.interpreters_head", layout.runtime_interpreters_head),
         ("interpreter_state.threads_head", layout.interpreter_threads_head),
         ("thread_state.next", layout.tstate_next),
@@ -236,6 +249,15 @@ mod tests {
         let offsets = DebugOffsets::parse(&table(&words)).unwrap();
         let error = offsets.verify(v3_13_0(), VersionLayout::for_minor(13).unwrap()).unwrap_err();
         assert!(error.to_string().contains("thread_state.current_frame is 80, the agent's table says 72"), "{error}");
+    }
+
+    #[test]
+    fn the_object_offsets_argument_capture_assumes_are_checked_too() {
+        let mut words = PYENV_3_13_0;
+        words[56] = 24; // dict_object.ma_keys
+        let offsets = DebugOffsets::parse(&table(&words)).unwrap();
+        let error = offsets.verify(v3_13_0(), VersionLayout::for_minor(13).unwrap()).unwrap_err();
+        assert!(error.to_string().contains("dict_object.ma_keys is 24, the agent's table says 32"), "{error}");
     }
 
     #[test]

@@ -98,8 +98,8 @@ impl ProcessMemory {
 pub(super) const UNICODE_LENGTH: u64 = 16;
 pub(super) const UNICODE_STATE: u64 = 32;
 /// `PyBytesObject.ob_size` and `ob_sval`.
-const BYTES_SIZE: u64 = 16;
-const BYTES_DATA: u64 = 32;
+pub(super) const BYTES_SIZE: u64 = 16;
+pub(super) const BYTES_DATA: u64 = 32;
 
 /// A compact `str`'s bytes per character and where its characters start, from its `state`
 /// word; `None` for anything else (a legacy string, or not a string at all). The offsets are

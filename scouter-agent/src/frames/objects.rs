@@ -31,14 +31,14 @@ const MAX_ENTRIES: usize = 65_536;
 const MAX_TYPE_NAME: usize = 256;
 
 /// `PyDictObject`: `ma_keys`, `ma_values` (the same in every supported version).
-const DICT_KEYS: usize = 32;
-const DICT_VALUES: usize = 40;
+pub(super) const DICT_KEYS: usize = 32;
+pub(super) const DICT_VALUES: usize = 40;
 const DICT_HEADER: usize = 48;
 /// `PyDictKeysObject` up to its indices: 40 bytes on 3.8–3.10, 32 from 3.11.
 const KEYS_HEADER: usize = 40;
 /// `PyTypeObject`: `tp_name`, `tp_flags`, `tp_dict` (the same in every supported version).
-const TYPE_NAME: u64 = 24;
-const TYPE_FLAGS: u64 = 168;
+pub(super) const TYPE_NAME: u64 = 24;
+pub(super) const TYPE_FLAGS: u64 = 168;
 const TYPE_DICT: u64 = 264;
 /// `Py_TPFLAGS_HEAPTYPE`: a class made at run time (a `class` statement, `PyType_FromSpec`).
 const HEAP_TYPE: u64 = 1 << 9;
@@ -46,9 +46,9 @@ const HEAP_TYPE: u64 = 1 << 9;
 /// `PyFloatObject.ob_fval`.
 const UNICODE_LENGTH: usize = memory::UNICODE_LENGTH as usize;
 const UNICODE_STATE: usize = memory::UNICODE_STATE as usize;
-const LONG_SIZE: usize = 16;
-const LONG_DIGITS: usize = 24;
-const FLOAT_VALUE: usize = 16;
+pub(super) const LONG_SIZE: usize = 16;
+pub(super) const LONG_DIGITS: usize = 24;
+pub(super) const FLOAT_VALUE: usize = 16;
 /// Bits in each `digit` of an int.
 const DIGIT_BITS: u32 = 30;
 
