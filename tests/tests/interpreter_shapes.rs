@@ -278,30 +278,36 @@ fn check_request(spans: &[Span], shape: &Shape, pid: u32, path: &str, handler_fi
         if !children.is_empty() || server.attr("code.function.name").is_some() {
             wrong.push("the agent read the memory of a process whose layout it refused".to_owned());
         }
-        return wrong.into_iter().map(|issue| format!("GET {path}: {issue}\n  server span: {}", server.json)).collect();
-    }
-    match children.as_slice() {
-        [call] => {
-            if call.name != SELECTED_QUALNAME
-                || call.attr_str("code.function.name") != Some(SELECTED_QUALNAME)
-                || call.attr_str("code.file.path") != Some(handler_file)
-                || call.attr_str("function.module") != Some("__main__")
-            {
-                wrong.push(format!(
-                    "the function span should be {SELECTED_QUALNAME} of __main__ in {handler_file}:\n  {}",
-                    call.json
-                ));
-            }
-            if call.start_time_unix_nano < server.start_time_unix_nano
-                || call.end_time_unix_nano > server.end_time_unix_nano
-            {
-                wrong.push(format!("the function span is not inside its server span:\n  {}", call.json));
-            }
-        }
-        other => wrong
-            .push(format!("{} function spans under the server span, expected one ({SELECTED_QUALNAME})", other.len())),
+    } else {
+        wrong.extend(function_span_issues(server, &children, handler_file));
     }
     wrong.into_iter().map(|issue| format!("GET {path}: {issue}\n  server span: {}", server.json)).collect()
+}
+
+/// What is wrong with the function spans under `server`: exactly one, of the selected
+/// handler method, inside its server span.
+fn function_span_issues(server: &Span, children: &[&Span], handler_file: &str) -> Vec<String> {
+    let [call] = children else {
+        return vec![format!(
+            "{} function spans under the server span, expected one ({SELECTED_QUALNAME})",
+            children.len()
+        )];
+    };
+    let mut wrong = Vec::new();
+    if call.name != SELECTED_QUALNAME
+        || call.attr_str("code.function.name") != Some(SELECTED_QUALNAME)
+        || call.attr_str("code.file.path") != Some(handler_file)
+        || call.attr_str("function.module") != Some("__main__")
+    {
+        wrong.push(format!(
+            "the function span should be {SELECTED_QUALNAME} of __main__ in {handler_file}:\n  {}",
+            call.json
+        ));
+    }
+    if call.start_time_unix_nano < server.start_time_unix_nano || call.end_time_unix_nano > server.end_time_unix_nano {
+        wrong.push(format!("the function span is not inside its server span:\n  {}", call.json));
+    }
+    wrong
 }
 
 #[test]
