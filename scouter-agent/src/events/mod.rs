@@ -372,6 +372,29 @@ mod tests {
     }
 
     #[test]
+    fn decodes_how_a_call_ended() {
+        let clock = WallClock::with_offset(0);
+        let ended = |outcome: u8| {
+            let event = FunctionReturnedEvent {
+                header: header(EventKind::FunctionReturned),
+                span_id: [7; 8],
+                exception_type: 0x5000,
+                outcome,
+                _pad: [0; 7],
+            };
+            decode(&bytes_of(&event), &clock)
+        };
+        let outcome_of = |outcome: u8| match ended(outcome) {
+            Ok(KernelEvent::FunctionReturned { pid: 42, span_id, outcome, .. }) if span_id == [7; 8] => Some(outcome),
+            _ => None,
+        };
+        assert_eq!(outcome_of(call_outcome::RETURNED), Some(CallOutcome::Returned));
+        assert_eq!(outcome_of(call_outcome::RAISED), Some(CallOutcome::Raised { exception_type: 0x5000 }));
+        assert_eq!(outcome_of(call_outcome::EVICTED), Some(CallOutcome::Evicted));
+        assert_eq!(ended(9), Err(DecodeError::UnknownCallOutcome(9)));
+    }
+
+    #[test]
     fn rejects_short_and_unknown_records() {
         let clock = WallClock::with_offset(0);
         assert_eq!(decode(&[1, 2, 3], &clock), Err(DecodeError::TooShort(3)));
