@@ -78,6 +78,7 @@ async fn run_until_signal(config: AgentConfig) -> anyhow::Result<()> {
     tracing::info!(
         processes = agent.processes.len(),
         propagation = %agent.probes.propagation(),
+        route_templates = agent.config.routes.len(),
         "agent ready"
     );
 
@@ -548,7 +549,7 @@ impl Agent {
     fn export(&mut self, done: Vec<CompletedExchange>) {
         for exchange in done {
             let resource = self.resource_of(exchange.socket.pid);
-            let mut span = span_from_exchange(&exchange, resource);
+            let mut span = span_from_exchange(&exchange, resource, &self.config.routes);
             self.code.apply(exchange.socket.pid, &mut span);
             self.submit(span);
         }

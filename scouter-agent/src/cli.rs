@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{function_selection, AgentConfig, ConfigError, StoreConfig, DEFAULT_STORE_PATH};
+use crate::config::{
+    function_selection, routes, AgentConfig, ConfigError, ConfigFile, StoreConfig, DEFAULT_STORE_PATH,
+};
 
 /// Scouter Agent traces Python services with eBPF: HTTP server and client spans for every Python
 /// process on the host, joined into one trace across services, with no code change and no
@@ -115,14 +117,25 @@ pub struct RunArgs {
     #[arg(long = "function", value_name = "PATTERN", env = "SCOUTER_AGENT_FUNCTIONS", value_delimiter = ';')]
     pub functions: Vec<String>,
 
+    /// Name HTTP spans after this route template when a request's path matches it
+    /// (repeatable): `"GET /users/{id}"`, with `http.route` (servers) or `url.template`
+    /// (clients). Placeholders take a whole segment: `{id}`, `<id>`, `<int:id>`, `:id`; a last
+    /// segment `{rest:path}`, `<path:rest>` or `*` takes the rest of the path. The most literal
+    /// matching template wins. Without one, spans are named `"{METHOD}"` (the raw path stays in
+    /// `url.path`, out of the name). The variable takes templates separated by `;`.
+    #[arg(long = "route", value_name = "TEMPLATE", env = "SCOUTER_AGENT_ROUTES", value_delimiter = ';')]
+    pub routes: Vec<String>,
+
     /// A TOML configuration file; its `[[functions]]` tables select functions like
-    /// `--function`, optionally only for some services (see the README).
+    /// `--function`, and its `[[routes]]` tables add route templates like `--route`, both
+    /// optionally only for some services (see the README).
     #[arg(long, value_name = "FILE", env = "SCOUTER_AGENT_CONFIG")]
     pub config: Option<PathBuf>,
 }
 
 impl RunArgs {
     pub fn to_config(&self) -> Result<AgentConfig, ConfigError> {
+        let file = ConfigFile::read(self.config.as_deref())?;
         Ok(AgentConfig {
             store: StoreConfig {
                 path: self.store.path.clone(),
@@ -134,7 +147,8 @@ impl RunArgs {
             housekeeping_interval: Duration::from_secs(30),
             propagate: !self.no_propagate,
             max_transaction: Duration::from_secs(self.max_transaction_secs),
-            functions: function_selection(&self.functions, self.config.as_deref())?,
+            functions: function_selection(&self.functions, &file)?,
+            routes: routes(&self.routes, &file)?,
         })
     }
 }

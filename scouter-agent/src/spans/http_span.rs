@@ -9,25 +9,40 @@ use std::sync::Arc;
 use super::assembly::{CompletedExchange, FailedConnect, Role};
 use super::ids::{SpanId, TraceId};
 use super::propagation;
+use super::routes::Routes;
 use super::{Attributes, Resource, Span, SpanKind, Status, StatusCode};
 use crate::events::Peer;
 
-/// Builds the span of one exchange, for the process described by `resource`.
-pub fn span_from_exchange(exchange: &CompletedExchange, resource: Arc<Resource>) -> Span {
+/// Builds the span of one exchange, for the process described by `resource`; `routes` name
+/// it after its route template when one matches.
+pub fn span_from_exchange(exchange: &CompletedExchange, resource: Arc<Resource>, routes: &Routes) -> Span {
     let identity = identity(exchange);
     let kind = match exchange.role {
         Role::Server => SpanKind::Server,
         Role::Client => SpanKind::Client,
     };
+    let method = &exchange.request.method;
+    let mut attributes = attributes(exchange);
+    let name = match routes.route_of(resource.service_name(), exchange.request.path()) {
+        Some(route) => {
+            let key = match exchange.role {
+                Role::Server => "http.route",
+                Role::Client => "url.template",
+            };
+            attributes.insert(key.into(), route.into());
+            format!("{method} {route}")
+        }
+        None => method.clone(),
+    };
     Span {
         trace_id: identity.trace_id,
         span_id: identity.span_id,
         parent_span_id: identity.parent,
-        name: exchange.request.method.clone(),
+        name,
         kind,
         start_time_unix_nano: exchange.start_time,
         end_time_unix_nano: exchange.end_time,
-        attributes: attributes(exchange),
+        attributes,
         status: status(exchange),
         resource,
     }
@@ -240,7 +255,7 @@ mod tests {
             b"GET /users/7?token=abc HTTP/1.1\r\nHost: api.local:8080\r\nUser-Agent: t/1\r\nAuthorization: Bearer s3cret\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
         );
-        let span = span_from_exchange(&e, Arc::new(Resource::default()));
+        let span = span_from_exchange(&e, Arc::new(Resource::default()), &Routes::default());
         assert_eq!(span.kind, SpanKind::Server);
         assert_eq!(span.name, "GET");
         assert!(span.parent_span_id.is_none());
@@ -258,13 +273,32 @@ mod tests {
     }
 
     #[test]
+    fn a_matching_route_template_names_the_span_never_the_raw_path() {
+        use super::super::routes::RouteTemplate;
+        let routes = Routes::new(vec![RouteTemplate::parse("/users/{id}").unwrap()]);
+        let server = exchange(Role::Server, b"GET /users/7?x=1 HTTP/1.1\r\n\r\n", b"HTTP/1.1 200 OK\r\n\r\n");
+        let span = span_from_exchange(&server, Arc::new(Resource::default()), &routes);
+        assert_eq!(span.name, "GET /users/{id}");
+        assert_eq!(text(&span, "http.route").as_deref(), Some("/users/{id}"));
+        assert_eq!(text(&span, "url.path").as_deref(), Some("/users/7"));
+        let client =
+            exchange(Role::Client, b"POST /users/8 HTTP/1.1\r\nHost: u\r\n\r\n", b"HTTP/1.1 201 Created\r\n\r\n");
+        let span = span_from_exchange(&client, Arc::new(Resource::default()), &routes);
+        assert_eq!(span.name, "POST /users/{id}");
+        assert_eq!(text(&span, "url.template").as_deref(), Some("/users/{id}"));
+        assert!(!span.attributes.contains_key("http.route"));
+        let other = exchange(Role::Server, b"GET /orders/7 HTTP/1.1\r\n\r\n", b"HTTP/1.1 200 OK\r\n\r\n");
+        assert_eq!(span_from_exchange(&other, Arc::new(Resource::default()), &routes).name, "GET");
+    }
+
+    #[test]
     fn server_adopts_remote_parent_and_fails_on_5xx() {
         let e = exchange(
             Role::Server,
             b"GET / HTTP/1.1\r\ntraceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\r\n",
             b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n",
         );
-        let span = span_from_exchange(&e, Arc::new(Resource::default()));
+        let span = span_from_exchange(&e, Arc::new(Resource::default()), &Routes::default());
         assert_eq!(span.trace_id.to_string(), "0af7651916cd43dd8448eb211c80319c");
         assert_eq!(span.parent_span_id.unwrap().to_string(), "b7ad6b7169203331");
         assert_ne!(span.span_id.to_string(), "b7ad6b7169203331");
@@ -278,7 +312,7 @@ mod tests {
             b"GET /search?q=secret&page=2 HTTP/1.1\r\nHost: backend:9000\r\ntraceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\r\n",
             b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
         );
-        let span = span_from_exchange(&e, Arc::new(Resource::default()));
+        let span = span_from_exchange(&e, Arc::new(Resource::default()), &Routes::default());
         assert_eq!(span.kind, SpanKind::Client);
         assert_eq!(text(&span, "url.full").as_deref(), Some("http://backend:9000/search?q=REDACTED&page=REDACTED"));
         assert_eq!(span.attributes.get("server.port"), Some(&AttributeValue::Int(9000)));
@@ -292,13 +326,13 @@ mod tests {
         let mut e = exchange(Role::Client, b"GET /a?k=v HTTP/1.1\r\nHost: api.local\r\n\r\n", ok);
         e.tls = true;
         e.peer = Peer::Unknown;
-        let span = span_from_exchange(&e, Arc::new(Resource::default()));
+        let span = span_from_exchange(&e, Arc::new(Resource::default()), &Routes::default());
         assert_eq!(text(&span, "url.scheme").as_deref(), Some("https"));
         assert_eq!(text(&span, "url.full").as_deref(), Some("https://api.local/a?k=REDACTED"));
         assert_eq!(span.attributes.get("server.port"), Some(&AttributeValue::Int(443)));
         let mut e = exchange(Role::Client, b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8443\r\n\r\n", ok);
         e.tls = true;
-        let span = span_from_exchange(&e, Arc::new(Resource::default()));
+        let span = span_from_exchange(&e, Arc::new(Resource::default()), &Routes::default());
         assert_eq!(text(&span, "url.full").as_deref(), Some("https://127.0.0.1:8443/"));
     }
 
@@ -317,12 +351,16 @@ mod tests {
             origin: scouter_ebpf::context_origin::LOCAL_PARENT,
             ..Default::default()
         });
-        let span = span_from_exchange(&e, Arc::new(Resource::default()));
+        let span = span_from_exchange(&e, Arc::new(Resource::default()), &Routes::default());
         assert_eq!(span.trace_id, TraceId([1; 16]));
         assert_eq!(span.span_id, SpanId([2; 8]));
         assert_eq!(span.parent_span_id, Some(SpanId([3; 8])));
         e.context = Some(scouter_ebpf::SpanContext { parent_span_id: [0; 8], ..e.context.unwrap() });
-        assert_eq!(span_from_exchange(&e, Arc::new(Resource::default())).parent_span_id, None, "zero means root");
+        assert_eq!(
+            span_from_exchange(&e, Arc::new(Resource::default()), &Routes::default()).parent_span_id,
+            None,
+            "zero means root"
+        );
     }
 
     #[test]

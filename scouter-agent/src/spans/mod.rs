@@ -6,6 +6,7 @@
 //! - [`assembly`]: per-connection state that pairs requests with responses;
 //! - [`propagation`]: trace context in headers (W3C `traceparent`, Scouter's headers);
 //! - [`http_span`]: the span of a completed exchange, with semantic-convention attributes;
+//! - [`routes`]: configured route templates that name HTTP spans;
 //! - [`code_attribution`]: the Python code a span's request was made or served by;
 //! - [`function_span`]: the spans of selected Python functions' calls.
 
@@ -17,6 +18,7 @@ pub mod http_span;
 pub mod ids;
 pub mod model;
 pub mod propagation;
+pub mod routes;
 pub mod stream;
 
 pub use ids::{SpanId, TraceId};
