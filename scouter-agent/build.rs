@@ -2,12 +2,26 @@
 //! toolchain and bpf-linker) and leaves the object in OUT_DIR for `include_bytes_aligned!`.
 //! `cargo xtask setup` installs what this needs; bpf-linker is looked up in the project's tools
 //! directory first.
+//!
+//! It also generates the Scouter gRPC client from `proto/scouter.proto` (protox parses it in
+//! pure Rust, so no `protoc` is needed) into OUT_DIR as `scouter.grpc.v1.rs`.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
 
+const PROTO_DIR: &str = "proto";
+const PROTO: &str = "proto/scouter.proto";
+
 fn main() -> anyhow::Result<()> {
+    println!("cargo:rerun-if-changed={PROTO}");
+    let descriptors = protox::compile([PROTO], [PROTO_DIR]).context("compiling proto/scouter.proto")?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(false)
+        .compile_fds(descriptors)
+        .context("generating the Scouter gRPC client")?;
+
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
     let workspace = manifest_dir.parent().context("agent crate has no parent directory")?;
     let ebpf_dir = workspace.join("scouter-ebpf");

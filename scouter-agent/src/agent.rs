@@ -303,6 +303,7 @@ impl Agent {
             trace_id: TraceId(context.trace_id),
             span_id: SpanId(context.span_id),
             parent_span_id: parent,
+            trace_flags: context.flags,
             start: entry.time,
             function,
             arguments: captured,

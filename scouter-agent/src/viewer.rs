@@ -423,6 +423,7 @@ mod tests {
             attributes: Attributes::new(),
             status: Status::default(),
             resource: Arc::new(resource),
+            flags: Default::default(),
         }
     }
 

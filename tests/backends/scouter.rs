@@ -11,7 +11,7 @@
 //! - `GET /scouter/healthcheck` → `{"alive":true,"version":"test"}`, no auth.
 //!
 //! gRPC (`grpc_uri()`, what `SCOUTER_GRPC_URI` points at), package `scouter.grpc.v1` from
-//! `backends/proto/scouter.proto`: `AuthService/Login` and `MessageService/InsertMessage`, whose
+//! `scouter-agent/proto/scouter.proto`: `AuthService/Login` and `MessageService/InsertMessage`, whose
 //! `message_record` holds the same JSON envelope; metadata `authorization: Bearer <token>`;
 //! 4 MiB message limit (enforced by tonic before the handler, so such requests are not recorded).
 //!
@@ -57,7 +57,7 @@ use super::{
     ReceivedSpan, Recorder, Refusal, Reply, ServerHost, Transport,
 };
 
-/// Code generated from `backends/proto/scouter.proto` by `build.rs`: messages, servers, clients.
+/// Code generated from `scouter-agent/proto/scouter.proto` by `build.rs`: messages, servers, clients.
 pub mod proto {
     tonic::include_proto!("scouter.grpc.v1");
 }

@@ -19,19 +19,22 @@ use opentelemetry_proto::tonic::trace::v1::{self as otlp, ResourceSpans, ScopeSp
 use prost::Message as _;
 use serde::Serialize;
 
-use crate::spans::{AttributeValue, Attributes, Resource, Span, SpanKind, StatusCode};
+use crate::spans::{AttributeValue, Attributes, ContextFlags, Resource, Span, SpanKind, StatusCode};
 
 /// The instrumentation scope of every span the agent makes.
 const SCOPE_NAME: &str = "scouter-agent";
 
-/// W3C "sampled": the agent records every span it sees and has no sampler.
+/// OTLP span flags: W3C's in the low byte, then "whether the parent is remote is known"
+/// (0x100) and "the parent is remote" (0x200), as the Scouter SDK sets them.
 const W3C_SAMPLED: u32 = 0x01;
+const PARENT_REMOTENESS_KNOWN: u32 = 0x100;
+const PARENT_IS_REMOTE: u32 = 0x200;
 
-/// Only "sampled". The Scouter SDK adds 0x100 (its parent's remoteness is known) and 0x200 (the
-/// parent is remote); `Span` does not record where its parent lives yet, and 0x100 alone would
-/// claim "local" for server spans whose parent came in a request header: better unknown than
-/// wrong.
-const SPAN_FLAGS: u32 = W3C_SAMPLED;
+fn span_flags(flags: ContextFlags) -> u32 {
+    let sampled = if flags.sampled { W3C_SAMPLED } else { 0 };
+    let remote = if flags.remote_parent { PARENT_IS_REMOTE } else { 0 };
+    sampled | PARENT_REMOTENESS_KNOWN | remote
+}
 
 /// The OTLP request for `batch`: one `ResourceSpans` per distinct resource (in order of first
 /// appearance), each with one scope, spans in batch order.
@@ -155,7 +158,7 @@ fn otlp_span(span: &Span) -> otlp::Span {
         span_id: span.span_id.0.to_vec(),
         // OTLP marks a root by an empty parent id.
         parent_span_id: span.parent_span_id.map(|id| id.0.to_vec()).unwrap_or_default(),
-        flags: SPAN_FLAGS,
+        flags: span_flags(span.flags),
         name: span.name.clone(),
         kind: otlp_kind(span.kind) as i32,
         start_time_unix_nano: span.start_time_unix_nano,
@@ -412,7 +415,15 @@ mod tests {
         assert_eq!(decoded_span.trace_id, span.trace_id.0);
         assert_eq!(decoded_span.span_id, span.span_id.0);
         assert_eq!(decoded_span.start_time_unix_nano, span.start_time_unix_nano);
-        assert_eq!(decoded_span.flags, 0x01, "sampled; where the parent lives is not claimed");
+        assert_eq!(decoded_span.flags, 0x101, "sampled, parent local");
+    }
+
+    #[test]
+    fn span_flags_say_sampled_and_where_the_parent_lives() {
+        let flags = |sampled, remote_parent| span_flags(ContextFlags { sampled, remote_parent });
+        assert_eq!(flags(true, false), 0x101);
+        assert_eq!(flags(true, true), 0x301);
+        assert_eq!(flags(false, true), 0x300);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use crate::frames::calls::CalledFunction;
 use crate::frames::objects::ArgumentValue;
 
-use super::{AttributeValue, Attributes, Resource, Span, SpanId, SpanKind, Status, StatusCode, TraceId};
+use super::{AttributeValue, Attributes, ContextFlags, Resource, Span, SpanId, SpanKind, Status, StatusCode, TraceId};
 
 /// Calls open at once, host-wide, before the oldest are given up (a generator never finished).
 const MAX_OPEN_CALLS: usize = 65_536;
@@ -32,6 +32,8 @@ pub struct StartedCall {
     pub trace_id: TraceId,
     pub span_id: SpanId,
     pub parent_span_id: Option<SpanId>,
+    /// W3C trace flags of the trace the call belongs to.
+    pub trace_flags: u8,
     pub start: u64,
     pub function: Arc<CalledFunction>,
     /// Captured arguments by name, in the order the function declares them.
@@ -143,6 +145,8 @@ fn span_of(call: StartedCall, end: u64, how: CallEnd) -> Span {
         attributes,
         status,
         resource: call.resource,
+        // The parent is this process's own span (a request being served or an enclosing call).
+        flags: ContextFlags::from_w3c(call.trace_flags, false),
     }
 }
 
@@ -223,6 +227,7 @@ mod tests {
             trace_id: TraceId([1; 16]),
             span_id: SpanId([span; 8]),
             parent_span_id: parent.map(|p| SpanId([p; 8])),
+            trace_flags: 1,
             start: 100,
             function: Arc::new(CalledFunction {
                 module: "shop.orders".into(),

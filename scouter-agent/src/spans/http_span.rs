@@ -10,8 +10,9 @@ use super::assembly::{CompletedExchange, FailedConnect, Role};
 use super::ids::{SpanId, TraceId};
 use super::propagation;
 use super::routes::Routes;
-use super::{Attributes, Resource, Span, SpanKind, Status, StatusCode};
+use super::{Attributes, ContextFlags, Resource, Span, SpanKind, Status, StatusCode};
 use crate::events::Peer;
+use scouter_ebpf::context_origin;
 
 /// Builds the span of one exchange, for the process described by `resource`; `routes` name
 /// it after its route template when one matches.
@@ -45,6 +46,7 @@ pub fn span_from_exchange(exchange: &CompletedExchange, resource: Arc<Resource>,
         attributes,
         status: status(exchange),
         resource,
+        flags: identity.flags,
     }
 }
 
@@ -52,6 +54,7 @@ struct Identity {
     trace_id: TraceId,
     span_id: SpanId,
     parent: Option<SpanId>,
+    flags: ContextFlags,
 }
 
 /// The kernel's identity when it gave one (it decided it before any byte left, and the
@@ -61,19 +64,34 @@ struct Identity {
 fn identity(exchange: &CompletedExchange) -> Identity {
     if let Some(kernel) = exchange.context {
         let parent = SpanId(kernel.parent_span_id);
+        let remote = kernel.origin == context_origin::REMOTE_PARENT;
         return Identity {
             trace_id: TraceId(kernel.trace_id),
             span_id: SpanId(kernel.span_id),
             parent: parent.is_valid().then_some(parent),
+            flags: ContextFlags::from_w3c(kernel.flags, remote),
         };
     }
     let carried = propagation::extract(&exchange.request.fields);
     match (exchange.role, carried) {
-        (Role::Server, Some(remote)) => {
-            Identity { trace_id: remote.trace_id, span_id: SpanId::random(), parent: Some(remote.span_id) }
-        }
-        (Role::Client, Some(own)) => Identity { trace_id: own.trace_id, span_id: own.span_id, parent: None },
-        (_, None) => Identity { trace_id: TraceId::random(), span_id: SpanId::random(), parent: None },
+        (Role::Server, Some(remote)) => Identity {
+            trace_id: remote.trace_id,
+            span_id: SpanId::random(),
+            parent: Some(remote.span_id),
+            flags: ContextFlags { sampled: remote.sampled, remote_parent: true },
+        },
+        (Role::Client, Some(own)) => Identity {
+            trace_id: own.trace_id,
+            span_id: own.span_id,
+            parent: None,
+            flags: ContextFlags { sampled: own.sampled, remote_parent: false },
+        },
+        (_, None) => Identity {
+            trace_id: TraceId::random(),
+            span_id: SpanId::random(),
+            parent: None,
+            flags: ContextFlags::default(),
+        },
     }
 }
 
@@ -175,6 +193,7 @@ pub fn span_from_failed_connect(failed: &FailedConnect, resource: Arc<Resource>)
         attributes,
         status: error_status(),
         resource,
+        flags: ContextFlags::default(),
     }
 }
 

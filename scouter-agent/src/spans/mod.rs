@@ -22,4 +22,4 @@ pub mod routes;
 pub mod stream;
 
 pub use ids::{SpanId, TraceId};
-pub use model::{AttributeValue, Attributes, Resource, Span, SpanKind, Status, StatusCode};
+pub use model::{AttributeValue, Attributes, ContextFlags, Resource, Span, SpanKind, Status, StatusCode};

@@ -120,6 +120,30 @@ impl Resource {
     }
 }
 
+/// What a span's context says beyond its ids: W3C's sampled flag (the caller's decision,
+/// inherited by every span of its trace in this process), and whether the parent lives in
+/// another process (carried in a request header or a TCP option).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContextFlags {
+    pub sampled: bool,
+    pub remote_parent: bool,
+}
+
+impl Default for ContextFlags {
+    /// A span the agent started a trace for: sampled, no parent.
+    fn default() -> Self {
+        Self { sampled: true, remote_parent: false }
+    }
+}
+
+impl ContextFlags {
+    /// From W3C trace flags (bit 0: sampled).
+    pub fn from_w3c(flags: u8, remote_parent: bool) -> Self {
+        Self { sampled: flags & 1 == 1, remote_parent }
+    }
+}
+
 /// A finished span.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -138,6 +162,8 @@ pub struct Span {
     pub attributes: Attributes,
     pub status: Status,
     pub resource: Arc<Resource>,
+    #[serde(default)]
+    pub flags: ContextFlags,
 }
 
 impl Span {
@@ -161,6 +187,7 @@ impl Span {
             attributes: Default::default(),
             status: Status::default(),
             resource: Arc::new(Resource::default()),
+            flags: ContextFlags::default(),
         }
     }
 }
@@ -207,6 +234,7 @@ mod tests {
             attributes,
             status: Status::default(),
             resource: Arc::new(Resource::default()),
+            flags: ContextFlags { sampled: false, remote_parent: true },
         };
         let json = serde_json::to_value(&span).unwrap();
         assert_eq!(json["traceId"], "0af7651916cd43dd8448eb211c80319c");
@@ -216,6 +244,7 @@ mod tests {
         assert_eq!(json["attributes"]["http.response.status_code"], 200);
         assert_eq!(json["status"]["code"], "UNSET");
         assert!(json.get("parentSpanId").is_none());
+        assert_eq!(json["flags"]["remoteParent"], true);
         let back: Span = serde_json::from_value(json).unwrap();
         assert_eq!(back, span);
     }

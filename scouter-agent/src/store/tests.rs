@@ -32,6 +32,7 @@ fn span(trace: &TraceId, parent: Option<SpanId>, name: &str, start: u64, end: u6
         attributes: Attributes::new(),
         status: Status::default(),
         resource: resource("api", 42),
+        flags: Default::default(),
     }
 }
 
