@@ -18,10 +18,11 @@ use tokio::sync::mpsc;
 use crate::config::AgentConfig;
 use crate::discovery::{self, PythonProcess, Skip, UntracedProcesses};
 use crate::events::{self, CallOutcome, FunctionEntry, KernelEvent, WallClock};
-use crate::export::Exporter;
+use crate::export::Pipeline;
 use crate::frames::attach::{self as layouts, CheckedLayout, LayoutError};
 use crate::frames::calls::CalledFunction;
 use crate::frames::ProcessStacks;
+use crate::health::{self, AgentStatus};
 use crate::probes::eval_hook;
 use crate::probes::{ProbeOptions, Probes};
 use crate::spans::assembly::{Assembler, CompletedExchange};
@@ -68,11 +69,15 @@ async fn run_until_signal(config: AgentConfig) -> anyhow::Result<()> {
     // not kill it with the default action.
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let exporter = Exporter::from_config(&config)?;
+    let exporter = Pipeline::from_config(&config.export, &config.store)?;
+    let status = Arc::new(AgentStatus::new(exporter.counters(), exporter.sink_counters()));
+    if let Some(listen) = config.metrics_listen {
+        health::serve(listen, Arc::clone(&status)).await?;
+    }
     let options = ProbeOptions { propagate: config.propagate, max_transaction: config.max_transaction };
     let (probes, ring) = Probes::attach(options).context("attaching the eBPF probes")?;
     let (layout_checks, mut checked_layouts) = mpsc::unbounded_channel::<LayoutResult>();
-    let mut agent = Agent::new(config, probes, exporter, layout_checks);
+    let mut agent = Agent::new(config, probes, exporter, layout_checks, Arc::clone(&status));
     let (inspections, mut inspected) = mpsc::unbounded_channel::<InspectionResult>();
     agent.scan_existing_processes();
     tracing::info!(
@@ -81,6 +86,7 @@ async fn run_until_signal(config: AgentConfig) -> anyhow::Result<()> {
         route_templates = agent.config.routes.len(),
         "agent ready"
     );
+    status.ready.store(true, std::sync::atomic::Ordering::Relaxed);
 
     // SAFETY: the ring buffer's map descriptor is owned by `RingFd` and lives as long as it.
     let mut ring = unsafe { AsyncFd::register_with_interest(RingFd(ring), tokio::io::Interest::READABLE) }
@@ -136,7 +142,7 @@ impl std::os::fd::AsRawFd for RingFd {
 struct Agent {
     config: AgentConfig,
     probes: Probes,
-    exporter: Exporter,
+    exporter: Pipeline,
     clock: WallClock,
     assembler: Assembler,
     processes: HashMap<u32, PythonProcess>,
@@ -153,14 +159,17 @@ struct Agent {
     layout_checks: mpsc::UnboundedSender<LayoutResult>,
     decode_errors: u64,
     last_kernel_counters: [u64; scouter_ebpf::counter::COUNT as usize],
+    /// What the metrics and health endpoint reports.
+    status: Arc<AgentStatus>,
 }
 
 impl Agent {
     fn new(
         config: AgentConfig,
         probes: Probes,
-        exporter: Exporter,
+        exporter: Pipeline,
         layout_checks: mpsc::UnboundedSender<LayoutResult>,
+        status: Arc<AgentStatus>,
     ) -> Self {
         Self {
             config,
@@ -178,6 +187,7 @@ impl Agent {
             layout_checks,
             decode_errors: 0,
             last_kernel_counters: Default::default(),
+            status,
         }
     }
 
@@ -585,6 +595,8 @@ impl Agent {
     }
 
     fn expire_and_report(&mut self) {
+        self.status.tick();
+        self.status.processes_attached.store(self.processes.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let done = self.assembler.expire(self.clock.unix_now(), RESPONSE_IDLE, CONNECTION_FORGET);
         self.export(done);
         self.report_kernel_drops();
@@ -609,6 +621,8 @@ impl Agent {
                 "kernel-side drops and skipped propagation (cumulative)"
             );
             self.last_kernel_counters = counters;
+            *self.status.kernel_drops.lock().unwrap_or_else(|e| e.into_inner()) =
+                KERNEL_COUNTER_NAMES.iter().copied().zip(counters).collect();
         }
     }
 
@@ -622,12 +636,10 @@ impl Agent {
         drop(self.probes);
         tracing::info!("probes detached");
         let counters = self.exporter.counters();
-        let accepted = counters.accepted.load(std::sync::atomic::Ordering::Relaxed);
-        let dropped = counters.dropped_queue_full.load(std::sync::atomic::Ordering::Relaxed);
         self.exporter.shutdown();
         tracing::info!(
-            spans = accepted,
-            dropped_queue_full = dropped,
+            spans = counters.produced.load(std::sync::atomic::Ordering::Relaxed),
+            sampled_out = counters.sampled_out.load(std::sync::atomic::Ordering::Relaxed),
             not_http = stats.not_http,
             unanswered = stats.unanswered,
             lost_sync = stats.lost_sync,
@@ -636,6 +648,20 @@ impl Agent {
         );
     }
 }
+
+/// The kernel's drop counters, in the order `kernel_counters` returns them.
+const KERNEL_COUNTER_NAMES: [&str; 10] = [
+    "ring_full",
+    "read_failed",
+    "map_full",
+    "injection_failed",
+    "head_not_scanned",
+    "tls_socket_unknown",
+    "trace_option_failed",
+    "stack_unreadable",
+    "call_too_deep",
+    "call_return_missed",
+];
 
 /// Decisions about code objects remembered (host-wide) before starting over.
 const MAX_DECISIONS: usize = 262_144;

@@ -1,13 +1,13 @@
 //! Command-line interface. Every flag also names its environment variable in `--help`.
 
 use std::path::PathBuf;
+#[cfg(test)]
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{
-    function_selection, routes, AgentConfig, ConfigError, ConfigFile, StoreConfig, DEFAULT_STORE_PATH,
-};
+use crate::config::settings::Settings;
+use crate::config::{self, AgentConfig, ConfigError, DEFAULT_STORE_PATH};
 
 /// Scouter Agent traces Python services with eBPF: HTTP server and client spans for every Python
 /// process on the host, joined into one trace across services, with no code change and no
@@ -24,7 +24,7 @@ pub struct Cli {
 
     /// Options of `run`, accepted without the subcommand too.
     #[command(flatten)]
-    pub run: RunArgs,
+    pub run: Settings,
 
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `scouter_agent=debug`.
     #[arg(long, global = true, env = "SCOUTER_AGENT_LOG", default_value = "info")]
@@ -34,7 +34,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Trace Python processes until SIGINT/SIGTERM (the default).
-    Run(RunArgs),
+    Run(Settings),
     /// Read the embedded trace store.
     Traces {
         #[command(subcommand)]
@@ -43,6 +43,15 @@ pub enum Command {
     /// Report which kernel features the agent needs are available, and what to do if not.
     /// Exits non-zero when the agent cannot run here.
     Check,
+    /// Show the configuration `run` would use with the same options: flags, then environment
+    /// variables, then the `--config` file, then defaults; secrets masked.
+    Config {
+        /// Print the effective configuration (as TOML, usable as a `--config` file).
+        #[arg(long)]
+        print: bool,
+        #[command(flatten)]
+        settings: Settings,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -77,80 +86,25 @@ pub struct StoreArgs {
     pub path: PathBuf,
 }
 
-#[derive(Debug, Clone, Args)]
-pub struct RunArgs {
-    #[command(flatten)]
-    pub store: StoreArgs,
+impl Settings {
+    /// The agent's configuration from these flags, the process's environment and `--config`.
+    pub fn to_config(&self) -> Result<AgentConfig, ConfigError> {
+        config::resolve(self, &process_env)
+    }
 
-    /// Delete stored spans older than this many hours.
-    #[arg(long, env = "SCOUTER_AGENT_STORE_MAX_AGE_HOURS", default_value_t = 72)]
-    pub store_max_age_hours: u64,
-
-    /// Keep the store under this many MiB, deleting the oldest spans first.
-    #[arg(long, env = "SCOUTER_AGENT_STORE_MAX_MB", default_value_t = 512)]
-    pub store_max_mb: u64,
-
-    /// Also print one line per finished span on standard output.
-    #[arg(long, env = "SCOUTER_AGENT_STDOUT")]
-    pub stdout: bool,
-
-    /// Trace only these process ids (repeatable); default: every Python process.
-    #[arg(long = "pid", value_name = "PID")]
-    pub pids: Vec<u32>,
-
-    /// Do not insert a W3C `traceparent` header into outgoing plain-HTTP requests of traced
-    /// processes. By default one is inserted (exactly one, after the request line, and never
-    /// when the request already has one) so downstream services join the caller's trace.
-    #[arg(long, env = "SCOUTER_AGENT_NO_PROPAGATE")]
-    pub no_propagate: bool,
-
-    /// A request being served stops parenting its thread's outgoing calls after this many
-    /// seconds (guards against a thread that keeps working after its request).
-    #[arg(long, env = "SCOUTER_AGENT_MAX_TRANSACTION_SECS", default_value_t = 300)]
-    pub max_transaction_secs: u64,
-
-    /// Make every call of the selected Python functions a span (repeatable):
-    /// `MODULE:QUALNAME`, globs allowed (`*` any run of characters, dots included; `?` one),
-    /// optionally followed by arguments to capture: `shop.orders:OrderService.place*(order_id)`.
-    /// Costs every Python call of the processes concerned about 2-3 µs (see the README); none
-    /// by default. The variable takes patterns separated by `;`.
-    #[arg(long = "function", value_name = "PATTERN", env = "SCOUTER_AGENT_FUNCTIONS", value_delimiter = ';')]
-    pub functions: Vec<String>,
-
-    /// Name HTTP spans after this route template when a request's path matches it
-    /// (repeatable): `"GET /users/{id}"`, with `http.route` (servers) or `url.template`
-    /// (clients). Placeholders take a whole segment: `{id}`, `<id>`, `<int:id>`, `:id`; a last
-    /// segment `{rest:path}`, `<path:rest>` or `*` takes the rest of the path. The most literal
-    /// matching template wins. Without one, spans are named `"{METHOD}"` (the raw path stays in
-    /// `url.path`, out of the name). The variable takes templates separated by `;`.
-    #[arg(long = "route", value_name = "TEMPLATE", env = "SCOUTER_AGENT_ROUTES", value_delimiter = ';')]
-    pub routes: Vec<String>,
-
-    /// A TOML configuration file; its `[[functions]]` tables select functions like
-    /// `--function`, and its `[[routes]]` tables add route templates like `--route`, both
-    /// optionally only for some services (see the README).
-    #[arg(long, value_name = "FILE", env = "SCOUTER_AGENT_CONFIG")]
-    pub config: Option<PathBuf>,
+    /// What `config --print` shows: every setting in effect, secrets masked, as TOML that reads
+    /// back as a configuration file.
+    pub fn printable(&self) -> Result<String, ConfigError> {
+        self.to_config()?;
+        let file = config::read_file(self.config.as_deref())?;
+        let effective = config::masked(config::effective(self, &file, &process_env));
+        Ok(toml::to_string(&effective).expect("settings serialise to TOML"))
+    }
 }
 
-impl RunArgs {
-    pub fn to_config(&self) -> Result<AgentConfig, ConfigError> {
-        let file = ConfigFile::read(self.config.as_deref())?;
-        Ok(AgentConfig {
-            store: StoreConfig {
-                path: self.store.path.clone(),
-                max_age: Duration::from_secs(self.store_max_age_hours * 3600),
-                max_bytes: self.store_max_mb * 1024 * 1024,
-            },
-            stdout: self.stdout,
-            pids: self.pids.clone(),
-            housekeeping_interval: Duration::from_secs(30),
-            propagate: !self.no_propagate,
-            max_transaction: Duration::from_secs(self.max_transaction_secs),
-            functions: function_selection(&self.functions, &file)?,
-            routes: routes(&self.routes, &file)?,
-        })
-    }
+/// A variable of the process's environment; empty counts as unset, as the OTel SDKs do.
+fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|value| !value.trim().is_empty())
 }
 
 #[cfg(test)]
@@ -173,6 +127,8 @@ mod tests {
         let set = run_config(&["run", "--no-propagate", "--max-transaction-secs", "30"]);
         assert!(!set.propagate);
         assert_eq!(set.max_transaction, Duration::from_secs(30));
+        assert!(run_config(&["--stdout", "--pid", "7"]).export.stdout, "a bare boolean flag means true");
+        assert!(!run_config(&["--stdout", "false"]).export.stdout);
     }
 
     #[test]
@@ -181,5 +137,12 @@ mod tests {
         let set = run_config(&["--function", "app:fib(n)", "--function", "app:Orders.*"]);
         assert_eq!(set.functions.rules.len(), 2);
         assert_eq!(set.functions.select("svc", "app", "fib"), Some(vec!["n".to_owned()]));
+    }
+
+    #[test]
+    fn config_print_takes_the_run_options() {
+        let cli = Cli::try_parse_from(["scouter-agent", "config", "--print", "--sample-ratio", "0.5"]).unwrap();
+        let Some(Command::Config { print: true, settings }) = cli.command else { panic!("config --print") };
+        assert!(settings.printable().unwrap().contains("sample_ratio = 0.5"));
     }
 }

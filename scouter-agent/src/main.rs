@@ -6,10 +6,13 @@
 //! - [`probes`]: loads the eBPF object and attaches its programs;
 //! - [`events`]: reads the ring buffer and decodes kernel events;
 //! - [`spans`]: assembles events into spans (HTTP parsing, request/response pairing);
-//! - [`export`]: sends finished spans to their sinks (the embedded store, stdout);
+//! - [`export`]: sends finished spans to their sinks (the Scouter backend, an OTLP collector,
+//!   the embedded store, stdout) with sampling, batching and retries;
 //! - [`store`]: the embedded trace store, and [`viewer`] renders it in the terminal.
 //!
-//! [`agent`] wires the stages together; [`check`] reports what the host supports.
+//! [`agent`] wires the stages together; [`config`] resolves flags, environment and the
+//! configuration file; [`health`] serves metrics and health; [`check`] reports what the host
+//! supports.
 
 mod agent;
 mod check;
@@ -19,6 +22,7 @@ mod discovery;
 mod events;
 mod export;
 mod frames;
+mod health;
 mod probes;
 mod spans;
 mod store;
@@ -49,6 +53,11 @@ fn dispatch(cli: Cli) -> Result<()> {
         None => agent::run(cli.run.to_config()?),
         Some(Command::Run(args)) => agent::run(args.to_config()?),
         Some(Command::Check) => check::run(),
+        Some(Command::Config { print, settings }) => {
+            anyhow::ensure!(print, "`scouter-agent config` needs --print (the only action so far)");
+            print!("{}", settings.printable()?);
+            Ok(())
+        }
         Some(Command::Traces { command }) => match command {
             TracesCommand::List { json, limit, store } => viewer::list(&store.path, limit, json),
             TracesCommand::Show { trace_id, json, store } => viewer::show(&store.path, &trace_id, json),

@@ -6,9 +6,7 @@
 //! meets the Scouter server's strict rules (hex ids, string nanos, integer kind); the tests pin
 //! that. [`split_to_fit`] cuts a batch into requests under a transport's size limit.
 
-// The network sinks that call this module come next; drop this once they do.
-#![cfg_attr(not(test), allow(dead_code))]
-
+use std::borrow::Borrow;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -19,6 +17,7 @@ use opentelemetry_proto::tonic::trace::v1::{self as otlp, ResourceSpans, ScopeSp
 use prost::Message as _;
 use serde::Serialize;
 
+use super::delivery::Requests;
 use crate::spans::{AttributeValue, Attributes, ContextFlags, Resource, Span, SpanKind, StatusCode};
 
 /// The instrumentation scope of every span the agent makes.
@@ -38,7 +37,7 @@ fn span_flags(flags: ContextFlags) -> u32 {
 
 /// The OTLP request for `batch`: one `ResourceSpans` per distinct resource (in order of first
 /// appearance), each with one scope, spans in batch order.
-pub fn export_request(batch: &[Span]) -> ExportTraceServiceRequest {
+pub fn export_request<S: Borrow<Span>>(batch: &[S]) -> ExportTraceServiceRequest {
     let resource_spans = group_by_resource(batch)
         .into_iter()
         .map(|(resource, spans)| ResourceSpans {
@@ -78,7 +77,7 @@ pub enum Chunk {
 /// Cuts `batch` into consecutive chunks whose `encoded_len` is at most `max_bytes`, each as
 /// long as the limit allows, covering every span once and in order. `encoded_len` measures a
 /// whole request body (envelope included), so the limit can be the transport's own.
-pub fn split_to_fit(batch: &[Span], max_bytes: usize, encoded_len: impl Fn(&[Span]) -> usize) -> Vec<Chunk> {
+pub fn split_to_fit<S>(batch: &[S], max_bytes: usize, encoded_len: impl Fn(&[S]) -> usize) -> Vec<Chunk> {
     let mut chunks = Vec::new();
     let mut start = 0;
     while start < batch.len() {
@@ -96,14 +95,34 @@ pub fn split_to_fit(batch: &[Span], max_bytes: usize, encoded_len: impl Fn(&[Spa
     chunks
 }
 
+/// The requests that carry `spans` for a transport whose bodies (as `encode` makes them from
+/// an OTLP request) may not exceed `max_bytes`.
+pub fn encoded_requests(
+    spans: &[Arc<Span>],
+    max_bytes: usize,
+    encode: impl Fn(&ExportTraceServiceRequest) -> Vec<u8>,
+) -> Requests<Vec<u8>> {
+    let mut requests = Requests { ready: Vec::new(), too_large: 0 };
+    for chunk in split_to_fit(spans, max_bytes, |part| encode(&export_request(part)).len()) {
+        match chunk {
+            Chunk::Fits(range) => {
+                let count = range.len();
+                requests.ready.push((encode(&export_request(&spans[range])), count));
+            }
+            Chunk::TooLarge(_) => requests.too_large += 1,
+        }
+    }
+    requests
+}
+
 /// The largest `end` with `batch[start..end]` within the limit, or None when even the one span
 /// at `start` is over it. The whole rest is tried first because a batch usually fits; otherwise
 /// a binary search (a request never shrinks as spans are added) keeps encodes logarithmic.
-fn longest_fitting_end(
-    batch: &[Span],
+fn longest_fitting_end<S>(
+    batch: &[S],
     start: usize,
     max_bytes: usize,
-    encoded_len: &impl Fn(&[Span]) -> usize,
+    encoded_len: &impl Fn(&[S]) -> usize,
 ) -> Option<usize> {
     let fits = |end: usize| encoded_len(&batch[start..end]) <= max_bytes;
     if fits(batch.len()) {
@@ -128,9 +147,10 @@ fn longest_fitting_end(
 /// Spans by resource. Resources are compared by pointer first (spans of one process share
 /// their `Arc`) and by content second, so equal resources built apart still merge. A batch
 /// holds few distinct resources, so a linear search beats hashing (attributes hold floats).
-fn group_by_resource(batch: &[Span]) -> Vec<(&Resource, Vec<otlp::Span>)> {
+fn group_by_resource<S: Borrow<Span>>(batch: &[S]) -> Vec<(&Resource, Vec<otlp::Span>)> {
     let mut groups: Vec<(&Arc<Resource>, Vec<otlp::Span>)> = Vec::new();
     for span in batch {
+        let span = span.borrow();
         let same = |resource: &Arc<Resource>| Arc::ptr_eq(resource, &span.resource) || **resource == *span.resource;
         match groups.iter_mut().find(|(resource, _)| same(resource)) {
             Some((_, spans)) => spans.push(otlp_span(span)),

@@ -1,24 +1,36 @@
 //! `--stdout`: one line per finished span, for eyes and `grep`.
 
 use std::io::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use super::{ExportError, Sink};
+use super::delivery::{Requests, SendError, Sink, LOCAL_DELAY};
 use crate::spans::Span;
 
 pub struct StdoutSink;
 
 impl Sink for StdoutSink {
+    type Request = Vec<Arc<Span>>;
+
     fn name(&self) -> &'static str {
         "stdout"
     }
 
-    fn export(&mut self, batch: &[Span]) -> Result<(), ExportError> {
+    fn max_delay(&self) -> Option<Duration> {
+        Some(LOCAL_DELAY)
+    }
+
+    fn requests(&self, spans: &[Arc<Span>]) -> Requests<Self::Request> {
+        Requests { ready: vec![(spans.to_vec(), spans.len())], too_large: 0 }
+    }
+
+    /// A closed standard output will not reopen: its lines are dropped, not retried.
+    fn send(&mut self, spans: &Self::Request, _deadline: Instant) -> Result<(), SendError> {
         let mut out = std::io::stdout().lock();
-        for span in batch {
-            writeln!(out, "{}", line(span))?;
-        }
-        out.flush()?;
-        Ok(())
+        let written: std::io::Result<()> = spans.iter().try_for_each(|span| writeln!(out, "{}", line(span)));
+        written
+            .and_then(|()| out.flush())
+            .map_err(|error| SendError::reject(format!("writing to standard output: {error}")))
     }
 }
 
@@ -52,7 +64,7 @@ mod tests {
 
     #[test]
     fn one_line_names_ids_kind_service_request_status_and_duration() {
-        let mut span = crate::export::tests::span("GET");
+        let mut span = crate::spans::Span::for_test(crate::spans::SpanKind::Server, crate::spans::SpanId::random());
         span.start_time_unix_nano = 1_000_000;
         span.end_time_unix_nano = 3_500_000;
         span.attributes.insert("url.path".into(), "/items/7".into());

@@ -85,7 +85,7 @@ impl TraceStore {
 
     /// Stores `spans` in one transaction; a span already stored (same trace and span id) is
     /// replaced, never duplicated.
-    pub fn insert(&mut self, spans: &[Span]) -> Result<(), StoreError> {
+    pub fn insert<S: std::borrow::Borrow<Span>>(&mut self, spans: &[S]) -> Result<(), StoreError> {
         self.ensure_writable()?;
         if spans.is_empty() {
             return Ok(());

@@ -1,5 +1,6 @@
 //! How a span maps onto a row of the `spans` table, and back.
 
+use std::borrow::Borrow;
 use std::path::Path;
 
 use rusqlite::{params, Transaction};
@@ -23,9 +24,10 @@ ON CONFLICT (trace_id, span_id) DO UPDATE SET
     pid                  = excluded.pid,
     span_json            = excluded.span_json";
 
-pub(super) fn upsert_spans(tx: &Transaction<'_>, path: &Path, spans: &[Span]) -> Result<(), StoreError> {
+pub(super) fn upsert_spans<S: Borrow<Span>>(tx: &Transaction<'_>, path: &Path, spans: &[S]) -> Result<(), StoreError> {
     let mut statement = tx.prepare_cached(UPSERT_SPAN).at(path)?;
     for span in spans {
+        let span = span.borrow();
         let json = serde_json::to_string(span).map_err(|source| StoreError::EncodeSpan {
             path: path.to_owned(),
             span_id: span.span_id.to_hex(),

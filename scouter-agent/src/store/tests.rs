@@ -306,7 +306,7 @@ fn the_read_only_store_reads_concurrently_but_never_writes_or_prunes() {
     assert_eq!(reader.list_traces(10).unwrap()[0].root_name, "second");
 
     assert!(matches!(reader.prune(), Err(StoreError::ReadOnly { .. })));
-    assert!(matches!(reader.insert(&[]), Err(StoreError::ReadOnly { .. })));
+    assert!(matches!(reader.insert::<Span>(&[]), Err(StoreError::ReadOnly { .. })));
     assert_eq!(stored_span_count(&writer), 2);
 }
 
