@@ -402,7 +402,9 @@ fn scouter_config(s: &Settings) -> Result<Option<ScouterConfig>, ConfigError> {
 fn otlp_config(s: &Settings, endpoint: &str, base: bool) -> Result<OtlpConfig, ConfigError> {
     let protocol = s.otlp_protocol.unwrap_or(OtlpProtocol::Grpc);
     let mut endpoint = uri("otlp-endpoint", Some(endpoint))?;
-    if protocol == OtlpProtocol::HttpProtobuf && base {
+    // A base URL (the generic variable, or any URL without a path) gets OTLP's traces path.
+    let has_path = endpoint.splitn(4, '/').nth(3).is_some_and(|path| !path.is_empty());
+    if protocol == OtlpProtocol::HttpProtobuf && (base || !has_path) {
         endpoint = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
     }
     Ok(OtlpConfig {
@@ -602,6 +604,8 @@ arguments = ["depth"]
         assert_eq!(otlp.timeout, Duration::from_millis(2500));
         let flags = Settings { otlp_endpoint: Some("http://other:4318/custom".into()), ..Settings::default() };
         assert_eq!(resolve(&flags, &env).unwrap().export.otlp.unwrap().endpoint, "http://other:4318/custom");
+        let flags = Settings { otlp_endpoint: Some("http://other:4318/".into()), ..Settings::default() };
+        assert_eq!(resolve(&flags, &env).unwrap().export.otlp.unwrap().endpoint, "http://other:4318/v1/traces");
         let (_dir, from_file) = file("otlp_endpoint = \"http://file:4317\"\notlp_protocol = \"grpc\"\n");
         let otlp = resolve(&from_file, &env).unwrap().export.otlp.unwrap();
         assert_eq!(otlp.endpoint, "http://collector:4318/v1/traces", "the environment wins over the file");

@@ -178,8 +178,8 @@ pub struct Settings {
 
     // --- OTLP collector ---
     /// OTLP collector endpoint; setting it turns the OTLP sink on. Also
-    /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (used as is) or OTEL_EXPORTER_OTLP_ENDPOINT
-    /// (`/v1/traces` appended for HTTP).
+    /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT. For HTTP, a URL
+    /// without a path (and OTEL_EXPORTER_OTLP_ENDPOINT always) gets `/v1/traces` appended.
     #[arg(long, value_name = "URL", help_heading = "OTLP collector")]
     pub otlp_endpoint: Option<String>,
 

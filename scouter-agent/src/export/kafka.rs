@@ -51,7 +51,7 @@ const CLIENT_ID: &str = "scouter-agent";
 pub fn topic_from(env: impl Fn(&str) -> Option<String>) -> String {
     ["SCOUTER_KAFKA_TOPIC", "KAFKA_TOPIC"]
         .into_iter()
-        .filter_map(|name| env(name))
+        .filter_map(env)
         .map(|topic| topic.trim().to_owned())
         .find(|topic| !topic.is_empty())
         .unwrap_or_else(|| DEFAULT_TOPIC.to_owned())
@@ -86,8 +86,9 @@ pub enum KafkaError {
 
 impl KafkaError {
     /// Whether retrying later may succeed: the brokers or the topic may come back, a leader may
-    /// be elected. A record the broker refused (too large, invalid) fails the same way again,
-    /// and so does a configuration error.
+    /// be elected, and an unexpected answer (a broker restarting, stale metadata) deserves a fresh
+    /// connection. A record the broker refused (too large, invalid) fails the same way again, and
+    /// so does a configuration error.
     pub fn is_retryable(&self) -> bool {
         !matches!(self, Self::Config(_) | Self::TooLarge(_) | Self::Rejected(_))
     }
