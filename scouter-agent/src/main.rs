@@ -19,6 +19,7 @@ mod check;
 mod cli;
 mod config;
 mod discovery;
+mod errors;
 mod events;
 mod export;
 mod frames;

@@ -50,6 +50,25 @@ impl SendError {
     }
 }
 
+/// Runs a network sink's request on the export runtime, for at most `timeout` and never past
+/// `deadline`; running out of time is a retryable failure like any other timeout.
+pub fn block_within<F>(
+    io: &tokio::runtime::Handle,
+    deadline: Instant,
+    timeout: Duration,
+    request: F,
+) -> Result<(), SendError>
+where
+    F: std::future::Future<Output = Result<(), SendError>>,
+{
+    let limit = deadline.saturating_duration_since(Instant::now()).min(timeout);
+    io.block_on(async {
+        tokio::time::timeout(limit, request)
+            .await
+            .unwrap_or_else(|_| Err(SendError::retry(format!("no answer within {} ms", limit.as_millis()))))
+    })
+}
+
 /// Requests that carry a batch, each within the transport's limit, in batch order.
 pub struct Requests<R> {
     /// Each request with the number of spans it carries.

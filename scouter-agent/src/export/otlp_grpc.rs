@@ -17,7 +17,7 @@ use tonic::codec::CompressionEncoding;
 use tonic::metadata::{MetadataKey, MetadataValue};
 use tonic::transport::Channel;
 
-use super::delivery::{Requests, SendError, Sink};
+use super::delivery::{block_within, Requests, SendError, Sink};
 use super::otlp::{encoded_requests, otlp_protobuf};
 use super::scouter_grpc::{classify, lazy_channel};
 use crate::config::OtlpConfig;
@@ -91,11 +91,7 @@ impl Sink for OtlpGrpcSink {
     }
 
     fn send(&mut self, body: &Vec<u8>, deadline: Instant) -> Result<(), SendError> {
-        let limit = deadline.saturating_duration_since(Instant::now()).min(self.timeout);
-        self.io.block_on(async {
-            tokio::time::timeout(limit, self.export(body))
-                .await
-                .unwrap_or_else(|_| Err(SendError::retry(format!("no answer within {} ms", limit.as_millis()))))
-        })
+        let io = self.io.clone();
+        block_within(&io, deadline, self.timeout, self.export(body))
     }
 }

@@ -12,10 +12,11 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_ENCODING, CONT
 use reqwest::StatusCode;
 use tokio::runtime::Handle;
 
-use super::delivery::{Requests, SendError, Sink};
+use super::delivery::{block_within, Requests, SendError, Sink};
 use super::otlp::{encoded_requests, otlp_protobuf};
-use super::scouter_http::{error_chain, retry_after};
+use super::scouter_http::retry_after;
 use crate::config::OtlpConfig;
+use crate::errors::with_causes;
 use crate::spans::Span;
 
 /// Collectors accept more, but proxies in front of them often stop at a few MiB.
@@ -61,7 +62,7 @@ impl OtlpHttpSink {
         } else {
             request.body(body.to_vec())
         };
-        let response = request.send().await.map_err(|e| SendError::retry(error_chain(&e)))?;
+        let response = request.send().await.map_err(|e| SendError::retry(with_causes(&e)))?;
         let status = response.status();
         if status.is_success() {
             return Ok(());
@@ -98,11 +99,7 @@ impl Sink for OtlpHttpSink {
     }
 
     fn send(&mut self, body: &Vec<u8>, deadline: Instant) -> Result<(), SendError> {
-        let limit = deadline.saturating_duration_since(Instant::now()).min(self.timeout);
-        self.io.block_on(async {
-            tokio::time::timeout(limit, self.post(body))
-                .await
-                .unwrap_or_else(|_| Err(SendError::retry(format!("no answer within {} ms", limit.as_millis()))))
-        })
+        let io = self.io.clone();
+        block_within(&io, deadline, self.timeout, self.post(body))
     }
 }

@@ -13,7 +13,7 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Status};
 
-use super::delivery::{Requests, SendError, Sink};
+use super::delivery::{block_within, Requests, SendError, Sink};
 use super::otlp::{encoded_requests, scouter_message};
 use crate::config::ScouterConfig;
 use crate::spans::Span;
@@ -114,13 +114,8 @@ impl Sink for ScouterGrpcSink {
     }
 
     fn send(&mut self, record: &Vec<u8>, deadline: Instant) -> Result<(), SendError> {
-        let limit = deadline.saturating_duration_since(Instant::now()).min(self.timeout);
         let io = self.io.clone();
-        io.block_on(async {
-            tokio::time::timeout(limit, self.deliver(record))
-                .await
-                .unwrap_or_else(|_| Err(SendError::retry(format!("no answer within {} ms", limit.as_millis()))))
-        })
+        block_within(&io, deadline, self.timeout, self.deliver(record))
     }
 }
 

@@ -11,9 +11,10 @@ use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::StatusCode;
 use tokio::runtime::Handle;
 
-use super::delivery::{Requests, SendError, Sink};
+use super::delivery::{block_within, Requests, SendError, Sink};
 use super::otlp::{encoded_requests, scouter_message};
 use crate::config::ScouterConfig;
+use crate::errors::with_causes;
 use crate::spans::Span;
 
 /// The server's request body limit.
@@ -51,7 +52,7 @@ impl ScouterHttpSink {
             .header("Password", &self.password)
             .send()
             .await
-            .map_err(|e| SendError::retry(format!("login: {}", error_chain(&e))))?;
+            .map_err(|e| SendError::retry(format!("login: {}", with_causes(&e))))?;
         let status = response.status();
         if !status.is_success() {
             // Wrong credentials stay wrong, but an operator may fix them server-side: retried,
@@ -77,7 +78,7 @@ impl ScouterHttpSink {
             .body(body.to_vec())
             .send()
             .await
-            .map_err(|e| SendError::retry(error_chain(&e)))
+            .map_err(|e| SendError::retry(with_causes(&e)))
     }
 
     async fn deliver(&mut self, body: &[u8]) -> Result<(), SendError> {
@@ -130,13 +131,8 @@ impl Sink for ScouterHttpSink {
     }
 
     fn send(&mut self, body: &Vec<u8>, deadline: Instant) -> Result<(), SendError> {
-        let limit = deadline.saturating_duration_since(Instant::now()).min(self.timeout);
         let io = self.io.clone();
-        io.block_on(async {
-            tokio::time::timeout(limit, self.deliver(body))
-                .await
-                .unwrap_or_else(|_| Err(SendError::retry(format!("no answer within {} ms", limit.as_millis()))))
-        })
+        block_within(&io, deadline, self.timeout, self.deliver(body))
     }
 }
 
@@ -144,16 +140,4 @@ impl Sink for ScouterHttpSink {
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let seconds: u64 = headers.get(RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
     Some(Duration::from_secs(seconds.min(60)))
-}
-
-/// reqwest's error with its causes ("error sending request: connection refused").
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

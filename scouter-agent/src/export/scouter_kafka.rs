@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
 
-use super::delivery::{Requests, SendError, Sink};
+use super::delivery::{block_within, Requests, SendError, Sink};
 use super::kafka::{KafkaError, KafkaPublisher};
 use super::otlp::{encoded_requests, scouter_message};
 use crate::spans::Span;
@@ -50,14 +50,12 @@ impl Sink for KafkaSink {
     }
 
     fn send(&mut self, record: &Vec<u8>, deadline: Instant) -> Result<(), SendError> {
-        let limit = deadline.saturating_duration_since(Instant::now()).min(self.timeout);
         let io = self.io.clone();
-        let published = io.block_on(async { tokio::time::timeout(limit, self.publish(record)).await });
-        match published {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) if error.is_retryable() => Err(SendError::retry(format!("{}: {error}", error.reason()))),
-            Ok(Err(error)) => Err(SendError::reject(format!("{}: {error}", error.reason()))),
-            Err(_) => Err(SendError::retry(format!("no answer within {} ms", limit.as_millis()))),
-        }
+        block_within(&io, deadline, self.timeout, async {
+            self.publish(record).await.map_err(|error| match error.is_retryable() {
+                true => SendError::retry(format!("{}: {error}", error.reason())),
+                false => SendError::reject(format!("{}: {error}", error.reason())),
+            })
+        })
     }
 }

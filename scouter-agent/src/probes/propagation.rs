@@ -15,6 +15,7 @@ use scouter_ebpf::map_names;
 
 use super::{load_error, take_map, ProbeError};
 use crate::check;
+use crate::errors::with_causes;
 
 const SOCKOPS_PROGRAM: &str = "follow_client_socket";
 const SK_MSG_PROGRAM: &str = "insert_traceparent";
@@ -85,16 +86,4 @@ where
         .ok_or(ProbeError::MissingProgram(name))?
         .try_into()
         .map_err(|source| ProbeError::ProgramLoad { program: name, source })
-}
-
-/// The error and its causes on one line (aya's errors keep the OS error as a source).
-fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
