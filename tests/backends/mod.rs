@@ -1,5 +1,6 @@
 //! Test backends for the agent's exporters: a strict Scouter-compatible server
-//! ([`scouter::ScouterBackend`]) and an OTLP receiver ([`otlp::OtlpReceiver`]).
+//! ([`scouter::ScouterBackend`]), an OTLP receiver ([`otlp::OtlpReceiver`]) and a fake Kafka
+//! broker for Scouter's Kafka transport ([`kafka::KafkaBroker`]).
 //!
 //! # Why they exist
 //!
@@ -33,6 +34,7 @@
 //! recorded as a [`ReceivedRequest`] with the reply it got, rejected or not, so retry behaviour can
 //! be asserted from the request log.
 
+pub mod kafka;
 pub mod otlp;
 pub mod scouter;
 
@@ -64,6 +66,7 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
 pub enum Transport {
     Http,
     Grpc,
+    Kafka,
 }
 
 /// An attribute value, decoded from an OTLP `AnyValue`.
@@ -257,6 +260,8 @@ pub fn to_hex(bytes: &[u8]) -> String {
 pub enum Reply {
     Http(u16),
     Grpc(tonic::Code),
+    /// A Kafka error code (0: stored).
+    Kafka(i16),
     /// Accepted and never answered ([`Faults::set_hang`]).
     Hung,
 }
@@ -284,6 +289,7 @@ impl ReceivedRequest {
         match self.reply {
             Reply::Http(status) => (200..300).contains(&status),
             Reply::Grpc(code) => code == tonic::Code::Ok,
+            Reply::Kafka(code) => code == 0,
             Reply::Hung => false,
         }
     }

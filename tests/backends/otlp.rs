@@ -116,6 +116,7 @@ impl OtlpState {
         let reply = match transport {
             Transport::Http => Reply::Http(status),
             Transport::Grpc => Reply::Grpc(grpc_code_for_http(status)),
+            Transport::Kafka => unreachable!("this backend does not speak Kafka"),
         };
         let request =
             ReceivedRequest { transport, headers, body_len, reply, message: message.clone(), span_count: spans.len() };

@@ -263,6 +263,7 @@ impl ScouterState {
         let reply = match transport {
             Transport::Http => Reply::Http(reply_status),
             Transport::Grpc => Reply::Grpc(grpc_code_for_http(reply_status)),
+            Transport::Kafka => unreachable!("this backend does not speak Kafka"),
         };
         let span_count = spans.len();
         let request = ReceivedRequest { transport, headers, body_len, reply, message: message.clone(), span_count };

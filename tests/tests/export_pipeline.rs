@@ -6,12 +6,15 @@
 //!   429s and an OTLP collector that hangs: every span arrives exactly once in each.
 //! - Scouter over gRPC and OTLP over HTTP with sample ratios: the global ratio holds on many
 //!   traces, OTLP's own lower ratio keeps a subset, and every kept trace is whole.
+//! - Scouter over Kafka (a fake broker that checks the wire protocol and the contract: gzip,
+//!   no key, the JSON envelope): every span once, through a broker outage.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use scouter_e2e::agent::{log_context, Agent};
+use scouter_e2e::backends::kafka::KafkaBroker;
 use scouter_e2e::backends::otlp::OtlpReceiver;
 use scouter_e2e::backends::scouter::ScouterBackend;
 use scouter_e2e::backends::{Backend, ReceivedSpan, Reply, Transport};
@@ -295,4 +298,47 @@ fn sample_ratios_hold_per_trace_for_scouter_grpc_and_otlp_http() -> Result<()> {
         verdict.problem("the Scouter backend was not reached over gRPC".to_owned());
     }
     verdict.finish(&log_context("agent", &log)).context("sampling")
+}
+
+#[test]
+fn scouter_kafka_gets_every_span_once_through_a_broker_outage() -> Result<()> {
+    require_ebpf_host()?;
+    let broker = KafkaBroker::start()?;
+    let server = PythonServer::start(&Interpreter::pyenv("3.10.13")?, ServerProgram::KeepAlive)?;
+    let bootstrap = broker.bootstrap();
+    let store = Store::new()?;
+    let mut agent = Agent::start_with_args(
+        &store,
+        &["--kafka-brokers", &bootstrap, "--scheduled-delay-ms", "200", "--metrics-listen", "off"],
+    )?;
+    let mut verdict = Verdict::new();
+    let pid = server.pid();
+    verdict.step("waiting for the agent to track the server", agent.wait_tracking(pid));
+    verdict.step("20 requests", send(server.port(), "kafka", 20, Duration::ZERO));
+    verdict.step("the broker gets them", wait_for_server_spans(&broker, pid, 20, CATCH_UP));
+    verdict.step("taking the broker down", broker.set_down(true));
+    verdict.step("10 requests while it is down", send(server.port(), "down", 10, Duration::from_millis(300)));
+    std::thread::sleep(Duration::from_secs(3));
+    verdict.step("bringing the broker back", broker.set_down(false));
+    verdict.step("the broker gets them after the outage", wait_for_server_spans(&broker, pid, 30, CATCH_UP));
+    let log = agent.log().clone();
+    verdict.step("stopping the agent", agent.stop());
+    if let Some(spans) = verdict.step("Kafka spans, each once", unique_server_spans(&broker.spans(), pid)) {
+        if spans.len() != 30 {
+            verdict.problem(format!("{} server spans on Kafka, expected 30", spans.len()));
+        }
+    }
+    for record in broker.records() {
+        if !record.accepted() || record.key.is_some() || record.topic != "scouter_monitoring" {
+            verdict.problem(format!(
+                "record on {:?}: accepted {}, key {:?}, compression {:?}, violation {:?}",
+                record.topic,
+                record.accepted(),
+                record.key,
+                record.compression,
+                record.violation
+            ));
+        }
+    }
+    verdict.finish(&log_context("agent", &log))
 }

@@ -30,6 +30,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::export::kafka;
 use crate::frames::selection::{FunctionPattern, FunctionRule, FunctionSelection, Glob, PatternError};
 use crate::spans::routes::{RouteError, RouteTemplate, Routes};
 use settings::{Compression, OtlpProtocol, ScouterTransportKind, Settings};
@@ -238,7 +239,7 @@ pub fn defaults() -> Settings {
         retry_max_elapsed_secs: Some(300),
         scouter_server_uri: Some("http://localhost:8000".into()),
         scouter_grpc_uri: Some("http://localhost:50051".into()),
-        scouter_kafka_topic: Some("scouter_monitoring".into()),
+        scouter_kafka_topic: Some(kafka::DEFAULT_TOPIC.into()),
         scouter_sample_ratio: Some(1.0),
         otlp_protocol: Some(OtlpProtocol::Grpc),
         otlp_compression: Some(Compression::None),
@@ -365,15 +366,7 @@ fn scouter_config(s: &Settings) -> Result<Option<ScouterConfig>, ConfigError> {
             ScouterTransport::Grpc { uri: uri("scouter-grpc-uri", s.scouter_grpc_uri.as_deref())? }
         }
         ScouterTransportKind::Kafka => {
-            let brokers: Vec<String> = s
-                .kafka_brokers
-                .as_deref()
-                .unwrap_or_default()
-                .split(',')
-                .map(str::trim)
-                .filter(|b| !b.is_empty())
-                .map(str::to_owned)
-                .collect();
+            let brokers = kafka::brokers_from(s.kafka_brokers.as_deref().unwrap_or_default());
             if brokers.is_empty() {
                 return Err(invalid(
                     "kafka-brokers",

@@ -9,9 +9,9 @@
 //! - the record has *no key* (the consumer never reads one, and a key would pin every span of a
 //!   service to one partition);
 //! - batches are *gzip*-compressed, as the SDK's producer configures them;
-//! - the topic is `SCOUTER_KAFKA_TOPIC`, else `KAFKA_TOPIC`, else `scouter_monitoring`
-//!   ([`topic_from`]); brokers come from `KAFKA_BROKERS`, comma-separated `host:port`
-//!   ([`brokers_from`]).
+//! - the topic is `SCOUTER_KAFKA_TOPIC`, else `KAFKA_TOPIC`, else [`DEFAULT_TOPIC`] (resolved
+//!   with the rest of the configuration, in `crate::config`); brokers come from `KAFKA_BROKERS`,
+//!   comma-separated `host:port` ([`brokers_from`]).
 //!
 //! # Connections and failures
 //!
@@ -26,9 +26,6 @@
 //! backoff; its deadline is half the timeout so that such a failure is usually reported as what
 //! it is rather than as a timeout. [`KafkaError::is_retryable`] and [`KafkaError::reason`] let the
 //! caller decide between keeping a batch for later and dropping it with a counted reason.
-
-// The Kafka sink that calls this module comes next; drop this once it does.
-#![cfg_attr(not(test), allow(dead_code))]
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -45,17 +42,6 @@ pub const DEFAULT_TOPIC: &str = "scouter_monitoring";
 
 /// Names the agent reports to the brokers, so operators can tell its connections apart.
 const CLIENT_ID: &str = "scouter-agent";
-
-/// The topic the Scouter SDK would use: `SCOUTER_KAFKA_TOPIC`, else `KAFKA_TOPIC`, else
-/// [`DEFAULT_TOPIC`]. Empty or blank values count as unset, as an empty topic cannot exist.
-pub fn topic_from(env: impl Fn(&str) -> Option<String>) -> String {
-    ["SCOUTER_KAFKA_TOPIC", "KAFKA_TOPIC"]
-        .into_iter()
-        .filter_map(env)
-        .map(|topic| topic.trim().to_owned())
-        .find(|topic| !topic.is_empty())
-        .unwrap_or_else(|| DEFAULT_TOPIC.to_owned())
-}
 
 /// Brokers from a comma-separated list (`"a:9092, b:9092"`), trimmed, empty entries dropped.
 pub fn brokers_from(list: &str) -> Vec<String> {
@@ -406,31 +392,10 @@ async fn partition_ids(client: &Client, topic: &str) -> Result<Vec<i32>, KafkaEr
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
 
     use rskafka::client::error::RequestContext;
 
     use super::*;
-
-    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        move |name| map.get(name).cloned()
-    }
-
-    #[test]
-    fn topic_prefers_the_scouter_variable_then_kafka_topic_then_the_default() {
-        assert_eq!(topic_from(env_of(&[])), "scouter_monitoring");
-        assert_eq!(topic_from(env_of(&[("KAFKA_TOPIC", "spans")])), "spans");
-        assert_eq!(topic_from(env_of(&[("KAFKA_TOPIC", "spans"), ("SCOUTER_KAFKA_TOPIC", "traces")])), "traces");
-        assert_eq!(topic_from(env_of(&[("SCOUTER_KAFKA_TOPIC", "traces")])), "traces");
-    }
-
-    #[test]
-    fn blank_topic_variables_count_as_unset() {
-        assert_eq!(topic_from(env_of(&[("SCOUTER_KAFKA_TOPIC", " "), ("KAFKA_TOPIC", "spans")])), "spans");
-        assert_eq!(topic_from(env_of(&[("SCOUTER_KAFKA_TOPIC", ""), ("KAFKA_TOPIC", "")])), "scouter_monitoring");
-        assert_eq!(topic_from(env_of(&[("KAFKA_TOPIC", " spans\n")])), "spans");
-    }
 
     #[test]
     fn brokers_are_split_on_commas_trimmed_and_empties_dropped() {

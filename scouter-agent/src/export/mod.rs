@@ -17,7 +17,7 @@
 
 pub mod counters;
 pub mod delivery;
-mod kafka;
+pub mod kafka;
 mod otlp;
 mod otlp_grpc;
 mod otlp_http;
