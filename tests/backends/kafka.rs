@@ -45,10 +45,8 @@
 
 use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -69,14 +67,12 @@ use kafka_protocol::records::{Record, RecordBatchDecoder};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use tokio::net::TcpStream;
 
 use super::scouter::validate_envelope;
 use super::{
-    accept, bind, hang_forever, hung, lock, Backend, Faults, PortCommand, PortHandle, ReceivedRequest, ReceivedSpan,
-    Recorder, Reply, ServerHost, Transport,
+    hang_forever, hung, lock, Backend, Faults, PortLiveness, ReceivedRequest, ReceivedSpan, Recorder, Reply,
+    ServerHost, Transport,
 };
 
 pub use kafka_protocol::records::Compression;
@@ -165,18 +161,16 @@ impl KafkaBroker {
     /// Starts a broker whose topics have `partitions` partitions.
     pub fn start_with_partitions(partitions: i32) -> Result<Self> {
         ensure!(partitions >= 1, "a topic needs at least one partition, not {partitions}");
-        // A host without routers: the runtime and the down/up machinery, with a Kafka port added.
-        let mut host = ServerHost::start("kafka-broker", Vec::new())?;
-        let runtime = host.runtime.as_ref().expect("the runtime lives until drop");
-        let listener = runtime
-            .block_on(bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))))
-            .context("binding a port for the Kafka broker")?;
-        let address = listener.local_addr()?;
-        let state = Arc::new(BrokerState::new(address.port(), partitions));
-        let (commands, receiver) = mpsc::unbounded_channel();
-        runtime.spawn(run_port(listener, address, state.clone(), receiver));
-        host.ports.push(PortHandle { address, commands });
-        Ok(Self { host, state })
+        // The host's runtime and down/up machinery, with a port that speaks Kafka.
+        let mut host = ServerHost::empty("kafka-broker")?;
+        let mut broker = None;
+        host.add_port(|address| {
+            let state = Arc::new(BrokerState::new(address.port(), partitions));
+            broker = Some(Arc::clone(&state));
+            Arc::new(move |stream, live| Box::pin(serve_connection(stream, Arc::clone(&state), live)))
+        })
+        .context("the Kafka broker's port")?;
+        Ok(Self { host, state: broker.expect("add_port made the broker") })
     }
 
     /// `127.0.0.1:PORT`, the value for `KAFKA_BROKERS`.
@@ -263,10 +257,6 @@ struct BrokerState {
     recorder: Recorder,
     auto_create: AtomicBool,
     max_message_bytes: AtomicUsize,
-    /// Bumped when the broker goes down. Aborting a connection's task is not immediate: a poll
-    /// already running finishes, and could read and answer a request sent after `set_down(true)`
-    /// returned, so each connection also stops answering once the epoch it was accepted in ends.
-    epoch: AtomicU64,
     log: Mutex<Log>,
 }
 
@@ -294,7 +284,6 @@ impl BrokerState {
             recorder: Recorder::default(),
             auto_create: AtomicBool::new(true),
             max_message_bytes: AtomicUsize::new(DEFAULT_MAX_MESSAGE_BYTES),
-            epoch: AtomicU64::new(0),
             log: Mutex::new(Log::default()),
         }
     }
@@ -680,54 +669,12 @@ fn respond<T: Encodable + HeaderVersion>(correlation_id: i32, body: &T, version:
     Ok(Answer::Send(frame))
 }
 
-/// The broker's accept loop: serves connections while it listens, obeys down/up commands (the
-/// same protocol as the HTTP ports, so [`ServerHost::set_down`] works unchanged).
-async fn run_port(
-    listener: TcpListener,
-    address: SocketAddr,
-    state: Arc<BrokerState>,
-    mut commands: mpsc::UnboundedReceiver<PortCommand>,
-) {
-    let mut listener = Some(listener);
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            command = commands.recv() => match command {
-                // The broker is gone; the runtime is shutting down.
-                None => return,
-                Some(PortCommand::Down(done)) => {
-                    listener = None;
-                    state.epoch.fetch_add(1, Ordering::SeqCst);
-                    connections.abort_all();
-                    let _ = done.send(());
-                }
-                Some(PortCommand::Up(done)) => {
-                    let result = match listener {
-                        Some(_) => Ok(()),
-                        None => bind(address).await.map(|bound| listener = Some(bound)),
-                    };
-                    let _ = done.send(result);
-                }
-            },
-            accepted = accept(listener.as_ref()) => match accepted {
-                Ok(stream) => {
-                    let epoch = state.epoch.load(Ordering::SeqCst);
-                    connections.spawn(serve_connection(stream, state.clone(), epoch));
-                }
-                // Out of descriptors or a connection reset before accept: keep listening.
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
-    }
-}
-
 /// Answers one connection's requests in order until it closes, breaks the protocol or the broker
-/// goes down (the end of `epoch`).
-async fn serve_connection(mut stream: TcpStream, state: Arc<BrokerState>, epoch: u64) {
+/// goes down.
+async fn serve_connection(mut stream: TcpStream, state: Arc<BrokerState>, live: PortLiveness) {
     let _ = stream.set_nodelay(true);
     while let Some(frame) = read_frame(&mut stream, &state).await {
-        if state.epoch.load(Ordering::SeqCst) != epoch {
+        if !live.still_up() {
             return;
         }
         match state.answer(frame).await {

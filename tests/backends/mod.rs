@@ -38,10 +38,12 @@ pub mod kafka;
 pub mod otlp;
 pub mod scouter;
 
+use std::future::Future;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -521,26 +523,58 @@ enum PortCommand {
     Up(oneshot::Sender<io::Result<()>>),
 }
 
+/// How a port answers one accepted connection. `live` says whether the port is still up since
+/// the connection was accepted.
+pub(crate) type ConnectionServer =
+    Arc<dyn Fn(TcpStream, PortLiveness) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// Whether the port a connection came in on has gone down since. Aborting a connection's task
+/// is not immediate: a poll already running finishes, and could answer a request sent after
+/// `set_down(true)` returned; a server that answers on its own (not through hyper) checks this
+/// before each answer.
+#[derive(Clone)]
+pub(crate) struct PortLiveness {
+    downs: Arc<AtomicU64>,
+    accepted_after: u64,
+}
+
+impl PortLiveness {
+    pub(crate) fn still_up(&self) -> bool {
+        self.downs.load(Ordering::SeqCst) == self.accepted_after
+    }
+}
+
 impl ServerHost {
     /// Starts a runtime named `name` and serves each router on its own free 127.0.0.1 port.
     pub fn start(name: &str, routers: Vec<axum::Router>) -> Result<Self> {
+        let mut host = Self::empty(name)?;
+        for router in routers {
+            host.add_port(|_| router_server(router))?;
+        }
+        Ok(host)
+    }
+
+    /// A runtime named `name` without ports yet.
+    pub(crate) fn empty(name: &str) -> Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name(name)
             .enable_all()
             .build()
             .with_context(|| format!("starting the {name} runtime"))?;
-        let mut ports = Vec::new();
-        for router in routers {
-            let listener = runtime
-                .block_on(bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))))
-                .with_context(|| format!("binding a port for {name}"))?;
-            let address = listener.local_addr()?;
-            let (commands, receiver) = mpsc::unbounded_channel();
-            runtime.spawn(run_port(listener, address, router, receiver));
-            ports.push(PortHandle { address, commands });
-        }
-        Ok(Self { runtime: Some(runtime), ports })
+        Ok(Self { runtime: Some(runtime), ports: Vec::new() })
+    }
+
+    /// Listens on a free 127.0.0.1 port and serves its connections with what `server` makes
+    /// for the bound address; down/up apply to it like to every port.
+    pub(crate) fn add_port(&mut self, server: impl FnOnce(SocketAddr) -> ConnectionServer) -> Result<SocketAddr> {
+        let runtime = self.runtime.as_ref().expect("the runtime lives until drop");
+        let listener = runtime.block_on(bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))).context("binding a port")?;
+        let address = listener.local_addr()?;
+        let (commands, receiver) = mpsc::unbounded_channel();
+        runtime.spawn(run_port(listener, address, server(address), receiver));
+        self.ports.push(PortHandle { address, commands });
+        Ok(address)
     }
 
     /// The port of the `index`th router given to [`ServerHost::start`].
@@ -593,11 +627,12 @@ async fn bind(address: SocketAddr) -> io::Result<TcpListener> {
 async fn run_port(
     listener: TcpListener,
     address: SocketAddr,
-    router: axum::Router,
+    server: ConnectionServer,
     mut commands: mpsc::UnboundedReceiver<PortCommand>,
 ) {
     let mut listener = Some(listener);
     let mut connections = JoinSet::new();
+    let downs = Arc::new(AtomicU64::new(0));
     loop {
         tokio::select! {
             command = commands.recv() => match command {
@@ -605,6 +640,7 @@ async fn run_port(
                 None => return,
                 Some(PortCommand::Down(done)) => {
                     listener = None;
+                    downs.fetch_add(1, Ordering::SeqCst);
                     connections.abort_all();
                     let _ = done.send(());
                 }
@@ -618,7 +654,8 @@ async fn run_port(
             },
             accepted = accept(listener.as_ref()) => match accepted {
                 Ok(stream) => {
-                    connections.spawn(serve_connection(stream, router.clone()));
+                    let live = PortLiveness { downs: Arc::clone(&downs), accepted_after: downs.load(Ordering::SeqCst) };
+                    connections.spawn(server(stream, live));
                 }
                 // Out of descriptors or a connection reset before accept: keep listening.
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
@@ -636,8 +673,14 @@ async fn accept(listener: Option<&TcpListener>) -> io::Result<TcpStream> {
     }
 }
 
+/// Serves each connection with `router`.
+fn router_server(router: axum::Router) -> ConnectionServer {
+    Arc::new(move |stream, _live| Box::pin(serve_connection(stream, router.clone())))
+}
+
 /// Serves one connection, HTTP/1.1 or HTTP/2 (gRPC clients speak HTTP/2 with prior knowledge,
-/// which the auto builder recognises by the connection preface).
+/// which the auto builder recognises by the connection preface). Aborting the task on down is
+/// enough here: hyper answers within the task's polls.
 async fn serve_connection(stream: TcpStream, router: axum::Router) {
     let _ = stream.set_nodelay(true);
     let service = TowerToHyperService::new(router);
