@@ -605,24 +605,11 @@ impl Agent {
     fn report_kernel_drops(&mut self) {
         let counters = self.probes.kernel_counters();
         if counters != self.last_kernel_counters {
-            let [ring_full, read_failed, map_full, injection_failed, head_not_scanned, tls_socket_unknown, trace_option_failed, stack_unreadable, call_too_deep, call_return_missed] =
-                counters;
-            tracing::warn!(
-                call_too_deep,
-                call_return_missed,
-                stack_unreadable,
-                ring_full,
-                read_failed,
-                map_full,
-                injection_failed,
-                head_not_scanned,
-                tls_socket_unknown,
-                trace_option_failed,
-                "kernel-side drops and skipped propagation (cumulative)"
-            );
+            let named: Vec<(&'static str, u64)> = scouter_ebpf::counter::NAMES.into_iter().zip(counters).collect();
+            let listed: Vec<String> = named.iter().map(|(name, count)| format!("{name}={count}")).collect();
+            tracing::warn!(counters = %listed.join(" "), "kernel-side drops and skipped propagation (cumulative)");
             self.last_kernel_counters = counters;
-            *self.status.kernel_drops.lock().unwrap_or_else(|e| e.into_inner()) =
-                KERNEL_COUNTER_NAMES.iter().copied().zip(counters).collect();
+            *self.status.kernel_drops.lock().unwrap_or_else(|e| e.into_inner()) = named;
         }
     }
 
@@ -648,20 +635,6 @@ impl Agent {
         );
     }
 }
-
-/// The kernel's drop counters, in the order `kernel_counters` returns them.
-const KERNEL_COUNTER_NAMES: [&str; 10] = [
-    "ring_full",
-    "read_failed",
-    "map_full",
-    "injection_failed",
-    "head_not_scanned",
-    "tls_socket_unknown",
-    "trace_option_failed",
-    "stack_unreadable",
-    "call_too_deep",
-    "call_return_missed",
-];
 
 /// Decisions about code objects remembered (host-wide) before starting over.
 const MAX_DECISIONS: usize = 262_144;

@@ -328,6 +328,19 @@ pub mod counter {
     /// innermost 64 native frames of a thread only): its span is dropped.
     pub const CALL_RETURN_MISSED: u32 = 9;
     pub const COUNT: u32 = 10;
+    /// Each counter's name in logs and metrics, by index.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "ring_full",
+        "read_failed",
+        "map_full",
+        "injection_failed",
+        "head_not_scanned",
+        "tls_socket_unknown",
+        "trace_option_failed",
+        "stack_unreadable",
+        "call_too_deep",
+        "call_return_missed",
+    ];
 }
 
 /// No such field in this interpreter version.

@@ -198,11 +198,8 @@ fn standard_variables(env: &dyn Fn(&str) -> Option<String>) -> Settings {
     let otlp = |name: &str| {
         env(&format!("OTEL_EXPORTER_OTLP_TRACES_{name}")).or_else(|| env(&format!("OTEL_EXPORTER_OTLP_{name}")))
     };
-    let endpoint = env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-        .map(|url| (url, true))
-        .or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT").map(|url| (url, false)));
     Settings {
-        otlp_endpoint: endpoint.as_ref().map(|(url, _)| url.clone()),
+        otlp_endpoint: otlp("ENDPOINT"),
         otlp_protocol: otlp("PROTOCOL").and_then(|p| <OtlpProtocol as clap::ValueEnum>::from_str(&p, true).ok()),
         otlp_headers: otlp("HEADERS"),
         otlp_compression: otlp("COMPRESSION").and_then(|c| <Compression as clap::ValueEnum>::from_str(&c, true).ok()),

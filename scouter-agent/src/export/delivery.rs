@@ -280,7 +280,7 @@ impl<S: Sink> Delivery<S> {
             let give_up = started + self.policy.retry_max_elapsed;
             let attempt_deadline = flush_deadline.map_or(give_up, |at| at.min(give_up)).max(Instant::now());
             SinkCounters::add(&self.counters.requests, 1);
-            let error = match self.sink.send(request, attempt_deadline) {
+            let (detail, after) = match self.sink.send(request, attempt_deadline) {
                 Ok(()) => {
                     if failures > 0 {
                         tracing::info!(sink = self.sink.name(), failures, "delivered again after failures");
@@ -295,11 +295,11 @@ impl<S: Sink> Delivery<S> {
             };
             failures += 1;
             SinkCounters::add(&self.counters.retries, 1);
-            let wait = error.1.unwrap_or_else(|| jittered(backoff));
+            let wait = after.unwrap_or_else(|| jittered(backoff));
             backoff = (backoff * 2).min(MAX_BACKOFF);
             // Once a streak is long, every failure is no longer news.
             if failures == 1 || failures.is_power_of_two() {
-                tracing::warn!(sink = self.sink.name(), detail = %error.0, failures, retry_in_ms = wait.as_millis() as u64, "delivery failed; will retry");
+                tracing::warn!(sink = self.sink.name(), %detail, failures, retry_in_ms = wait.as_millis() as u64, "delivery failed; will retry");
             }
             if Instant::now() + wait > give_up {
                 tracing::warn!(sink = self.sink.name(), failures, "retries exhausted; the request's spans are dropped");

@@ -11,7 +11,8 @@
 //! - the embedded store ([`store_sink`]) when no Scouter backend is configured (or asked to
 //!   stay), and `--stdout` ([`stdout`]).
 //!
-//! Network sinks run their I/O on the pipeline's own small tokio runtime, so nothing here
+//! Network sinks run their I/O on the pipeline's own small tokio runtime (started with the
+//! first network sink; the store and stdout need none), so nothing here
 //! shares a thread with the kernel-event loop. At shutdown every queue is closed and drained
 //! within the flush timeout; whatever is still undelivered then is counted as dropped.
 
@@ -59,20 +60,14 @@ pub struct Pipeline {
     shutdown: Arc<Shutdown>,
     policy: DeliveryPolicy,
     flush_timeout: std::time::Duration,
-    /// Network sinks' I/O; dropped last.
+    /// Network sinks' I/O, started with the first of them; dropped last.
     runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl Pipeline {
     /// The sinks `config` asks for.
     pub fn from_config(export: &ExportConfig, store: &StoreConfig) -> anyhow::Result<Self> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("export-io")
-            .enable_all()
-            .build()
-            .context("starting the export runtime")?;
-        let mut pipeline = Self::new(export, runtime);
+        let mut pipeline = Self::new(export);
         if export.local_store {
             pipeline.add(StoreSink::open(store).context("opening the embedded trace store")?, 1.0)?;
         }
@@ -88,7 +83,7 @@ impl Pipeline {
         Ok(pipeline)
     }
 
-    fn new(export: &ExportConfig, runtime: tokio::runtime::Runtime) -> Self {
+    fn new(export: &ExportConfig) -> Self {
         Self {
             sampler: Sampler::new(export.sample_ratio, export.honor_sampled_flag),
             sinks: Vec::new(),
@@ -96,12 +91,22 @@ impl Pipeline {
             shutdown: Arc::default(),
             policy: DeliveryPolicy { batch: export.batch, retry_max_elapsed: export.retry_max_elapsed },
             flush_timeout: export.flush_timeout,
-            runtime: Some(runtime),
+            runtime: None,
         }
     }
 
-    fn io(&self) -> tokio::runtime::Handle {
-        self.runtime.as_ref().expect("the runtime lives as long as the pipeline").handle().clone()
+    /// The runtime network sinks do their I/O on, started on first use.
+    fn io(&mut self) -> anyhow::Result<tokio::runtime::Handle> {
+        if self.runtime.is_none() {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("export-io")
+                .enable_all()
+                .build()
+                .context("starting the export runtime")?;
+            self.runtime = Some(runtime);
+        }
+        Ok(self.runtime.as_ref().expect("started above").handle().clone())
     }
 
     /// Starts delivering to `sink`, which keeps `ratio` of the traces the global ratio kept.
@@ -114,7 +119,7 @@ impl Pipeline {
     }
 
     fn add_scouter(&mut self, config: &ScouterConfig) -> anyhow::Result<()> {
-        let io = self.io();
+        let io = self.io()?;
         match &config.transport {
             ScouterTransport::Http { uri } => {
                 let sink = scouter_http::ScouterHttpSink::new(io, uri, config).context("the Scouter HTTP client")?;
@@ -135,7 +140,7 @@ impl Pipeline {
     }
 
     fn add_otlp(&mut self, config: &OtlpConfig) -> anyhow::Result<()> {
-        let io = self.io();
+        let io = self.io()?;
         tracing::info!(endpoint = config.endpoint, protocol = ?config.protocol, "exporting to an OTLP collector");
         match config.protocol {
             OtlpProtocol::Grpc => {
@@ -248,8 +253,7 @@ mod tests {
 
     #[test]
     fn the_global_ratio_applies_to_every_sink_and_a_sinks_ratio_to_it_alone() {
-        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let mut pipeline = Pipeline::new(&export_config(0.5), runtime);
+        let mut pipeline = Pipeline::new(&export_config(0.5));
         let (all, quarter) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(Vec::new())));
         pipeline.add(Recorder("all", Arc::clone(&all)), 1.0).unwrap();
         pipeline.add(Recorder("quarter", Arc::clone(&quarter)), 0.25).unwrap();
