@@ -95,8 +95,9 @@ impl Settings {
     /// What `config --print` shows: every setting in effect, secrets masked, as TOML that reads
     /// back as a configuration file.
     pub fn printable(&self) -> Result<String, ConfigError> {
-        self.to_config()?;
         let file = config::read_file(self.config.as_deref())?;
+        // Refuse to print what `run` would refuse to start with.
+        config::resolve_with_file(self, &file, &process_env)?;
         let effective = config::masked(config::effective(self, &file, &process_env));
         Ok(toml::to_string(&effective).expect("settings serialise to TOML"))
     }
@@ -144,5 +145,8 @@ mod tests {
         let cli = Cli::try_parse_from(["scouter-agent", "config", "--print", "--sample-ratio", "0.5"]).unwrap();
         let Some(Command::Config { print: true, settings }) = cli.command else { panic!("config --print") };
         assert!(settings.printable().unwrap().contains("sample_ratio = 0.5"));
+        let cli = Cli::try_parse_from(["scouter-agent", "config", "--print", "--sample-ratio", "2"]).unwrap();
+        let Some(Command::Config { settings, .. }) = cli.command else { panic!("config --print") };
+        assert!(settings.printable().is_err(), "what run refuses is not printed");
     }
 }

@@ -67,9 +67,10 @@ fn wait_for_server_spans(backend: &dyn Backend, pid: u32, count: usize, timeout:
     }
 }
 
-fn metrics(port: u16) -> Result<String> {
-    let response = HttpConnection::connect(port)?.send(&Request::get("/metrics"))?;
-    ensure!(response.status == 200, "/metrics answered {}", response.status);
+/// `path` on the agent's metrics port, which must answer 200.
+fn operations(port: u16, path: &str) -> Result<String> {
+    let response = HttpConnection::connect(port)?.send(&Request::get(path))?;
+    ensure!(response.status == 200, "{path} answered {}", response.status);
     Ok(String::from_utf8_lossy(&response.body).into_owned())
 }
 
@@ -167,7 +168,9 @@ fn scouter_http_and_otlp_grpc_get_every_span_once_through_outage_expiry_429_and_
     otlp.hang(false);
     verdict.step("OTLP catches up after hanging", wait_for_server_spans(&otlp, pid, expected, CATCH_UP));
 
-    let text = verdict.step("reading /metrics", metrics(metrics_port));
+    let text = verdict.step("reading /metrics", operations(metrics_port, "/metrics"));
+    verdict.step("/healthz", operations(metrics_port, "/healthz"));
+    verdict.step("/readyz", operations(metrics_port, "/readyz"));
     let log = agent.log().clone();
     verdict.step("stopping the agent", agent.stop());
 
@@ -321,11 +324,26 @@ fn scouter_kafka_gets_every_span_once_through_a_broker_outage() -> Result<()> {
     std::thread::sleep(Duration::from_secs(3));
     verdict.step("bringing the broker back", broker.set_down(false));
     verdict.step("the broker gets them after the outage", wait_for_server_spans(&broker, pid, 30, CATCH_UP));
+    // A caller that decided "not sampled": its trace is dropped (--honor-sampled-flag defaults
+    // to true); the same request marked sampled is exported. Both trace ids are kept by any ratio.
+    let (unsampled, sampled) = ("0af7651916cd43dd8448eb2100000001", "0af7651916cd43dd8448eb2100000002");
+    for (trace, flags) in [(unsampled, "00"), (sampled, "01")] {
+        let request = Request::get("/flagged").header("traceparent", &format!("00-{trace}-b7ad6b7169203331-{flags}"));
+        let answered = HttpConnection::connect(server.port()).and_then(|mut c| c.send(&request));
+        verdict.step(&format!("GET /flagged with flags {flags}"), answered);
+    }
+    verdict.step("the sampled caller's span arrives", wait_for_server_spans(&broker, pid, 31, CATCH_UP));
     let log = agent.log().clone();
     verdict.step("stopping the agent", agent.stop());
     if let Some(spans) = verdict.step("Kafka spans, each once", unique_server_spans(&broker.spans(), pid)) {
-        if spans.len() != 30 {
-            verdict.problem(format!("{} server spans on Kafka, expected 30", spans.len()));
+        if spans.len() != 31 {
+            verdict.problem(format!("{} server spans on Kafka, expected 31", spans.len()));
+        }
+        if spans.values().any(|span| span.trace_id == unsampled) {
+            verdict.problem("a span of a trace its caller marked not sampled was exported".to_owned());
+        }
+        if !spans.values().any(|span| span.trace_id == sampled) {
+            verdict.problem("the span of a trace its caller marked sampled is missing".to_owned());
         }
     }
     for record in broker.records() {

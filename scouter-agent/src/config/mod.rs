@@ -312,9 +312,17 @@ fn percent_decode(text: &str) -> String {
 
 /// Resolves the command line (with its environment) into the agent's configuration.
 pub fn resolve(flags: &Settings, env: &dyn Fn(&str) -> Option<String>) -> Result<AgentConfig, ConfigError> {
+    resolve_with_file(flags, &read_file(flags.config.as_deref())?, env)
+}
+
+/// [`resolve`] with the `--config` file already read.
+pub fn resolve_with_file(
+    flags: &Settings,
+    file: &Settings,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<AgentConfig, ConfigError> {
     let file_path = flags.config.clone().unwrap_or_default();
-    let file = read_file(flags.config.as_deref())?;
-    let s = effective(flags, &file, env);
+    let s = effective(flags, file, env);
     let scouter = scouter_config(&s)?;
     let otlp = s
         .otlp_endpoint
@@ -346,8 +354,8 @@ pub fn resolve(flags: &Settings, env: &dyn Fn(&str) -> Option<String>) -> Result
         housekeeping_interval: Duration::from_secs(30),
         propagate: s.no_propagate != Some(true),
         max_transaction: Duration::from_secs(s.max_transaction_secs.unwrap_or_default()),
-        functions: function_selection(&flags.function_patterns, &file, &file_path)?,
-        routes: routes(&flags.route_templates, &file, &file_path)?,
+        functions: function_selection(&flags.function_patterns, file, &file_path)?,
+        routes: routes(&flags.route_templates, file, &file_path)?,
         export,
         metrics_listen: metrics_listen(s.metrics_listen.as_deref())?,
     })
