@@ -567,9 +567,10 @@ impl Agent {
     }
 
     /// Every span leaves through here: a child of a dropped tentative call gets that call's
-    /// parent.
+    /// parent, and the configured tags are put on.
     fn submit(&mut self, mut span: Span) {
         self.functions.reparent(&mut span);
+        self.config.tags.apply(&mut span);
         tracing::debug!(trace_id = %span.trace_id, name = %span.name, "span finished");
         self.exporter.submit(span);
     }

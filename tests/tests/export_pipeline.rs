@@ -8,6 +8,9 @@
 //!   traces, OTLP's own lower ratio keeps a subset, and every kept trace is whole.
 //! - Scouter over Kafka (a fake broker that checks the wire protocol and the contract: gzip,
 //!   no key, the JSON envelope): every span once, through a broker outage.
+//! - A batch of about 10 000 function spans, several times Scouter's 2 MB body limit, arrives
+//!   whole in requests under the limit; the spans carry Scouter's conventions (tags,
+//!   `scouter.scope`, inputs as JSON).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -16,7 +19,7 @@ use anyhow::{ensure, Context, Result};
 use scouter_e2e::agent::{log_context, Agent};
 use scouter_e2e::backends::kafka::KafkaBroker;
 use scouter_e2e::backends::otlp::OtlpReceiver;
-use scouter_e2e::backends::scouter::ScouterBackend;
+use scouter_e2e::backends::scouter::{ScouterBackend, HTTP_BODY_LIMIT};
 use scouter_e2e::backends::{Backend, ReceivedSpan, Reply, Transport};
 use scouter_e2e::env::require_ebpf_host;
 use scouter_e2e::expect::Verdict;
@@ -78,27 +81,29 @@ fn metric_value(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
+/// The flags that send spans to `scouter` over HTTP, logging in with its credentials.
+fn scouter_http_flags(scouter: &ScouterBackend) -> Vec<String> {
+    let (username, password) = scouter.credentials();
+    let flags = ["--scouter-server-uri", &scouter.http_uri(), "--scouter-username", &username];
+    flags.into_iter().map(str::to_owned).chain(["--scouter-password".to_owned(), password]).collect()
+}
+
+/// `Agent::start_with_args` for owned arguments.
+fn start_agent(store: &Store, args: &[String]) -> Result<Agent> {
+    Agent::start_with_args(store, &args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
 #[test]
 fn scouter_http_and_otlp_grpc_get_every_span_once_through_outage_expiry_429_and_a_hang() -> Result<()> {
     require_ebpf_host()?;
     let (scouter, otlp) = (ScouterBackend::start()?, OtlpReceiver::start()?);
-    let (username, password) = scouter.credentials();
     let server = PythonServer::start(&Interpreter::pyenv("3.12.1")?, ServerProgram::KeepAlive)?;
     let metrics_port = free_port()?;
-    let listen = format!("127.0.0.1:{metrics_port}");
-    let (scouter_uri, otlp_endpoint) = (scouter.http_uri(), otlp.grpc_endpoint());
-    let store = Store::new()?;
-    let mut agent = Agent::start_with_args(
-        &store,
-        &[
-            "--scouter-server-uri",
-            &scouter_uri,
-            "--scouter-username",
-            &username,
-            "--scouter-password",
-            &password,
+    let mut args = scouter_http_flags(&scouter);
+    args.extend(
+        [
             "--otlp-endpoint",
-            &otlp_endpoint,
+            &otlp.grpc_endpoint(),
             "--otlp-timeout-ms",
             "2000",
             "--scheduled-delay-ms",
@@ -106,9 +111,12 @@ fn scouter_http_and_otlp_grpc_get_every_span_once_through_outage_expiry_429_and_
             "--flush-timeout-secs",
             "20",
             "--metrics-listen",
-            &listen,
-        ],
-    )?;
+            &format!("127.0.0.1:{metrics_port}"),
+        ]
+        .map(str::to_owned),
+    );
+    let store = Store::new()?;
+    let mut agent = start_agent(&store, &args)?;
     let mut verdict = Verdict::new();
     let pid = server.pid();
     verdict.step("waiting for the agent to track the server", agent.wait_tracking(pid));
@@ -359,4 +367,129 @@ fn scouter_kafka_gets_every_span_once_through_a_broker_outage() -> Result<()> {
         }
     }
     verdict.finish(&log_context("agent", &log))
+}
+
+/// Calls of `fib(FIB_N)`: fib(n) calls itself twice until n < 2.
+const FIB_N: u32 = 14;
+const FIB_CALLS: usize = 1219;
+const FIB_REQUESTS: usize = 8;
+
+#[test]
+fn a_batch_several_times_the_scouter_http_limit_arrives_whole_in_requests_under_it() -> Result<()> {
+    require_ebpf_host()?;
+    let scouter = ScouterBackend::start()?;
+    let async_port = free_port()?;
+    let server = PythonServer::start(&Interpreter::pyenv("3.12.1")?, ServerProgram::Function { async_port })?;
+    let mut args = scouter_http_flags(&scouter);
+    // One batch holds everything the requests make (a 20 s delay, room for 30 000 spans), so
+    // only splitting can keep its requests under the limit.
+    args.extend(
+        [
+            "--function",
+            "function_service:fib(n)",
+            "--tag",
+            "env=e2e",
+            "--tag",
+            "team=checkout",
+            "--max-queue-size",
+            "30000",
+            "--max-export-batch-size",
+            "30000",
+            "--scheduled-delay-ms",
+            "20000",
+            "--flush-timeout-secs",
+            "30",
+            "--metrics-listen",
+            "off",
+        ]
+        .map(str::to_owned),
+    );
+    let store = Store::new()?;
+    let mut agent = start_agent(&store, &args)?;
+    let mut verdict = Verdict::new();
+    let pid = server.pid();
+    verdict.step("waiting for the agent to track the server", agent.wait_tracking(pid));
+    verdict.step("waiting for fib to be traced", agent.wait_tracing_functions(pid));
+    for n in 0..FIB_REQUESTS {
+        verdict.step(&format!("GET /fib/{FIB_N}/split{n}"), get(server.port(), &format!("/fib/{FIB_N}/split{n}")));
+    }
+    let expected = FIB_CALLS * FIB_REQUESTS;
+    let fib_spans = |spans: &[ReceivedSpan]| -> Result<BTreeMap<String, ReceivedSpan>> {
+        let mut unique = BTreeMap::new();
+        for span in spans.iter().filter(|s| s.name == "fib") {
+            ensure!(
+                unique.insert(span.span_id.clone(), span.clone()).is_none(),
+                "span {} received twice",
+                span.span_id
+            );
+        }
+        Ok(unique)
+    };
+    let deadline = Instant::now() + CATCH_UP;
+    while fib_spans(&scouter.spans()).map_or(true, |found| found.len() < expected) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = agent.log().clone();
+    verdict.step("stopping the agent", agent.stop());
+
+    let spans = scouter.spans();
+    if let Some(found) = verdict.step("fib spans, each once", fib_spans(&spans)) {
+        if found.len() != expected {
+            verdict.problem(format!("{} fib spans arrived, expected {expected}", found.len()));
+        }
+        for span in found.values() {
+            let input = span.attr_str("scouter.tracing.input").map(serde_json::from_str::<serde_json::Value>);
+            if !matches!(&input, Some(Ok(value)) if value["n"].is_i64()) {
+                verdict.problem(format!(
+                    "fib span {}: scouter.tracing.input {input:?} is not {{\"n\": int}}",
+                    span.span_id
+                ));
+                break;
+            }
+        }
+    }
+    let messages: Vec<_> = scouter.requests().into_iter().filter(|r| r.span_count > 0 || !r.accepted()).collect();
+    let largest = messages.iter().map(|r| r.body_len).max().unwrap_or(0);
+    let total: usize = messages.iter().map(|r| r.body_len).sum();
+    if let Some(refused) = messages.iter().find(|r| !r.accepted() || r.body_len > HTTP_BODY_LIMIT) {
+        verdict.problem(format!(
+            "a request of {} bytes was refused or over the {HTTP_BODY_LIMIT}-byte limit: {:?} {}",
+            refused.body_len, refused.reply, refused.message
+        ));
+    }
+    // Splitting packs requests to the limit rather than sending a span at a time.
+    if total < 2 * HTTP_BODY_LIMIT || largest < HTTP_BODY_LIMIT / 2 {
+        verdict.problem(format!(
+            "{} requests, {total} bytes in all, the largest {largest}: not one batch over the limit, split",
+            messages.len()
+        ));
+    }
+    check_scouter_conventions(&mut verdict, &spans, pid);
+    verdict.finish(&log_context("agent", &log))
+}
+
+/// Tags on every span of `pid`, in the indexed form on its server spans only; the resource
+/// names the agent in `scouter.scope`.
+fn check_scouter_conventions(verdict: &mut Verdict, spans: &[ReceivedSpan], pid: u32) {
+    let of_pid = spans.iter().filter(|s| s.resource_attr("process.pid").and_then(|v| v.as_i64()) == Some(pid.into()));
+    let mut servers = 0;
+    for span in of_pid {
+        let scope = span.resource_attr("scouter.scope").and_then(|v| v.as_str());
+        let tags = (span.attr_str("scouter.tracing.tag.env"), span.attr_str("scouter.tracing.tag.team"));
+        let indexed = span.attr_str("baggage.scouter.tracing.tag.env");
+        let is_server = span.kind == 2;
+        servers += usize::from(is_server);
+        let scope_ok = scope.is_some_and(|scope| scope.starts_with("scouter.agent."));
+        let indexed_ok = if is_server { indexed == Some("e2e") } else { indexed.is_none() };
+        if !scope_ok || tags != (Some("e2e"), Some("checkout")) || !indexed_ok {
+            verdict.problem(format!(
+                "span {} ({}): scouter.scope {scope:?}, tags {tags:?}, indexed tag {indexed:?}",
+                span.span_id, span.name
+            ));
+            return;
+        }
+    }
+    if servers != FIB_REQUESTS {
+        verdict.problem(format!("{servers} server spans, expected {FIB_REQUESTS}"));
+    }
 }

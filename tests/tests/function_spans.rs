@@ -53,8 +53,8 @@ const FRESH_VERSIONS: [&str; 3] = ["3.8.18", "3.11.7", "3.12.1"];
 const DEFAULT_RECURSION_LIMIT: i64 = 1000;
 /// Strings are captured up to this many characters.
 const STRING_LIMIT: usize = 64;
-/// What the agent may append to a string it cut (the contract only says "truncated to 64 chars").
-const TRUNCATION_MARKER: &str = "...";
+/// What the agent appends to a string it cut (the Scouter SDK's marker).
+const TRUNCATION_MARKER: &str = "...[truncated]";
 /// The tail of `describe_item`'s 100-odd-character label argument (LABEL_TAIL in function_service.py).
 const LABEL_TAIL_PART: &str = "abcdefghij";
 /// How far a function span may stick out of its server span (timed from other kernel events).
@@ -194,7 +194,7 @@ struct Arg {
     name: &'static str,
     attribute: Value,
     input: Value,
-    /// A string cut at [`STRING_LIMIT`] characters: the value may carry [`TRUNCATION_MARKER`].
+    /// A string cut at [`STRING_LIMIT`] characters: the value ends in [`TRUNCATION_MARKER`].
     truncated: bool,
 }
 
@@ -208,7 +208,7 @@ impl Arg {
     fn matches(&self, expected: &Value, actual: Option<&Value>) -> bool {
         match (actual, expected) {
             (Some(Value::String(actual)), Value::String(prefix)) if self.truncated => {
-                actual.strip_prefix(prefix.as_str()).is_some_and(|rest| rest.is_empty() || rest == TRUNCATION_MARKER)
+                actual.strip_prefix(prefix.as_str()) == Some(TRUNCATION_MARKER)
             }
             (Some(actual), expected) => actual == expected,
             (None, _) => false,
@@ -217,7 +217,7 @@ impl Arg {
 
     fn describe(&self, expected: &Value) -> String {
         if self.truncated {
-            format!("{expected} (the first {STRING_LIMIT} characters, optionally followed by {TRUNCATION_MARKER:?})")
+            format!("{expected} (the first {STRING_LIMIT} characters, then {TRUNCATION_MARKER:?})")
         } else {
             expected.to_string()
         }
@@ -673,7 +673,7 @@ impl Checker<'_> {
             Some(Ok(value)) => wrong.push(format!(
                 "scouter.tracing.input is {value}, expected {}{}",
                 Value::Object(input),
-                if want.args.iter().any(|a| a.truncated) { " (long strings may end in \"...\")" } else { "" }
+                if want.args.iter().any(|a| a.truncated) { " (long strings cut and marked)" } else { "" }
             )),
             Some(Err(error)) => wrong.push(format!("scouter.tracing.input is not JSON: {error}")),
             None => wrong.push(format!(

@@ -33,6 +33,7 @@ use std::time::Duration;
 use crate::export::kafka;
 use crate::frames::selection::{FunctionPattern, FunctionRule, FunctionSelection, Glob, PatternError};
 use crate::spans::routes::{RouteError, RouteTemplate, Routes};
+use crate::spans::scouter_conventions::{TagError, Tags};
 use settings::{Compression, OtlpProtocol, ScouterTransportKind, Settings};
 
 /// Default location of the embedded trace store.
@@ -64,6 +65,8 @@ pub struct AgentConfig {
     pub functions: FunctionSelection,
     /// Route templates that name HTTP spans (none by default: spans are named `"{METHOD}"`).
     pub routes: Routes,
+    /// Tags put on every span (none by default).
+    pub tags: Tags,
     pub export: ExportConfig,
     /// Where metrics and health are served (None: not served).
     pub metrics_listen: Option<SocketAddr>,
@@ -135,6 +138,8 @@ pub enum ConfigError {
     Pattern(#[from] PatternError),
     #[error("--route: {0}")]
     Route(#[from] RouteError),
+    #[error("--tag: {0}")]
+    Tag(#[from] TagError),
     #[error("--{flag}: {reason}")]
     Invalid { flag: &'static str, reason: String },
 }
@@ -356,6 +361,7 @@ pub fn resolve_with_file(
         max_transaction: Duration::from_secs(s.max_transaction_secs.unwrap_or_default()),
         functions: function_selection(&flags.function_patterns, file, &file_path)?,
         routes: routes(&flags.route_templates, file, &file_path)?,
+        tags: Tags::parse(&s.tags)?,
         export,
         metrics_listen: metrics_listen(s.metrics_listen.as_deref())?,
     })
@@ -500,6 +506,14 @@ arguments = ["depth"]
     }
 
     #[test]
+    fn tags_come_from_the_file_unless_flags_name_them() {
+        let (_dir, mut flags) = file("tags = [\"env=staging\", \"team=shop\"]\n");
+        assert_eq!(resolve(&flags, &no_env).unwrap().tags, Tags::parse(&["env=staging", "team=shop"]).unwrap());
+        flags.tags = vec!["env=prod".into()];
+        assert_eq!(resolve(&flags, &no_env).unwrap().tags, Tags::parse(&["env=prod"]).unwrap());
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_reported_with_where_they_came_from() {
         let error = |text: &str| resolve(&file(text).1, &no_env).unwrap_err().to_string();
         let e = error("[[functions]]\npatern = \"a:b\"\n");
@@ -518,6 +532,8 @@ arguments = ["depth"]
         assert!(e.contains("SCOUTER_USERNAME"), "{e}");
         let e = error("metrics_listen = \"9464\"\n");
         assert!(e.starts_with("--metrics-listen"), "{e}");
+        let e = error("tags = [\"env\"]\n");
+        assert!(e.starts_with("--tag") && e.contains("KEY=VALUE"), "{e}");
         let none = Settings { function_patterns: vec!["x".into()], ..Settings::default() };
         assert!(resolve(&none, &no_env).unwrap_err().to_string().starts_with("--function"));
         let none = Settings { route_templates: vec!["/a/*/b".into()], ..Settings::default() };

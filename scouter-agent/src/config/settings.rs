@@ -102,6 +102,14 @@ pub struct Settings {
     #[serde(skip)]
     pub route_templates: Vec<String>,
 
+    /// Tag every span (repeatable): `--tag env=prod` gives the attribute
+    /// `scouter.tracing.tag.env`, as the Scouter SDK's `set_tag` does; spans that begin a
+    /// trace's work in a process also carry `baggage.scouter.tracing.tag.env`, by which the
+    /// Scouter server finds traces. The variable takes tags separated by `,`.
+    #[arg(long = "tag", value_name = "KEY=VALUE", env = "SCOUTER_AGENT_TAGS", value_delimiter = ',')]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+
     // --- Export (every sink) ---
     /// Keep this fraction of traces (0.0-1.0) in every sink [default: 1.0]. Decided from the
     /// trace id, so every agent keeps or drops the same traces.

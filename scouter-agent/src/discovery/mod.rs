@@ -21,7 +21,7 @@ pub use interpreter::{InterpreterError, PythonVersion};
 pub use procfs::{all_pids, executable};
 pub use untraced::UntracedProcesses;
 
-use crate::spans::{AttributeValue, Resource};
+use crate::spans::{scouter_conventions, AttributeValue, Resource};
 
 /// A Python process the agent traces.
 #[derive(Clone, Debug)]
@@ -101,6 +101,7 @@ fn resource_for(pid: u32, executable: &std::path::Path, version: &PythonVersion,
     put("telemetry.sdk.name", "scouter-agent".into());
     put("telemetry.sdk.language", "python".into());
     put("telemetry.sdk.version", env!("CARGO_PKG_VERSION").into());
+    put(scouter_conventions::SCOPE_KEY, scouter_conventions::scope().into());
     resource
 }
 

@@ -13,14 +13,13 @@ use std::sync::Arc;
 use crate::frames::calls::CalledFunction;
 use crate::frames::objects::ArgumentValue;
 
+use super::scouter_conventions::{self, MAX_IO_STRING_CHARS, TRUNCATION_MARKER};
 use super::{AttributeValue, Attributes, ContextFlags, Resource, Span, SpanId, SpanKind, Status, StatusCode, TraceId};
 
 /// Calls open at once, host-wide, before the oldest are given up (a generator never finished).
 const MAX_OPEN_CALLS: usize = 65_536;
 /// Dropped tentative spans remembered for re-parenting their children.
 const MAX_DROPPED: usize = 65_536;
-/// Longest string attribute made from a captured argument (in characters).
-const MAX_INPUT_JSON: usize = 1000;
 
 /// A `co_flags` bit and the `function.type` it gives.
 const FUNCTION_TYPES: [(u32, &str); 3] = [(0x200, "async_generator"), (0x80, "async"), (0x20, "generator")];
@@ -169,7 +168,8 @@ fn function_type(flags: u32) -> &'static str {
 }
 
 /// `function.argument.<name>` per argument, and `scouter.tracing.input` with all of them as
-/// a JSON object (as the Scouter SDK records a function's inputs).
+/// a JSON object (as the Scouter SDK records a function's inputs; its strings cut as the SDK
+/// cuts them, so the object stays valid JSON).
 fn add_arguments(attributes: &mut Attributes, arguments: &[(String, ArgumentValue)]) {
     if arguments.is_empty() {
         return;
@@ -179,11 +179,8 @@ fn add_arguments(attributes: &mut Attributes, arguments: &[(String, ArgumentValu
         attributes.insert(format!("function.argument.{name}"), attribute_value(value));
         input.insert(name.clone(), json_value(value));
     }
-    let mut json = serde_json::Value::Object(input).to_string();
-    if json.chars().count() > MAX_INPUT_JSON {
-        json = json.chars().take(MAX_INPUT_JSON).collect::<String>() + "...[truncated]";
-    }
-    attributes.insert("scouter.tracing.input".into(), json.into());
+    let json = serde_json::Value::Object(input).to_string();
+    attributes.insert(scouter_conventions::INPUT_KEY.into(), json.into());
 }
 
 fn attribute_value(value: &ArgumentValue) -> AttributeValue {
@@ -203,14 +200,17 @@ fn json_value(value: &ArgumentValue) -> serde_json::Value {
         ArgumentValue::Bool(v) => (*v).into(),
         ArgumentValue::Int(v) => (*v).into(),
         ArgumentValue::Float(v) => serde_json::Number::from_f64(*v).map_or(serde_json::Value::Null, Into::into),
-        ArgumentValue::Str { text, truncated } => truncated_text(text, *truncated).into(),
+        ArgumentValue::Str { text, truncated } => {
+            scouter_conventions::truncated(&truncated_text(text, *truncated), MAX_IO_STRING_CHARS).into()
+        }
         ArgumentValue::Other { type_name } => format!("<{type_name}>").into(),
     }
 }
 
+/// A string the kernel captured in part carries the marker of a string cut.
 fn truncated_text(text: &str, truncated: bool) -> String {
     if truncated {
-        format!("{text}...")
+        format!("{text}{TRUNCATION_MARKER}")
     } else {
         text.to_owned()
     }
@@ -267,13 +267,16 @@ mod tests {
         assert_eq!(attribute("function.type"), Some("sync".into()));
         assert_eq!(attribute("function.argument.order_id"), Some(AttributeValue::Int(42)));
         assert_eq!(attribute("function.argument.note"), Some("None".into()));
-        assert_eq!(attribute("function.argument.item"), Some("abc...".into()));
+        assert_eq!(attribute("function.argument.item"), Some("abc...[truncated]".into()));
         assert_eq!(attribute("function.argument.data"), Some("<dict>".into()));
         let input: serde_json::Value = match attribute("scouter.tracing.input") {
             Some(AttributeValue::String(json)) => serde_json::from_str(&json).unwrap(),
             other => panic!("no input: {other:?}"),
         };
-        assert_eq!(input, serde_json::json!({"order_id": 42, "note": null, "item": "abc...", "data": "<dict>"}));
+        assert_eq!(
+            input,
+            serde_json::json!({"order_id": 42, "note": null, "item": "abc...[truncated]", "data": "<dict>"})
+        );
         assert!(spans.returned(SpanId([2; 8]), 300, CallEnd::Returned).is_none(), "ends once");
     }
 

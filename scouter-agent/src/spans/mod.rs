@@ -8,7 +8,9 @@
 //! - [`http_span`]: the span of a completed exchange, with semantic-convention attributes;
 //! - [`routes`]: configured route templates that name HTTP spans;
 //! - [`code_attribution`]: the Python code a span's request was made or served by;
-//! - [`function_span`]: the spans of selected Python functions' calls.
+//! - [`function_span`]: the spans of selected Python functions' calls;
+//! - [`scouter_conventions`]: what the Scouter SDK's spans say that the agent's say the same way
+//!   (tags, `scouter.scope`, input truncation).
 
 pub mod assembly;
 pub mod code_attribution;
@@ -19,6 +21,7 @@ pub mod ids;
 pub mod model;
 pub mod propagation;
 pub mod routes;
+pub mod scouter_conventions;
 pub mod stream;
 
 pub use ids::{SpanId, TraceId};
