@@ -3,7 +3,8 @@
 //! `cargo xtask setup` installs what this needs; bpf-linker is looked up in the project's tools
 //! directory first.
 //!
-//! It also generates the Scouter gRPC client from `proto/scouter.proto` (protox parses it in
+//! It also generates the Scouter gRPC client (the Scouter sink) and server (the receiver the
+//! Scouter SDK can send to) from `proto/scouter.proto` (protox parses it in
 //! pure Rust, so no `protoc` is needed) into OUT_DIR as `scouter.grpc.v1.rs`.
 
 use std::path::{Path, PathBuf};
@@ -18,7 +19,7 @@ fn main() -> anyhow::Result<()> {
     let descriptors = protox::compile([PROTO], [PROTO_DIR]).context("compiling proto/scouter.proto")?;
     tonic_prost_build::configure()
         .build_client(true)
-        .build_server(false)
+        .build_server(true)
         .compile_fds(descriptors)
         .context("generating the Scouter gRPC client")?;
 

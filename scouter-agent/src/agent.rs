@@ -6,8 +6,8 @@
 //! no process can start unseen between the two.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
@@ -23,6 +23,8 @@ use crate::frames::attach::{self as layouts, CheckedLayout, LayoutError};
 use crate::frames::calls::CalledFunction;
 use crate::frames::ProcessStacks;
 use crate::health::{self, AgentStatus};
+use crate::merge::receivers;
+use crate::merge::{MergeCounters, Merger, SdkBatch};
 use crate::probes::eval_hook;
 use crate::probes::{ProbeOptions, Probes};
 use crate::spans::assembly::{Assembler, CompletedExchange};
@@ -33,6 +35,8 @@ use crate::spans::{AttributeValue, Resource, Span, SpanId, TraceId};
 
 /// Records handled per wake-up before other sources get a turn.
 const MAX_RECORDS_PER_WAKE: usize = 4096;
+/// Accepted SDK requests waiting for the event loop; beyond it the receivers answer "retry".
+const SDK_BATCHES_QUEUED: usize = 1024;
 /// Unframed responses quiet this long are considered complete.
 const RESPONSE_IDLE: Duration = Duration::from_secs(5);
 /// Connections silent this long are forgotten (their close was missed).
@@ -70,14 +74,19 @@ async fn run_until_signal(config: AgentConfig) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let exporter = Pipeline::from_config(&config.export, &config.store)?;
-    let status = Arc::new(AgentStatus::new(exporter.counters(), exporter.sink_counters()));
+    let merge_counters = Arc::new(MergeCounters::default());
+    let status = Arc::new(AgentStatus::new(exporter.counters(), exporter.sink_counters(), Arc::clone(&merge_counters)));
     if let Some(listen) = config.metrics_listen {
         health::serve(listen, Arc::clone(&status)).await?;
     }
+    let traced_pids = Arc::new(RwLock::new(Vec::new()));
+    let (sdk_spans, mut sdk_batches) = mpsc::channel::<SdkBatch>(SDK_BATCHES_QUEUED);
+    receivers::serve(&config.receivers, sdk_spans, Arc::clone(&traced_pids), Arc::clone(&merge_counters)).await;
     let options = ProbeOptions { propagate: config.propagate, max_transaction: config.max_transaction };
     let (probes, ring) = Probes::attach(options).context("attaching the eBPF probes")?;
     let (layout_checks, mut checked_layouts) = mpsc::unbounded_channel::<LayoutResult>();
-    let mut agent = Agent::new(config, probes, exporter, layout_checks, Arc::clone(&status));
+    let merger = Merger::new(config.sdk_twin_window, merge_counters);
+    let mut agent = Agent::new(config, probes, exporter, layout_checks, Arc::clone(&status), merger, traced_pids);
     let (inspections, mut inspected) = mpsc::unbounded_channel::<InspectionResult>();
     agent.scan_existing_processes();
     tracing::info!(
@@ -105,6 +114,7 @@ async fn run_until_signal(config: AgentConfig) -> anyhow::Result<()> {
             }
             Some((inspection, result)) = inspected.recv() => agent.decide(inspection, result, Some(&inspections)),
             Some((process, attempt, result)) = checked_layouts.recv() => agent.on_layout(process, attempt, result),
+            Some(batch) = sdk_batches.recv() => agent.on_sdk_batch(batch),
             _ = expiry.tick() => agent.expire_and_report(),
             _ = rescan.tick() => agent.rescan(&inspections),
             _ = sigterm.recv() => { tracing::info!("SIGTERM received"); break; }
@@ -161,6 +171,10 @@ struct Agent {
     last_kernel_counters: [u64; scouter_ebpf::counter::COUNT as usize],
     /// What the metrics and health endpoint reports.
     status: Arc<AgentStatus>,
+    /// SDK spans joined with the agent's.
+    merger: Merger,
+    /// The traced pids, for the receivers to attribute SDK connections.
+    traced_pids: Arc<RwLock<Vec<u32>>>,
 }
 
 impl Agent {
@@ -170,6 +184,8 @@ impl Agent {
         exporter: Pipeline,
         layout_checks: mpsc::UnboundedSender<LayoutResult>,
         status: Arc<AgentStatus>,
+        merger: Merger,
+        traced_pids: Arc<RwLock<Vec<u32>>>,
     ) -> Self {
         Self {
             config,
@@ -188,6 +204,8 @@ impl Agent {
             decode_errors: 0,
             last_kernel_counters: Default::default(),
             status,
+            merger,
+            traced_pids,
         }
     }
 
@@ -428,7 +446,9 @@ impl Agent {
         self.export_failed_connects();
         if self.processes.remove(&pid).is_some() {
             tracing::info!(pid, "python process exited");
+            self.publish_traced_pids();
         }
+        self.merger.process_exited(pid);
         self.listener_ports.retain(|(owner, _), _| *owner != pid);
         self.stop_reading_stacks(pid);
         self.code.process_exited(pid);
@@ -508,6 +528,15 @@ impl Agent {
         }
         self.untraced.forget(pid);
         self.processes.insert(pid, process);
+        if is_new {
+            self.publish_traced_pids();
+        }
+    }
+
+    fn publish_traced_pids(&self) {
+        if let Ok(mut pids) = self.traced_pids.write() {
+            *pids = self.processes.keys().copied().collect();
+        }
     }
 
     /// A layout check finished: the kernel reads the process's stacks, or the agent says why
@@ -566,12 +595,35 @@ impl Agent {
         }
     }
 
-    /// Every span leaves through here: a child of a dropped tentative call gets that call's
-    /// parent, and the configured tags are put on.
+    /// Every span of the agent's own leaves through here: a child of a dropped tentative call
+    /// gets that call's parent, and a span an SDK may also report waits for it.
     fn submit(&mut self, mut span: Span) {
         self.functions.reparent(&mut span);
-        self.config.tags.apply(&mut span);
         tracing::debug!(trace_id = %span.trace_id, name = %span.name, "span finished");
+        let pid = span.resource.process_pid().and_then(|pid| u32::try_from(pid).ok());
+        let ready = match pid {
+            Some(pid) => self.merger.on_agent_span(span, pid, Instant::now()),
+            None => Some(span),
+        };
+        if let Some(span) = ready {
+            self.export_span(span);
+        }
+    }
+
+    /// SDK spans a receiver accepted: attributed to their process, merged with their twins.
+    fn on_sdk_batch(&mut self, batch: SdkBatch) {
+        let processes = &self.processes;
+        let spans = self.merger.on_sdk_batch(batch, Instant::now(), |pid| {
+            processes.get(&pid).map(|process| Arc::clone(&process.resource))
+        });
+        for span in spans {
+            self.export_span(span);
+        }
+    }
+
+    /// To the sinks, with the configured tags.
+    fn export_span(&mut self, mut span: Span) {
+        self.config.tags.apply(&mut span);
         self.exporter.submit(span);
     }
 
@@ -600,6 +652,9 @@ impl Agent {
         self.status.processes_attached.store(self.processes.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let done = self.assembler.expire(self.clock.unix_now(), RESPONSE_IDLE, CONNECTION_FORGET);
         self.export(done);
+        for span in self.merger.expired(Instant::now()) {
+            self.export_span(span);
+        }
         self.report_kernel_drops();
     }
 
@@ -619,6 +674,9 @@ impl Agent {
         self.export(done);
         for pid in self.probes.call_traced_processes() {
             self.untrace_functions(pid, true);
+        }
+        for span in self.merger.drain() {
+            self.export_span(span);
         }
         let stats = self.assembler.stats();
         drop(self.probes);

@@ -21,6 +21,7 @@ use axum::Router;
 
 use crate::export::counters::{DropReason, SinkCounters};
 use crate::export::PipelineCounters;
+use crate::merge::MergeCounters;
 
 /// `/healthz` fails when the event loop has not ticked for this long.
 const STALL_LIMIT: Duration = Duration::from_secs(30);
@@ -29,6 +30,7 @@ const STALL_LIMIT: Duration = Duration::from_secs(30);
 pub struct AgentStatus {
     pipeline: Arc<PipelineCounters>,
     sinks: Vec<(&'static str, Arc<SinkCounters>)>,
+    merge: Arc<MergeCounters>,
     pub processes_attached: AtomicU64,
     /// The kernel's drop counters by name (cumulative), as last read.
     pub kernel_drops: Mutex<Vec<(&'static str, u64)>>,
@@ -38,10 +40,15 @@ pub struct AgentStatus {
 }
 
 impl AgentStatus {
-    pub fn new(pipeline: Arc<PipelineCounters>, sinks: Vec<(&'static str, Arc<SinkCounters>)>) -> Self {
+    pub fn new(
+        pipeline: Arc<PipelineCounters>,
+        sinks: Vec<(&'static str, Arc<SinkCounters>)>,
+        merge: Arc<MergeCounters>,
+    ) -> Self {
         Self {
             pipeline,
             sinks,
+            merge,
             processes_attached: AtomicU64::new(0),
             kernel_drops: Mutex::new(Vec::new()),
             ready: AtomicBool::new(false),
@@ -71,6 +78,7 @@ impl AgentStatus {
         );
         let _ = writeln!(out, "scouter_agent_spans_sampled_out_total {}", load(&self.pipeline.sampled_out));
         self.sink_metrics(&mut out);
+        self.sdk_metrics(&mut out);
         metric(&mut out, "processes_attached", "gauge", "Python processes being traced.");
         let _ = writeln!(out, "scouter_agent_processes_attached {}", load(&self.processes_attached));
         metric(
@@ -85,6 +93,43 @@ impl AgentStatus {
         metric(&mut out, "up", "gauge", "1 while the event loop is turning.");
         let _ = writeln!(out, "scouter_agent_up {}", u8::from(self.alive()));
         out
+    }
+
+    fn sdk_metrics(&self, out: &mut String) {
+        let m = &self.merge;
+        let counters: [(&str, &str, &AtomicU64); 7] = [
+            ("sdk_spans_received_total", "SDK spans the receivers accepted.", &m.received),
+            ("sdk_spans_rejected_total", "SDK spans refused for invalid ids (OTLP partial success).", &m.rejected),
+            (
+                "sdk_spans_refused_busy_total",
+                "SDK spans refused retryably while the agent was behind.",
+                &m.refused_busy,
+            ),
+            (
+                "sdk_bad_requests_total",
+                "Requests to the receivers whose body was not a trace request.",
+                &m.bad_requests,
+            ),
+            (
+                "sdk_spans_unattributed_total",
+                "SDK spans from no traced process the agent could tell: forwarded as sent.",
+                &m.unattributed,
+            ),
+            (
+                "sdk_twins_merged_total",
+                "HTTP calls both an SDK and the agent reported, merged into one span.",
+                &m.twins_merged,
+            ),
+            (
+                "sdk_late_twins_dropped_total",
+                "Reports of a call whose other report had already left: dropped, not duplicated.",
+                &m.late_twins_dropped,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            metric(out, name, "counter", help);
+            let _ = writeln!(out, "scouter_agent_{name} {}", counter.load(Ordering::Relaxed));
+        }
     }
 
     fn sink_metrics(&self, out: &mut String) {
@@ -182,7 +227,7 @@ mod tests {
         let sink = Arc::new(SinkCounters::default());
         sink.drop_spans(DropReason::QueueFull, 3);
         SinkCounters::add(&sink.exported, 7);
-        let status = AgentStatus::new(pipeline, vec![("otlp-grpc", sink)]);
+        let status = AgentStatus::new(pipeline, vec![("otlp-grpc", sink)], Arc::default());
         *status.kernel_drops.lock().unwrap() = vec![("ring_full", 2)];
         let text = status.metrics();
         for line in [

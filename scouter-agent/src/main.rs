@@ -24,6 +24,7 @@ mod events;
 mod export;
 mod frames;
 mod health;
+mod merge;
 mod probes;
 mod spans;
 mod store;

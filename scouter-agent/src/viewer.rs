@@ -424,6 +424,10 @@ mod tests {
             status: Status::default(),
             resource: Arc::new(resource),
             flags: Default::default(),
+            trace_state: String::new(),
+            events: Vec::new(),
+            links: Vec::new(),
+            scope: None,
         }
     }
 

@@ -32,6 +32,7 @@ use std::time::Duration;
 
 use crate::export::kafka;
 use crate::frames::selection::{FunctionPattern, FunctionRule, FunctionSelection, Glob, PatternError};
+use crate::merge::receivers::ReceiverConfig;
 use crate::spans::routes::{RouteError, RouteTemplate, Routes};
 use crate::spans::scouter_conventions::{TagError, Tags};
 use settings::{Compression, OtlpProtocol, ScouterTransportKind, Settings};
@@ -70,6 +71,10 @@ pub struct AgentConfig {
     pub export: ExportConfig,
     /// Where metrics and health are served (None: not served).
     pub metrics_listen: Option<SocketAddr>,
+    /// Where SDKs send their spans.
+    pub receivers: ReceiverConfig,
+    /// How long an agent span that may have an SDK twin waits for it.
+    pub sdk_twin_window: Duration,
 }
 
 /// Where spans go and how.
@@ -248,6 +253,9 @@ pub fn defaults() -> Settings {
         otlp_timeout_ms: Some(10_000),
         otlp_sample_ratio: Some(1.0),
         metrics_listen: Some("127.0.0.1:9464".into()),
+        receive_grpc: Some("127.0.0.1:4317".into()),
+        receive_http: Some("127.0.0.1:4318".into()),
+        sdk_twin_window_ms: Some(crate::merge::DEFAULT_TWIN_WINDOW.as_millis() as u64),
         ..Settings::default()
     }
 }
@@ -363,7 +371,12 @@ pub fn resolve_with_file(
         routes: routes(&flags.route_templates, file, &file_path)?,
         tags: Tags::parse(&s.tags)?,
         export,
-        metrics_listen: metrics_listen(s.metrics_listen.as_deref())?,
+        metrics_listen: listen_address("metrics-listen", s.metrics_listen.as_deref())?,
+        receivers: ReceiverConfig {
+            grpc: listen_address("receive-grpc", s.receive_grpc.as_deref())?,
+            http: listen_address("receive-http", s.receive_http.as_deref())?,
+        },
+        sdk_twin_window: Duration::from_millis(s.sdk_twin_window_ms.unwrap_or_default()),
     })
 }
 
@@ -443,13 +456,11 @@ fn positive(flag: &'static str, value: Option<usize>) -> Result<usize, ConfigErr
     }
 }
 
-fn metrics_listen(value: Option<&str>) -> Result<Option<SocketAddr>, ConfigError> {
+/// An `ADDRESS:PORT` to listen on, or `off`.
+fn listen_address(flag: &'static str, value: Option<&str>) -> Result<Option<SocketAddr>, ConfigError> {
     match value.map(str::trim) {
         None | Some("off") | Some("") => Ok(None),
-        Some(addr) => addr
-            .parse()
-            .map(Some)
-            .map_err(|_| invalid("metrics-listen", format!("{addr:?} is not ADDRESS:PORT or off"))),
+        Some(addr) => addr.parse().map(Some).map_err(|_| invalid(flag, format!("{addr:?} is not ADDRESS:PORT or off"))),
     }
 }
 

@@ -213,6 +213,24 @@ pub struct Settings {
     #[arg(long, value_name = "RATIO", env = "SCOUTER_AGENT_OTLP_SAMPLE_RATIO", help_heading = "OTLP collector")]
     pub otlp_sample_ratio: Option<f64>,
 
+    // --- SDK receivers ---
+    /// Receive spans from in-process SDKs over gRPC here: OTLP's TraceService and Scouter's
+    /// AuthService/MessageService (point `SCOUTER_GRPC_URI` at it); `off` disables it
+    /// [default: 127.0.0.1:4317].
+    #[arg(long, value_name = "ADDR", env = "SCOUTER_AGENT_RECEIVE_GRPC", help_heading = "SDK receivers")]
+    pub receive_grpc: Option<String>,
+
+    /// Receive spans from in-process SDKs over HTTP here: OTLP `POST /v1/traces` (protobuf or
+    /// JSON) and Scouter's `/scouter/auth/login` + `/scouter/message` (point
+    /// `SCOUTER_SERVER_URI` at it); `off` disables it [default: 127.0.0.1:4318].
+    #[arg(long, value_name = "ADDR", env = "SCOUTER_AGENT_RECEIVE_HTTP", help_heading = "SDK receivers")]
+    pub receive_http: Option<String>,
+
+    /// How long the agent's span of an HTTP call whose `traceparent` an SDK wrote waits for the
+    /// SDK's span of the same call, to merge the two [default: 10000].
+    #[arg(long, value_name = "MS", env = "SCOUTER_AGENT_SDK_TWIN_WINDOW_MS", help_heading = "SDK receivers")]
+    pub sdk_twin_window_ms: Option<u64>,
+
     // --- Operations ---
     /// Serve Prometheus metrics (`/metrics`) and health (`/healthz`, `/readyz`) here;
     /// `off` disables it [default: 127.0.0.1:9464].

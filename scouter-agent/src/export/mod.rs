@@ -19,11 +19,11 @@
 pub mod counters;
 pub mod delivery;
 pub mod kafka;
-mod otlp;
+pub mod otlp;
 mod otlp_grpc;
 mod otlp_http;
 pub mod sampling;
-mod scouter_grpc;
+pub mod scouter_grpc;
 mod scouter_http;
 mod scouter_kafka;
 mod stdout;

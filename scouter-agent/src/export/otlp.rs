@@ -11,14 +11,16 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, ArrayValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource as OtlpResource;
 use opentelemetry_proto::tonic::trace::v1::{self as otlp, ResourceSpans, ScopeSpans};
 use prost::Message as _;
 use serde::Serialize;
 
 use super::delivery::Requests;
-use crate::spans::{AttributeValue, Attributes, ContextFlags, Resource, Span, SpanKind, StatusCode};
+use crate::spans::{
+    AttributeValue, Attributes, ContextFlags, Resource, Scope, Span, SpanEvent, SpanKind, SpanLink, StatusCode,
+};
 
 /// The instrumentation scope of every span the agent makes.
 const SCOPE_NAME: &str = "scouter-agent";
@@ -42,7 +44,14 @@ pub fn export_request<S: Borrow<Span>>(batch: &[S]) -> ExportTraceServiceRequest
         .into_iter()
         .map(|(resource, spans)| ResourceSpans {
             resource: Some(otlp_resource(resource)),
-            scope_spans: vec![ScopeSpans { scope: Some(scope()), spans, schema_url: String::new() }],
+            scope_spans: group_by_scope(&spans)
+                .into_iter()
+                .map(|(scope, spans)| ScopeSpans {
+                    scope: Some(otlp_scope(scope)),
+                    spans: spans.into_iter().map(otlp_span).collect(),
+                    schema_url: String::new(),
+                })
+                .collect(),
             schema_url: String::new(),
         })
         .collect();
@@ -147,24 +156,46 @@ fn longest_fitting_end<S>(
 /// Spans by resource. Resources are compared by pointer first (spans of one process share
 /// their `Arc`) and by content second, so equal resources built apart still merge. A batch
 /// holds few distinct resources, so a linear search beats hashing (attributes hold floats).
-fn group_by_resource<S: Borrow<Span>>(batch: &[S]) -> Vec<(&Resource, Vec<otlp::Span>)> {
-    let mut groups: Vec<(&Arc<Resource>, Vec<otlp::Span>)> = Vec::new();
+fn group_by_resource<S: Borrow<Span>>(batch: &[S]) -> Vec<(&Resource, Vec<&Span>)> {
+    let mut groups: Vec<(&Arc<Resource>, Vec<&Span>)> = Vec::new();
     for span in batch {
         let span = span.borrow();
         let same = |resource: &Arc<Resource>| Arc::ptr_eq(resource, &span.resource) || **resource == *span.resource;
         match groups.iter_mut().find(|(resource, _)| same(resource)) {
-            Some((_, spans)) => spans.push(otlp_span(span)),
-            None => groups.push((&span.resource, vec![otlp_span(span)])),
+            Some((_, spans)) => spans.push(span),
+            None => groups.push((&span.resource, vec![span])),
         }
     }
     groups.into_iter().map(|(resource, spans)| (resource.as_ref(), spans)).collect()
 }
 
-fn scope() -> InstrumentationScope {
-    InstrumentationScope {
-        name: SCOPE_NAME.to_owned(),
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-        ..Default::default()
+/// One resource's spans by instrumentation scope (`None`: the agent's own), in order of first
+/// appearance.
+fn group_by_scope<'a>(spans: &[&'a Span]) -> Vec<(Option<&'a Scope>, Vec<&'a Span>)> {
+    let mut groups: Vec<(Option<&Scope>, Vec<&Span>)> = Vec::new();
+    for span in spans {
+        let scope = span.scope.as_deref();
+        match groups.iter_mut().find(|(existing, _)| *existing == scope) {
+            Some((_, spans)) => spans.push(span),
+            None => groups.push((scope, vec![span])),
+        }
+    }
+    groups
+}
+
+fn otlp_scope(scope: Option<&Scope>) -> InstrumentationScope {
+    match scope {
+        Some(scope) => InstrumentationScope {
+            name: scope.name.clone(),
+            version: scope.version.clone(),
+            attributes: key_values(&scope.attributes),
+            ..Default::default()
+        },
+        None => InstrumentationScope {
+            name: SCOPE_NAME.to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            ..Default::default()
+        },
     }
 }
 
@@ -188,6 +219,28 @@ fn otlp_span(span: &Span) -> otlp::Span {
             code: otlp_status_code(span.status.code) as i32,
             message: span.status.message.clone(),
         }),
+        trace_state: span.trace_state.clone(),
+        events: span.events.iter().map(otlp_event).collect(),
+        links: span.links.iter().map(otlp_link).collect(),
+        ..Default::default()
+    }
+}
+
+fn otlp_event(event: &SpanEvent) -> otlp::span::Event {
+    otlp::span::Event {
+        time_unix_nano: event.time_unix_nano,
+        name: event.name.clone(),
+        attributes: key_values(&event.attributes),
+        dropped_attributes_count: 0,
+    }
+}
+
+fn otlp_link(link: &SpanLink) -> otlp::span::Link {
+    otlp::span::Link {
+        trace_id: link.trace_id.0.to_vec(),
+        span_id: link.span_id.0.to_vec(),
+        trace_state: link.trace_state.clone(),
+        attributes: key_values(&link.attributes),
         ..Default::default()
     }
 }
@@ -228,6 +281,9 @@ fn any_value(value: &AttributeValue) -> any_value::Value {
         AttributeValue::Double(v) if !v.is_finite() => any_value::Value::StringValue(v.to_string()),
         AttributeValue::Double(v) => any_value::Value::DoubleValue(*v),
         AttributeValue::String(v) => any_value::Value::StringValue(v.clone()),
+        AttributeValue::Array(values) => any_value::Value::ArrayValue(ArrayValue {
+            values: values.iter().map(|v| AnyValue { value: Some(any_value(v)) }).collect(),
+        }),
     }
 }
 

@@ -19,7 +19,7 @@ use crate::config::ScouterConfig;
 use crate::spans::Span;
 
 /// Generated from `proto/scouter.proto` by the build script.
-mod proto {
+pub mod proto {
     tonic::include_proto!("scouter.grpc.v1");
 }
 

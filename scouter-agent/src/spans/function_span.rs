@@ -146,6 +146,10 @@ fn span_of(call: StartedCall, end: u64, how: CallEnd) -> Span {
         resource: call.resource,
         // The parent is this process's own span (a request being served or an enclosing call).
         flags: ContextFlags::from_w3c(call.trace_flags, false),
+        trace_state: String::new(),
+        events: Vec::new(),
+        links: Vec::new(),
+        scope: None,
     }
 }
 

@@ -47,6 +47,10 @@ pub fn span_from_exchange(exchange: &CompletedExchange, resource: Arc<Resource>,
         status: status(exchange),
         resource,
         flags: identity.flags,
+        trace_state: String::new(),
+        events: Vec::new(),
+        links: Vec::new(),
+        scope: None,
     }
 }
 
@@ -194,6 +198,10 @@ pub fn span_from_failed_connect(failed: &FailedConnect, resource: Arc<Resource>)
         status: error_status(),
         resource,
         flags: ContextFlags::default(),
+        trace_state: String::new(),
+        events: Vec::new(),
+        links: Vec::new(),
+        scope: None,
     }
 }
 

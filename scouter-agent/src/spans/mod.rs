@@ -25,4 +25,6 @@ pub mod scouter_conventions;
 pub mod stream;
 
 pub use ids::{SpanId, TraceId};
-pub use model::{AttributeValue, Attributes, ContextFlags, Resource, Span, SpanKind, Status, StatusCode};
+pub use model::{
+    AttributeValue, Attributes, ContextFlags, Resource, Scope, Span, SpanEvent, SpanKind, SpanLink, Status, StatusCode,
+};

@@ -17,6 +17,8 @@ pub enum AttributeValue {
     Int(i64),
     Double(f64),
     String(String),
+    /// An array of values (SDK spans may carry them; the agent's own attributes are scalars).
+    Array(Vec<AttributeValue>),
 }
 
 impl fmt::Display for AttributeValue {
@@ -26,6 +28,10 @@ impl fmt::Display for AttributeValue {
             Self::Int(v) => write!(f, "{v}"),
             Self::Double(v) => write!(f, "{v}"),
             Self::String(v) => f.write_str(v),
+            Self::Array(values) => {
+                let shown: Vec<String> = values.iter().map(ToString::to_string).collect();
+                write!(f, "[{}]", shown.join(", "))
+            }
         }
     }
 }
@@ -112,12 +118,54 @@ pub struct Resource {
 }
 
 impl Resource {
+    /// `process.pid`, as a number or a decimal string.
+    pub fn process_pid(&self) -> Option<i64> {
+        match self.attributes.get("process.pid")? {
+            AttributeValue::Int(pid) => Some(*pid),
+            AttributeValue::String(pid) => pid.parse().ok(),
+            _ => None,
+        }
+    }
+
     pub fn service_name(&self) -> &str {
         match self.attributes.get("service.name") {
             Some(AttributeValue::String(name)) => name,
             _ => "unknown_service",
         }
     }
+}
+
+/// The instrumentation that made a span (OTLP's instrumentation scope), for spans an SDK made.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Scope {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub version: String,
+    #[serde(default, skip_serializing_if = "Attributes::is_empty")]
+    pub attributes: Attributes,
+}
+
+/// Something that happened during a span (an SDK's `exception` or `span.error` event).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SpanEvent {
+    pub name: String,
+    #[serde(with = "nanos_as_string")]
+    pub time_unix_nano: u64,
+    #[serde(default, skip_serializing_if = "Attributes::is_empty")]
+    pub attributes: Attributes,
+}
+
+/// A span another span links to (an SDK's links, kept as received).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SpanLink {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub trace_state: String,
+    #[serde(default, skip_serializing_if = "Attributes::is_empty")]
+    pub attributes: Attributes,
 }
 
 /// What a span's context says beyond its ids: W3C's sampled flag (the caller's decision,
@@ -164,6 +212,16 @@ pub struct Span {
     pub resource: Arc<Resource>,
     #[serde(default)]
     pub flags: ContextFlags,
+    /// W3C `tracestate` of the span's context, as an SDK reported it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub trace_state: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<SpanEvent>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<SpanLink>,
+    /// The SDK instrumentation that made the span; `None` for the agent's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Arc<Scope>>,
 }
 
 impl Span {
@@ -188,6 +246,10 @@ impl Span {
             status: Status::default(),
             resource: Arc::new(Resource::default()),
             flags: ContextFlags::default(),
+            trace_state: String::new(),
+            events: Vec::new(),
+            links: Vec::new(),
+            scope: None,
         }
     }
 }
@@ -235,6 +297,10 @@ mod tests {
             status: Status::default(),
             resource: Arc::new(Resource::default()),
             flags: ContextFlags { sampled: false, remote_parent: true },
+            trace_state: String::new(),
+            events: Vec::new(),
+            links: Vec::new(),
+            scope: None,
         };
         let json = serde_json::to_value(&span).unwrap();
         assert_eq!(json["traceId"], "0af7651916cd43dd8448eb211c80319c");

@@ -6,7 +6,7 @@ use std::path::Path;
 use rusqlite::{params, Transaction};
 
 use super::error::{AtPath, StoreError};
-use crate::spans::{AttributeValue, Resource, Span, TraceId};
+use crate::spans::{Span, TraceId};
 
 /// A span exported twice (same trace and span id) keeps one row holding its latest version: the
 /// exporter may retry a batch, and a span re-sent with more detail should win.
@@ -43,7 +43,7 @@ pub(super) fn upsert_spans<S: Borrow<Span>>(tx: &Transaction<'_>, path: &Path, s
                 nanos_to_sql(span.start_time_unix_nano),
                 nanos_to_sql(span.end_time_unix_nano),
                 span.resource.service_name(),
-                process_pid(&span.resource),
+                span.resource.process_pid(),
                 json,
             ])
             .at(path)?;
@@ -67,14 +67,6 @@ pub(super) fn nanos_to_sql(nanos: u64) -> i64 {
 
 pub(super) fn nanos_from_sql(nanos: i64) -> u64 {
     u64::try_from(nanos).unwrap_or(0)
-}
-
-fn process_pid(resource: &Resource) -> Option<i64> {
-    match resource.attributes.get("process.pid")? {
-        AttributeValue::Int(pid) => Some(*pid),
-        AttributeValue::String(pid) => pid.parse().ok(),
-        AttributeValue::Bool(_) | AttributeValue::Double(_) => None,
-    }
 }
 
 fn corrupt(path: &Path, reason: String) -> StoreError {

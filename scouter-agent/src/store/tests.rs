@@ -33,6 +33,10 @@ fn span(trace: &TraceId, parent: Option<SpanId>, name: &str, start: u64, end: u6
         status: Status::default(),
         resource: resource("api", 42),
         flags: Default::default(),
+        trace_state: String::new(),
+        events: Vec::new(),
+        links: Vec::new(),
+        scope: None,
     }
 }
 

@@ -1,0 +1,166 @@
+//! The HTTP port: OTLP/HTTP `POST /v1/traces` (protobuf or JSON, optionally gzip) and
+//! Scouter's HTTP ingest (`GET /scouter/auth/login`, `POST /scouter/message`,
+//! `GET /scouter/healthcheck`).
+
+use std::io::Read as _;
+use std::net::SocketAddr;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
+use prost::Message as _;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use super::{has_bearer, login_token, Intake, Refusal, MAX_MESSAGE_BYTES};
+use crate::merge::decode::{self, DecodeError, Decoded};
+
+#[derive(Clone)]
+struct Port {
+    intake: Intake,
+    local: SocketAddr,
+}
+
+pub(super) async fn serve(listener: TcpListener, intake: Intake) {
+    let Ok(local) = listener.local_addr() else { return };
+    let app = Router::new()
+        .route("/v1/traces", post(otlp_traces))
+        .route("/scouter/auth/login", get(scouter_login))
+        .route("/scouter/message", post(scouter_message))
+        .route("/scouter/healthcheck", get(scouter_health))
+        // Room for a gzip body's worst case is not needed: the limit applies before inflating,
+        // and inflating is bounded separately.
+        .layer(DefaultBodyLimit::max(MAX_MESSAGE_BYTES))
+        .with_state(Port { intake, local });
+    let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await;
+    if let Err(error) = served {
+        tracing::error!(%local, %error, "the HTTP receiver stopped");
+    }
+}
+
+/// The two encodings OTLP/HTTP allows; the answer uses the request's.
+#[derive(Clone, Copy, PartialEq)]
+enum Encoding {
+    Protobuf,
+    Json,
+}
+
+async fn otlp_traces(
+    State(port): State<Port>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let encoding = match header_text(&headers, header::CONTENT_TYPE).split(';').next().map(str::trim) {
+        Some("application/x-protobuf") => Encoding::Protobuf,
+        Some("application/json") => Encoding::Json,
+        other => {
+            port.intake.count_bad_request();
+            let message = format!("Content-Type {other:?}: send application/x-protobuf or application/json");
+            return (StatusCode::UNSUPPORTED_MEDIA_TYPE, message).into_response();
+        }
+    };
+    let decoded = inflated(&headers, &body).and_then(|body| match encoding {
+        Encoding::Protobuf => decode::from_protobuf(&body).map_err(bad_body),
+        Encoding::Json => decode::from_json(&body).map_err(bad_body),
+    });
+    let decoded = match decoded {
+        Ok(decoded) => decoded,
+        Err(message) => {
+            port.intake.count_bad_request();
+            return (StatusCode::BAD_REQUEST, message).into_response();
+        }
+    };
+    let answer = export_response(&decoded);
+    match port.intake.ingest(decoded, Some(peer), port.local).await {
+        Ok(()) if encoding == Encoding::Protobuf => {
+            ([(header::CONTENT_TYPE, "application/x-protobuf")], answer.encode_to_vec()).into_response()
+        }
+        Ok(()) => Json(answer).into_response(),
+        Err(Refusal::Busy) => busy(StatusCode::SERVICE_UNAVAILABLE),
+    }
+}
+
+async fn scouter_login() -> Response {
+    Json(json!({ "token": login_token() })).into_response()
+}
+
+async fn scouter_message(
+    State(port): State<Port>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !has_bearer(headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())) {
+        return scouter_error(StatusCode::UNAUTHORIZED, "log in at /scouter/auth/login first".into());
+    }
+    let decoded = match inflated(&headers, &body).and_then(|body| decode::from_scouter_message(&body).map_err(bad_body))
+    {
+        Ok(decoded) => decoded,
+        Err(message) => {
+            port.intake.count_bad_request();
+            return scouter_error(StatusCode::UNPROCESSABLE_ENTITY, message);
+        }
+    };
+    let (count, rejected) = (decoded.spans.len(), decoded.rejected);
+    match port.intake.ingest(decoded, Some(peer), port.local).await {
+        Ok(()) => Json(json!({"status": "success", "message": format!("{count} spans received, {rejected} rejected")}))
+            .into_response(),
+        // The Scouter SDK reads 429 as "the server's queue is full".
+        Err(Refusal::Busy) => busy(StatusCode::TOO_MANY_REQUESTS),
+    }
+}
+
+async fn scouter_health() -> Response {
+    Json(json!({"alive": true, "version": env!("CARGO_PKG_VERSION")})).into_response()
+}
+
+fn export_response(decoded: &Decoded) -> ExportTraceServiceResponse {
+    let partial_success = (decoded.rejected > 0).then(|| ExportTracePartialSuccess {
+        rejected_spans: decoded.rejected as i64,
+        error_message: decoded.first_error.clone().unwrap_or_default(),
+    });
+    ExportTraceServiceResponse { partial_success }
+}
+
+fn busy(status: StatusCode) -> Response {
+    let mut response = (status, "the agent is behind; retry").into_response();
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
+fn scouter_error(status: StatusCode, message: String) -> Response {
+    (status, Json(json!({"status": "error", "message": message}))).into_response()
+}
+
+fn bad_body(error: DecodeError) -> String {
+    error.to_string()
+}
+
+fn header_text(headers: &HeaderMap, name: header::HeaderName) -> &str {
+    headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default()
+}
+
+/// The body, inflated when it came gzip-compressed, never beyond [`MAX_MESSAGE_BYTES`].
+fn inflated(headers: &HeaderMap, body: &Bytes) -> Result<Vec<u8>, String> {
+    match header_text(headers, header::CONTENT_ENCODING) {
+        "" | "identity" => Ok(body.to_vec()),
+        "gzip" => {
+            let mut inflated = Vec::new();
+            let limit = MAX_MESSAGE_BYTES as u64 + 1;
+            flate2::read::GzDecoder::new(&body[..])
+                .take(limit)
+                .read_to_end(&mut inflated)
+                .map_err(|error| format!("the gzip body does not inflate: {error}"))?;
+            if inflated.len() > MAX_MESSAGE_BYTES {
+                return Err(format!("the body inflates beyond {MAX_MESSAGE_BYTES} bytes"));
+            }
+            Ok(inflated)
+        }
+        other => Err(format!("Content-Encoding {other:?}: send gzip or none")),
+    }
+}
