@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 
 use crate::config::AgentConfig;
 use crate::discovery::{self, PythonProcess, Skip, UntracedProcesses};
-use crate::events::{self, CallOutcome, FunctionEntry, KernelEvent, WallClock};
+use crate::events::{self, CallOutcome, FunctionEntry, KernelEvent, Peer, WallClock};
 use crate::export::Pipeline;
 use crate::frames::attach::{self as layouts, CheckedLayout, LayoutError};
 use crate::frames::calls::CalledFunction;
@@ -27,10 +27,11 @@ use crate::merge::receivers;
 use crate::merge::{MergeCounters, Merger, SdkBatch};
 use crate::probes::eval_hook;
 use crate::probes::{ProbeOptions, Probes};
-use crate::spans::assembly::{Assembler, CompletedExchange};
+use crate::spans::assembly::{Assembler, CompletedExchange, Role};
 use crate::spans::code_attribution::CodeAttributions;
 use crate::spans::function_span::{CallEnd, FunctionSpans, StartedCall};
 use crate::spans::http_span::{span_from_exchange, span_from_failed_connect};
+use crate::spans::propagation;
 use crate::spans::{AttributeValue, Resource, Span, SpanId, TraceId};
 
 /// Records handled per wake-up before other sources get a turn.
@@ -448,7 +449,6 @@ impl Agent {
             tracing::info!(pid, "python process exited");
             self.publish_traced_pids();
         }
-        self.merger.process_exited(pid);
         self.listener_ports.retain(|(owner, _), _| *owner != pid);
         self.stop_reading_stacks(pid);
         self.code.process_exited(pid);
@@ -588,26 +588,40 @@ impl Agent {
 
     fn export(&mut self, done: Vec<CompletedExchange>) {
         for exchange in done {
+            // An SDK exporting to the agent is the agent's own plumbing: a span per export
+            // would be exported in turn, and so on.
+            if self.is_sent_to_a_receiver(&exchange) {
+                continue;
+            }
             let resource = self.resource_of(exchange.socket.pid);
             let mut span = span_from_exchange(&exchange, resource, &self.config.routes);
             self.code.apply(exchange.socket.pid, &mut span);
-            self.submit(span);
+            self.functions.reparent(&mut span);
+            // The process wrote the request's trace context itself (an SDK did): the SDK will
+            // report this call too.
+            let context_from_the_process =
+                exchange.role == Role::Client && propagation::extract(&exchange.request.fields).is_some();
+            if context_from_the_process {
+                if let Some(span) = self.merger.on_agent_span(span, Instant::now()) {
+                    self.export_span(span);
+                }
+            } else {
+                self.export_span(span);
+            }
         }
     }
 
-    /// Every span of the agent's own leaves through here: a child of a dropped tentative call
-    /// gets that call's parent, and a span an SDK may also report waits for it.
+    fn is_sent_to_a_receiver(&self, exchange: &CompletedExchange) -> bool {
+        match exchange.peer {
+            Peer::Ip { addr, port } => exchange.role == Role::Client && self.config.receivers.is_receiver(addr, port),
+            Peer::Unix | Peer::Unknown => false,
+        }
+    }
+
+    /// A span of the agent's own: a child of a dropped tentative call gets that call's parent.
     fn submit(&mut self, mut span: Span) {
         self.functions.reparent(&mut span);
-        tracing::debug!(trace_id = %span.trace_id, name = %span.name, "span finished");
-        let pid = span.resource.process_pid().and_then(|pid| u32::try_from(pid).ok());
-        let ready = match pid {
-            Some(pid) => self.merger.on_agent_span(span, pid, Instant::now()),
-            None => Some(span),
-        };
-        if let Some(span) = ready {
-            self.export_span(span);
-        }
+        self.export_span(span);
     }
 
     /// SDK spans a receiver accepted: attributed to their process, merged with their twins.
@@ -623,6 +637,7 @@ impl Agent {
 
     /// To the sinks, with the configured tags.
     fn export_span(&mut self, mut span: Span) {
+        tracing::debug!(trace_id = %span.trace_id, name = %span.name, "span finished");
         self.config.tags.apply(&mut span);
         self.exporter.submit(span);
     }

@@ -17,7 +17,7 @@ pub mod peer;
 pub mod receivers;
 mod twins;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -58,14 +58,12 @@ pub struct MergeCounters {
 /// The merge stage, driven by the agent's event loop.
 pub struct Merger {
     twins: Twins,
-    /// Processes that sent SDK spans: their agent client spans may have twins.
-    sdk_processes: HashSet<u32>,
     counters: Arc<MergeCounters>,
 }
 
 impl Merger {
     pub fn new(window: Duration, counters: Arc<MergeCounters>) -> Self {
-        Self { twins: Twins::new(window, Arc::clone(&counters)), sdk_processes: HashSet::new(), counters }
+        Self { twins: Twins::new(window, Arc::clone(&counters)), counters }
     }
 
     /// The spans of `batch` to export: attributed to their process (its resource, the SDK's
@@ -82,9 +80,8 @@ impl Merger {
         for mut span in batch.spans {
             let claimed = || span.resource.process_pid().and_then(|pid| u32::try_from(pid).ok());
             let pid = batch.peer_pid.or_else(|| claimed().filter(|pid| process_resource(*pid).is_some()));
-            match pid.and_then(|pid| Some((pid, process_resource(pid)?))) {
-                Some((pid, process)) => {
-                    self.sdk_processes.insert(pid);
+            match pid.and_then(&process_resource) {
+                Some(process) => {
                     let key = Arc::as_ptr(&span.resource);
                     let resource = merged_resources
                         .entry(key)
@@ -100,13 +97,10 @@ impl Merger {
         out
     }
 
-    /// An agent span of `pid`: `Some` to export now, `None` while it waits for its twin.
-    pub fn on_agent_span(&mut self, span: Span, pid: u32, now: Instant) -> Option<Span> {
-        if self.sdk_processes.contains(&pid) {
-            self.twins.on_agent_span(span, now)
-        } else {
-            Some(span)
-        }
+    /// An agent client span whose request carried the process's own trace context (an SDK
+    /// wrote it): `Some` to export now, `None` while it waits for the SDK's report.
+    pub fn on_agent_span(&mut self, span: Span, now: Instant) -> Option<Span> {
+        self.twins.on_agent_span(span, now)
     }
 
     /// Agent spans whose twin did not come in time.
@@ -117,10 +111,6 @@ impl Merger {
     /// Everything still waiting (at shutdown).
     pub fn drain(&mut self) -> Vec<Span> {
         self.twins.drain()
-    }
-
-    pub fn process_exited(&mut self, pid: u32) {
-        self.sdk_processes.remove(&pid);
     }
 }
 

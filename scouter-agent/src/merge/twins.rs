@@ -6,8 +6,8 @@
 //! span has no parent (the kernel cannot tell which SDK span was current); the SDK's has.
 //!
 //! The agent finishes its span when the response is read, the SDK exports seconds later
-//! (batching), so a parentless agent client span of a process that uses an SDK waits up to a
-//! window for its twin. Twins become one span: the agent's timing and attributes, the SDK's
+//! (batching), so an agent client span whose request carried the process's own context waits
+//! up to a window for its twin. Twins become one span: the agent's timing and attributes, the SDK's
 //! parent, the SDK's attributes the agent lacks, its events and links. A twin that comes after
 //! the other side already left is dropped and counted, never exported twice.
 
@@ -50,7 +50,7 @@ impl Twins {
         }
     }
 
-    /// An agent span of a process that uses an SDK: `Some` to export now.
+    /// An agent client span whose context the process wrote: `Some` to export now.
     pub fn on_agent_span(&mut self, span: Span, now: Instant) -> Option<Span> {
         if !may_have_a_twin(&span) {
             return Some(span);

@@ -11,9 +11,12 @@
 //!    `-Z build-std=core`);
 //! 2. [`bpf_linker`]: bpf-linker 0.13.0 built against the nightly's own LLVM library;
 //! 3. [`debian`]: Debian packages the tests use (one list, in that module);
-//! 4. [`python`]: pip requirements for every interpreter the tests use.
+//! 4. [`python`]: pip requirements for every interpreter the tests use;
+//! 5. [`python::ensure_sdk_venv`]: the virtual environment of the in-process SDK tests
+//!    (OpenTelemetry's Python SDK and Scouter's `scouter-ml`, which the test interpreters do not
+//!    get: `scouter-ml` needs Python 3.10 or later).
 //!
-//! Steps 1-2 are all that building needs ([`Scope::Build`]); 3-4 serve the tests. [`bench`]
+//! Steps 1-2 are all that building needs ([`Scope::Build`]); 3-5 serve the tests. [`bench`]
 //! takes steps 1-3 (wrk is among the Debian packages) and a virtual environment of its own, and
 //! measures function calls on every test interpreter ([`test_interpreters`]).
 
@@ -65,6 +68,7 @@ fn ensure(ws: &Workspace, scope: Scope, report: &mut Report) -> Result<()> {
         let mut apt = debian::Apt::default();
         debian::ensure(&mut apt, report)?;
         python::ensure(ws, &mut apt, report)?;
+        python::ensure_sdk_venv(ws, report)?;
     }
     Ok(())
 }

@@ -15,7 +15,9 @@
 //!
 //! Other tasks with packages of their own (`cargo xtask bench`) use [`ensure_venv`]: a virtual
 //! environment made from one pyenv interpreter, stamped the same way, so their packages never
-//! touch (or change the versions of) what the tests install.
+//! touch (or change the versions of) what the tests install. The in-process SDK tests are one of
+//! them ([`ensure_sdk_venv`]): OpenTelemetry's Python SDK and Scouter's `scouter-ml` (which needs
+//! Python 3.10 or later) live in `<tools dir>/venvs/sdk`, where the tests look for them.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -32,6 +34,11 @@ const PYENV_VERSIONS: &[&str] = &["3.8.18", "3.9.18", "3.10.13", "3.11.7", "3.12
 /// Debian's interpreter (package python3.11, installed by the Debian step).
 const DEBIAN_PYTHON: &str = "/usr/bin/python3.11";
 const REQUIREMENTS: &str = "tests/python/requirements.txt";
+/// The in-process SDK tests' environment: its pyenv interpreter, requirements and place under
+/// the tools directory (`tests/python.rs` looks for `bin/python3` there).
+const SDK_PYTHON_VERSION: &str = "3.12.1";
+const SDK_REQUIREMENTS: &str = "tests/python/sdk-requirements.txt";
+const SDK_VENV: &str = "venvs/sdk";
 
 struct Interpreter {
     /// Names the interpreter in messages and its stamp file.
@@ -92,6 +99,12 @@ pub fn ensure_venv(version: &str, venv: &Path, requirements: &Path, report: &mut
     let stamp = venv.join("scouter-requirements.stamp");
     ensure_installed(&interpreter, &requirements, &stamp, &mut Apt::default(), report)?;
     Ok(python)
+}
+
+/// The virtual environment of the in-process SDK tests (`tests/python/sdk_service.py`):
+/// `<tools dir>/venvs/sdk`, from pyenv's Python 3.12.1, with `tests/python/sdk-requirements.txt`.
+pub fn ensure_sdk_venv(ws: &Workspace, report: &mut Report) -> Result<PathBuf> {
+    ensure_venv(SDK_PYTHON_VERSION, &ws.tools_dir().join(SDK_VENV), &ws.root().join(SDK_REQUIREMENTS), report)
 }
 
 /// Installs the requirements into one interpreter unless its stamp says they already are.

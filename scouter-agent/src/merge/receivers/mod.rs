@@ -17,7 +17,7 @@ mod otlp_grpc;
 mod scouter_grpc;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -39,6 +39,19 @@ const PEER_CACHE_MAX: usize = 4096;
 pub struct ReceiverConfig {
     pub grpc: Option<SocketAddr>,
     pub http: Option<SocketAddr>,
+}
+
+impl ReceiverConfig {
+    /// Whether a connection to `addr:port` reaches one of the receivers.
+    pub fn is_receiver(&self, addr: IpAddr, port: u16) -> bool {
+        let reaches = |listen: &SocketAddr| {
+            listen.port() == port
+                && (listen.ip().is_unspecified()
+                    || listen.ip() == addr.to_canonical()
+                    || (listen.ip().is_loopback() && addr.to_canonical().is_loopback()))
+        };
+        self.grpc.iter().chain(&self.http).any(reaches)
+    }
 }
 
 /// What every receiver shares: the way to the event loop, the attribution of peers to
@@ -173,4 +186,25 @@ fn login_token() -> String {
 /// Whether a Scouter `Authorization` value carries a bearer token.
 fn has_bearer(authorization: Option<&str>) -> bool {
     authorization.and_then(|value| value.strip_prefix("Bearer ")).is_some_and(|token| !token.trim().is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_to_a_receiver_port_are_recognised() {
+        let config = ReceiverConfig {
+            grpc: Some("127.0.0.1:4317".parse().unwrap()),
+            http: Some("0.0.0.0:4318".parse().unwrap()),
+        };
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        assert!(config.is_receiver(ip("127.0.0.1"), 4317));
+        assert!(config.is_receiver(ip("127.0.0.2"), 4317), "all of 127/8 is this host");
+        assert!(config.is_receiver(ip("::ffff:127.0.0.1"), 4317));
+        assert!(!config.is_receiver(ip("10.0.0.5"), 4317), "another host's collector");
+        assert!(config.is_receiver(ip("10.0.0.5"), 4318), "listening on every address");
+        assert!(!config.is_receiver(ip("127.0.0.1"), 8080));
+        assert!(!ReceiverConfig { grpc: None, http: None }.is_receiver(ip("127.0.0.1"), 4317));
+    }
 }

@@ -1,0 +1,344 @@
+//! Spans of in-process SDKs (the OpenTelemetry Python SDK, Scouter's `scouter-ml`, both from
+//! PyPI, in `target/tools/venvs/sdk`) sent to the agent's receivers, and merged with the
+//! agent's own on their way to the strict test backends:
+//!
+//! - OTel with the flask and requests instrumentations exporting over OTLP/gRPC: exactly one
+//!   `traceparent` reaches the downstream service (the SDK's, adopted by the kernel), and the
+//!   call it names is one CLIENT span in each sink (the agent's and the SDK's reports merged:
+//!   attributes of both, the SDK's parent), under the SDK's manual span; the downstream's
+//!   server span is its child; the SDK spans carry their process's resource.
+//! - Scouter's SDK over its HTTP and gRPC transports and OTel over OTLP/HTTP, pointed at the
+//!   agent: every span forwarded once, attributed to its process, the SDK's own resource
+//!   attributes kept; the SDKs' own export requests never become spans.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use scouter_e2e::agent::{log_context, Agent};
+use scouter_e2e::backends::otlp::OtlpReceiver;
+use scouter_e2e::backends::scouter::ScouterBackend;
+use scouter_e2e::backends::{Backend, ReceivedSpan};
+use scouter_e2e::env::require_ebpf_host;
+use scouter_e2e::expect::Verdict;
+use scouter_e2e::http::{HttpConnection, Request};
+use scouter_e2e::python::{
+    free_port, leaf_headers, Interpreter, Otlp, PythonServer, ScouterTransport, SdkService, ServerProgram,
+};
+use scouter_e2e::store::Store;
+
+const REQUESTS: usize = 10;
+/// Long enough for an SDK batch (200 ms here) and the agent's twin window (5 s here).
+const ARRIVAL: Duration = Duration::from_secs(40);
+
+fn get(port: u16, path: &str) -> Result<Vec<u8>> {
+    let response = HttpConnection::connect(port)?.send(&Request::get(path))?;
+    ensure!(
+        response.status == 200,
+        "GET {path} answered {}: {}",
+        response.status,
+        String::from_utf8_lossy(&response.body)
+    );
+    Ok(response.body)
+}
+
+/// The agent's receivers on free ports, and where it sends spans.
+struct Receivers {
+    grpc: u16,
+    http: u16,
+}
+
+impl Receivers {
+    fn new() -> Result<Self> {
+        Ok(Self { grpc: free_port()?, http: free_port()? })
+    }
+
+    fn flags(&self) -> Vec<String> {
+        let listen = |port: u16| format!("127.0.0.1:{port}");
+        ["--receive-grpc".into(), listen(self.grpc), "--receive-http".into(), listen(self.http)].into()
+    }
+
+    fn grpc_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc)
+    }
+
+    fn http_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http)
+    }
+}
+
+fn start_agent(store: &Store, scouter: &ScouterBackend, receivers: &Receivers, extra: &[String]) -> Result<Agent> {
+    let (username, password) = scouter.credentials();
+    let mut args: Vec<String> = [
+        "--scouter-server-uri",
+        &scouter.http_uri(),
+        "--scouter-username",
+        &username,
+        "--scouter-password",
+        &password,
+        "--scheduled-delay-ms",
+        "200",
+        "--sdk-twin-window-ms",
+        "5000",
+    ]
+    .map(str::to_owned)
+    .into();
+    args.extend(receivers.flags());
+    args.extend_from_slice(extra);
+    Agent::start_with_args(store, &args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+fn pid_of(span: &ReceivedSpan) -> Option<i64> {
+    span.resource_attr("process.pid").and_then(|v| v.as_i64())
+}
+
+/// Waits until `found` says the backend has what is expected.
+fn wait_until(backend: &dyn Backend, what: &str, found: impl Fn(&[ReceivedSpan]) -> bool) -> Result<()> {
+    let deadline = Instant::now() + ARRIVAL;
+    while !found(&backend.spans()) {
+        ensure!(Instant::now() < deadline, "{what}: not there after {ARRIVAL:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
+#[test]
+fn otel_sdk_and_agent_spans_form_one_trace_with_one_traceparent_and_one_client_span_per_call() -> Result<()> {
+    require_ebpf_host()?;
+    let (scouter, otlp) = (ScouterBackend::start()?, OtlpReceiver::start()?);
+    let receivers = Receivers::new()?;
+    let metrics = free_port()?;
+    let store = Store::new()?;
+    let extra =
+        ["--otlp-endpoint".into(), otlp.grpc_endpoint(), "--metrics-listen".into(), format!("127.0.0.1:{metrics}")];
+    let mut agent = start_agent(&store, &scouter, &receivers, &extra)?;
+    let python = Interpreter::sdk_venv()?;
+    let leaf = PythonServer::start(&python, ServerProgram::Sdk(SdkService::plain().service_name("leaf")))?;
+    let front = PythonServer::start(
+        &python,
+        ServerProgram::Sdk(
+            SdkService::otel_auto(Otlp::Grpc(receivers.grpc_url())).service_name("front").downstream(&leaf.base_url()),
+        ),
+    )?;
+    let mut verdict = Verdict::new();
+    for server in [&leaf, &front] {
+        verdict.step("waiting for the agent to track the services", agent.wait_tracking(server.pid()));
+    }
+
+    // The traceparent each call carried downstream: (trace id, span id).
+    let mut calls = Vec::new();
+    for n in 0..REQUESTS {
+        let Some(body) = verdict.step(&format!("GET /work/o{n}"), get(front.port(), &format!("/work/o{n}"))) else {
+            continue;
+        };
+        let headers = verdict.step("reading the leaf's headers", leaf_headers(&body)).unwrap_or_default();
+        let parents: Vec<&str> = headers
+            .iter()
+            .filter(|(name, _)| name.eq_ignore_ascii_case("traceparent"))
+            .map(|(_, v)| v.as_str())
+            .collect();
+        match parents.as_slice() {
+            [one] => match one.split('-').collect::<Vec<_>>().as_slice() {
+                ["00", trace, span, _] => calls.push((n, trace.to_string(), span.to_string())),
+                _ => verdict.problem(format!("call {n}: malformed traceparent {one:?}")),
+            },
+            many => verdict.problem(format!("call {n}: the leaf got {} traceparent headers: {many:?}", many.len())),
+        }
+    }
+    verdict.step("GET /flush", get(front.port(), "/flush"));
+    let all_arrived = |spans: &[ReceivedSpan]| {
+        calls.iter().all(|(n, trace, _)| {
+            spans.iter().any(|s| &s.trace_id == trace && s.kind == 3)
+                && spans.iter().any(|s| &s.trace_id == trace && s.name == format!("work o{n}"))
+        })
+    };
+    verdict.step("the calls' spans reach Scouter", wait_until(&scouter, "Scouter", all_arrived));
+    verdict.step("the calls' spans reach OTLP", wait_until(&otlp, "OTLP", all_arrived));
+    let metrics_text = HttpConnection::connect(metrics)
+        .and_then(|mut c| c.send(&Request::get("/metrics")))
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned());
+    let log = agent.log().clone();
+    verdict.step("stopping the agent", agent.stop());
+
+    for (sink, spans) in [("Scouter", scouter.spans()), ("OTLP", otlp.spans())] {
+        for (n, trace, call_id) in &calls {
+            check_call(&mut verdict, sink, &spans, *n, trace, call_id, (front.pid(), leaf.pid()));
+        }
+    }
+    if let Some(text) = verdict.step("reading /metrics before stopping", metrics_text) {
+        let merged = text
+            .lines()
+            .find_map(|line| line.strip_prefix("scouter_agent_sdk_twins_merged_total ")?.trim().parse::<u64>().ok());
+        if merged.is_none_or(|merged| merged < calls.len() as u64) {
+            verdict.problem(format!("sdk_twins_merged_total {merged:?}, expected at least {}", calls.len()));
+        }
+    }
+    verdict.finish(&log_context("agent", &log))
+}
+
+/// One call's spans in one sink: one CLIENT span with the id the downstream received, carrying
+/// the agent's and the SDK's attributes, under the SDK's `work` span (itself in the front's
+/// process resource); the leaf's server span under it.
+fn check_call(
+    verdict: &mut Verdict,
+    sink: &str,
+    spans: &[ReceivedSpan],
+    n: usize,
+    trace: &str,
+    call_id: &str,
+    (front, leaf): (u32, u32),
+) {
+    let in_trace: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.trace_id == trace).collect();
+    let mut by_id: BTreeMap<&str, Vec<&ReceivedSpan>> = BTreeMap::new();
+    for span in &in_trace {
+        by_id.entry(span.span_id.as_str()).or_default().push(span);
+    }
+    let shown =
+        || in_trace.iter().map(|s| format!("{} {} kind {}", s.span_id, s.name, s.kind)).collect::<Vec<_>>().join("; ");
+    let clients: Vec<&&ReceivedSpan> = in_trace.iter().filter(|s| s.kind == 3).collect();
+    let (Some(client), 1) = (clients.first(), clients.len()) else {
+        verdict.problem(format!(
+            "{sink}, call {n}: {} CLIENT spans in trace {trace}, expected 1: {}",
+            clients.len(),
+            shown()
+        ));
+        return;
+    };
+    if let Some((id, twice)) = by_id.iter().find(|(_, spans)| spans.len() > 1) {
+        verdict.problem(format!("{sink}, call {n}: span {id} arrived {} times", twice.len()));
+    }
+    if client.span_id != call_id {
+        verdict
+            .problem(format!("{sink}, call {n}: the CLIENT span is {}, the downstream got {call_id}", client.span_id));
+    }
+    let has = |key: &str| client.attr(key).is_some();
+    if !(has("url.full") && has("server.port")) || !(has("http.method") || has("http.request.method")) {
+        verdict.problem(format!(
+            "{sink}, call {n}: the CLIENT span lacks the agent's url.full/server.port: {:?}",
+            client.attributes
+        ));
+    }
+    if !has("http.url") && !has("http.status_code") {
+        verdict.problem(format!(
+            "{sink}, call {n}: the CLIENT span lacks the SDK's attributes (http.url/http.status_code): {:?}",
+            client.attributes
+        ));
+    }
+    let work = in_trace.iter().find(|s| s.name == format!("work o{n}"));
+    match work {
+        Some(work) if client.parent_span_id.as_deref() == Some(work.span_id.as_str()) => {
+            if pid_of(work) != Some(front.into()) || work.resource_attr("host.name").is_none() {
+                verdict.problem(format!(
+                    "{sink}, call {n}: the SDK span's resource is not its process's (pid {:?}, host.name {:?})",
+                    pid_of(work),
+                    work.resource_attr("host.name")
+                ));
+            }
+        }
+        _ => verdict.problem(format!(
+            "{sink}, call {n}: the CLIENT span's parent {:?} is not the SDK span `work o{n}`: {}",
+            client.parent_span_id,
+            shown()
+        )),
+    }
+    let leaf_server = in_trace.iter().find(|s| s.kind == 2 && pid_of(s) == Some(leaf.into()));
+    if leaf_server.is_none_or(|s| s.parent_span_id.as_deref() != Some(call_id)) {
+        verdict.problem(format!("{sink}, call {n}: no leaf server span under the call: {}", shown()));
+    }
+}
+
+#[test]
+fn scouter_sdk_over_http_and_grpc_and_otel_over_otlp_http_are_forwarded_with_their_process() -> Result<()> {
+    require_ebpf_host()?;
+    let scouter = ScouterBackend::start()?;
+    let receivers = Receivers::new()?;
+    let store = Store::new()?;
+    let mut agent = start_agent(&store, &scouter, &receivers, &["--metrics-listen".into(), "off".into()])?;
+    let python = Interpreter::sdk_venv()?;
+    let leaf = PythonServer::start(&python, ServerProgram::Sdk(SdkService::plain().service_name("leaf")))?;
+    let downstream = leaf.base_url();
+    // The SDK logs in at start: the agent's receivers are up by now.
+    let services = [
+        ("scouter-http", SdkService::scouter(ScouterTransport::Http(receivers.http_url())), "handle_work"),
+        ("scouter-grpc", SdkService::scouter(ScouterTransport::Grpc(receivers.grpc_url())), "handle_work"),
+        (
+            "otel-http",
+            SdkService::otel_manual(Otlp::HttpProtobuf(format!("{}/v1/traces", receivers.http_url()))),
+            "work",
+        ),
+    ];
+    let mut started = Vec::new();
+    for (name, service, span) in services {
+        let service = service.service_name(name).credentials("sdk-user", "sdk-secret").downstream(&downstream);
+        started.push((name, PythonServer::start(&python, ServerProgram::Sdk(service))?, span));
+    }
+    let mut verdict = Verdict::new();
+    for (_, server, _) in &started {
+        verdict.step("waiting for the agent to track the services", agent.wait_tracking(server.pid()));
+    }
+    for (name, server, _) in &started {
+        for n in 0..REQUESTS {
+            verdict.step(&format!("{name}: GET /work/{name}{n}"), get(server.port(), &format!("/work/{name}{n}")));
+        }
+        verdict.step(&format!("{name}: GET /flush"), get(server.port(), "/flush"));
+    }
+    for (name, server, _) in &started {
+        let pid = i64::from(server.pid());
+        let works = |spans: &[ReceivedSpan]| {
+            spans.iter().filter(|s| pid_of(s) == Some(pid) && s.name.starts_with("work ")).count() >= REQUESTS
+        };
+        verdict.step(&format!("{name}'s SDK spans reach Scouter"), wait_until(&scouter, name, works));
+    }
+    let log = agent.log().clone();
+    verdict.step("stopping the agent", agent.stop());
+
+    let spans = scouter.spans();
+    for (name, server, named) in &started {
+        let pid = i64::from(server.pid());
+        let mine: Vec<&ReceivedSpan> = spans.iter().filter(|s| pid_of(s) == Some(pid)).collect();
+        let sdk: Vec<&&ReceivedSpan> = mine.iter().filter(|s| s.scope_name != "scouter-agent").collect();
+        let mut ids: Vec<&str> = sdk.iter().map(|s| s.span_id.as_str()).collect();
+        ids.sort();
+        ids.dedup();
+        if ids.len() != sdk.len() {
+            verdict.problem(format!("{name}: an SDK span arrived twice"));
+        }
+        for n in 0..REQUESTS {
+            let work = sdk.iter().find(|s| s.name == format!("work {name}{n}"));
+            let outer =
+                sdk.iter().find(|s| s.name.starts_with(named) && work.is_some_and(|w| w.trace_id == s.trace_id));
+            if work.is_none() || outer.is_none() {
+                verdict.problem(format!("{name}: call {n} lacks `work {name}{n}` or `{named}` among its SDK spans"));
+            }
+        }
+        for span in &sdk {
+            let service = span.resource_attr("service.name").and_then(|v| v.as_str());
+            if service != Some(name) || span.resource_attr("host.name").is_none() {
+                verdict.problem(format!(
+                    "{name}: SDK span {} has service.name {service:?}, host.name {:?}: not the SDK's name on its process's resource",
+                    span.name,
+                    span.resource_attr("host.name")
+                ));
+                break;
+            }
+        }
+        if name.starts_with("scouter") {
+            let scope = sdk.first().and_then(|s| s.resource_attr("scouter.scope")).and_then(|v| v.as_str());
+            if !scope.is_some_and(|scope| scope.starts_with("scouter.tracer.")) {
+                verdict.problem(format!("{name}: the SDK's scouter.scope was not kept: {scope:?}"));
+            }
+        }
+        let receiver_port = |s: &&&ReceivedSpan| {
+            s.attr_str("url.full").is_some_and(|url| {
+                url.contains(&format!(":{}/", receivers.http)) || url.contains(&format!(":{}/", receivers.grpc))
+            })
+        };
+        if let Some(export) = mine.iter().find(receiver_port) {
+            verdict.problem(format!(
+                "{name}: an SDK's export to the agent became a span: {:?}",
+                export.attr_str("url.full")
+            ));
+        }
+    }
+    verdict.finish(&log_context("agent", &log)).context("SDKs exporting to the agent")
+}
