@@ -601,11 +601,9 @@ impl Agent {
             // report this call too.
             let context_from_the_process =
                 exchange.role == Role::Client && propagation::extract(&exchange.request.fields).is_some();
-            if context_from_the_process {
-                if let Some(span) = self.merger.on_agent_span(span, Instant::now()) {
-                    self.export_span(span);
-                }
-            } else {
+            let ready =
+                if context_from_the_process { self.merger.on_agent_span(span, Instant::now()) } else { Some(span) };
+            if let Some(span) = ready {
                 self.export_span(span);
             }
         }
@@ -627,9 +625,8 @@ impl Agent {
     /// SDK spans a receiver accepted: attributed to their process, merged with their twins.
     fn on_sdk_batch(&mut self, batch: SdkBatch) {
         let processes = &self.processes;
-        let spans = self.merger.on_sdk_batch(batch, Instant::now(), |pid| {
-            processes.get(&pid).map(|process| Arc::clone(&process.resource))
-        });
+        let spans =
+            self.merger.on_sdk_batch(batch, |pid| processes.get(&pid).map(|process| Arc::clone(&process.resource)));
         for span in spans {
             self.export_span(span);
         }

@@ -5,7 +5,9 @@
 
 use std::sync::Arc;
 
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::trace::v1 as otlp;
 use serde::Deserialize;
@@ -39,6 +41,17 @@ pub struct Decoded {
     pub rejected: usize,
     /// The first reason a span was rejected, for the sender.
     pub first_error: Option<String>,
+}
+
+impl Decoded {
+    /// OTLP's answer: a partial success naming the rejected spans, if any.
+    pub fn export_response(&self) -> ExportTraceServiceResponse {
+        let partial_success = (self.rejected > 0).then(|| ExportTracePartialSuccess {
+            rejected_spans: self.rejected as i64,
+            error_message: self.first_error.clone().unwrap_or_default(),
+        });
+        ExportTraceServiceResponse { partial_success }
+    }
 }
 
 pub fn from_protobuf(body: &[u8]) -> Result<Decoded, DecodeError> {
@@ -224,7 +237,11 @@ mod tests {
         spans[1].span_id = vec![1; 4];
         let decoded = from_request(request);
         assert_eq!((decoded.spans.len(), decoded.rejected), (1, 2));
-        assert!(decoded.first_error.unwrap().contains("trace id"));
+        let partial = decoded.export_response().partial_success.expect("a partial success");
+        assert_eq!(partial.rejected_spans, 2);
+        assert!(partial.error_message.contains("trace id"), "{}", partial.error_message);
+        let whole = from_request(export_request(&[sdk_span()]));
+        assert_eq!(whole.export_response().partial_success, None, "nothing rejected, nothing to say");
     }
 
     #[test]

@@ -72,15 +72,14 @@ impl Merger {
     pub fn on_sdk_batch(
         &mut self,
         batch: SdkBatch,
-        now: Instant,
         process_resource: impl Fn(u32) -> Option<Arc<Resource>>,
     ) -> Vec<Span> {
         let mut merged_resources: HashMap<*const Resource, Arc<Resource>> = HashMap::new();
         let mut out = Vec::with_capacity(batch.spans.len());
         for mut span in batch.spans {
             let claimed = || span.resource.process_pid().and_then(|pid| u32::try_from(pid).ok());
-            let pid = batch.peer_pid.or_else(|| claimed().filter(|pid| process_resource(*pid).is_some()));
-            match pid.and_then(&process_resource) {
+            let process = batch.peer_pid.and_then(&process_resource).or_else(|| claimed().and_then(&process_resource));
+            match process {
                 Some(process) => {
                     let key = Arc::as_ptr(&span.resource);
                     let resource = merged_resources
@@ -92,7 +91,7 @@ impl Merger {
                     self.counters.unattributed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
             }
-            out.extend(self.twins.on_sdk_span(span, now));
+            out.extend(self.twins.on_sdk_span(span));
         }
         out
     }
@@ -150,11 +149,9 @@ mod tests {
         let mut merger = Merger::new(DEFAULT_TWIN_WINDOW, Arc::default());
         let mut span = Span::for_test(SpanKind::Internal, SpanId([1; 8]));
         span.resource = sdk;
-        let out = merger.on_sdk_batch(
-            SdkBatch { spans: vec![span.clone(), span], peer_pid: Some(42) },
-            Instant::now(),
-            |pid| (pid == 42).then(|| Arc::clone(&process)),
-        );
+        let out = merger.on_sdk_batch(SdkBatch { spans: vec![span.clone(), span], peer_pid: Some(42) }, |pid| {
+            (pid == 42).then(|| Arc::clone(&process))
+        });
         assert_eq!(out.len(), 2);
         let attrs = &out[0].resource.attributes;
         assert_eq!(attrs.get("service.name"), Some(&"checkout".into()));
@@ -169,7 +166,7 @@ mod tests {
         let mut merger = Merger::new(DEFAULT_TWIN_WINDOW, Arc::clone(&counters));
         let mut span = Span::for_test(SpanKind::Internal, SpanId([1; 8]));
         span.resource = resource(&[("process.pid", 9u32.into())]);
-        let out = merger.on_sdk_batch(SdkBatch { spans: vec![span.clone()], peer_pid: None }, Instant::now(), |_| None);
+        let out = merger.on_sdk_batch(SdkBatch { spans: vec![span.clone()], peer_pid: None }, |_| None);
         assert_eq!(out, [span]);
         assert_eq!(counters.unattributed.load(std::sync::atomic::Ordering::Relaxed), 1);
     }

@@ -69,7 +69,7 @@ impl Twins {
     }
 
     /// An SDK span: merged with its waiting twin, dropped if its twin already left, else as is.
-    pub fn on_sdk_span(&mut self, span: Span, _now: Instant) -> Option<Span> {
+    pub fn on_sdk_span(&mut self, span: Span) -> Option<Span> {
         let key = key(&span);
         if let Some(agent) = self.held.remove(&key) {
             self.counters.twins_merged.fetch_add(1, Ordering::Relaxed);
@@ -195,7 +195,7 @@ mod tests {
         let (mut twins, counters) = twins();
         let now = Instant::now();
         assert!(twins.on_agent_span(agent_client(), now).is_none(), "held for its twin");
-        let merged = twins.on_sdk_span(sdk_client(), now).expect("merged");
+        let merged = twins.on_sdk_span(sdk_client()).expect("merged");
         assert_eq!(merged.parent_span_id, Some(SpanId([4; 8])));
         assert_eq!(merged.attributes.get("url.full"), Some(&"http://leaf/x".into()));
         assert_eq!(merged.attributes.get("http.method"), Some(&"GET".into()));
@@ -213,7 +213,7 @@ mod tests {
         assert!(twins.on_agent_span(agent_client(), now).is_none());
         assert!(twins.expired(now + WINDOW / 2).is_empty());
         assert_eq!(twins.expired(now + WINDOW), [agent_client()]);
-        assert!(twins.on_sdk_span(sdk_client(), now + WINDOW).is_none(), "never twice");
+        assert!(twins.on_sdk_span(sdk_client()).is_none(), "never twice");
         assert_eq!(counters.late_twins_dropped.load(Ordering::Relaxed), 1);
     }
 
@@ -221,7 +221,7 @@ mod tests {
     fn an_sdk_span_that_left_first_makes_its_late_agent_twin_a_drop() {
         let (mut twins, counters) = twins();
         let now = Instant::now();
-        assert_eq!(twins.on_sdk_span(sdk_client(), now), Some(sdk_client()));
+        assert_eq!(twins.on_sdk_span(sdk_client()), Some(sdk_client()));
         assert!(twins.on_agent_span(agent_client(), now).is_none());
         assert!(twins.drain().is_empty());
         assert_eq!(counters.late_twins_dropped.load(Ordering::Relaxed), 1);
@@ -237,6 +237,6 @@ mod tests {
         let server = Span::for_test(SpanKind::Server, SpanId([2; 8]));
         assert_eq!(twins.on_agent_span(server.clone(), now), Some(server));
         let internal = Span::for_test(SpanKind::Internal, SpanId([3; 8]));
-        assert_eq!(twins.on_sdk_span(internal.clone(), now), Some(internal));
+        assert_eq!(twins.on_sdk_span(internal.clone()), Some(internal));
     }
 }

@@ -11,13 +11,12 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
 use prost::Message as _;
 use serde_json::json;
 use tokio::net::TcpListener;
 
 use super::{has_bearer, login_token, Intake, Refusal, MAX_MESSAGE_BYTES};
-use crate::merge::decode::{self, DecodeError, Decoded};
+use crate::merge::decode::{self, DecodeError};
 
 #[derive(Clone)]
 struct Port {
@@ -75,8 +74,8 @@ async fn otlp_traces(
             return (StatusCode::BAD_REQUEST, message).into_response();
         }
     };
-    let answer = export_response(&decoded);
-    match port.intake.ingest(decoded, Some(peer), port.local).await {
+    let answer = decoded.export_response();
+    match port.intake.ingest(decoded, Some((peer, port.local))).await {
         Ok(()) if encoding == Encoding::Protobuf => {
             ([(header::CONTENT_TYPE, "application/x-protobuf")], answer.encode_to_vec()).into_response()
         }
@@ -107,7 +106,7 @@ async fn scouter_message(
         }
     };
     let (count, rejected) = (decoded.spans.len(), decoded.rejected);
-    match port.intake.ingest(decoded, Some(peer), port.local).await {
+    match port.intake.ingest(decoded, Some((peer, port.local))).await {
         Ok(()) => Json(json!({"status": "success", "message": format!("{count} spans received, {rejected} rejected")}))
             .into_response(),
         // The Scouter SDK reads 429 as "the server's queue is full".
@@ -117,14 +116,6 @@ async fn scouter_message(
 
 async fn scouter_health() -> Response {
     Json(json!({"alive": true, "version": env!("CARGO_PKG_VERSION")})).into_response()
-}
-
-fn export_response(decoded: &Decoded) -> ExportTraceServiceResponse {
-    let partial_success = (decoded.rejected > 0).then(|| ExportTracePartialSuccess {
-        rejected_spans: decoded.rejected as i64,
-        error_message: decoded.first_error.clone().unwrap_or_default(),
-    });
-    ExportTraceServiceResponse { partial_success }
 }
 
 fn busy(status: StatusCode) -> Response {

@@ -71,14 +71,15 @@ pub(crate) enum Refusal {
 }
 
 impl Intake {
-    /// Hands `decoded` to the event loop, naming the process behind `peer`.
-    pub async fn ingest(&self, decoded: Decoded, peer: Option<SocketAddr>, local: SocketAddr) -> Result<(), Refusal> {
+    /// Hands `decoded` to the event loop, naming the process behind the connection
+    /// (`(peer, local)` addresses) when it is known.
+    pub async fn ingest(&self, decoded: Decoded, connection: Option<(SocketAddr, SocketAddr)>) -> Result<(), Refusal> {
         self.counters.rejected.fetch_add(decoded.rejected as u64, Ordering::Relaxed);
         if decoded.spans.is_empty() {
             return Ok(());
         }
-        let pid = match peer {
-            Some(peer) => self.peers.owner(peer, local).await,
+        let pid = match connection {
+            Some((peer, local)) => self.peers.owner(peer, local).await,
             None => None,
         };
         let count = decoded.spans.len() as u64;

@@ -1,9 +1,7 @@
 //! OTLP/gRPC `TraceService/Export`.
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status};
 
@@ -28,15 +26,11 @@ impl TraceService for TraceReceiver {
         &self,
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let (peer, local) = (request.remote_addr(), request.local_addr());
+        let connection = request.remote_addr().zip(request.local_addr());
         let decoded = decode::from_request(request.into_inner());
-        let partial_success = (decoded.rejected > 0).then(|| ExportTracePartialSuccess {
-            rejected_spans: decoded.rejected as i64,
-            error_message: decoded.first_error.clone().unwrap_or_default(),
-        });
-        let Some(local) = local else { return Err(Status::internal("no local address")) };
-        match self.intake.ingest(decoded, peer, local).await {
-            Ok(()) => Ok(Response::new(ExportTraceServiceResponse { partial_success })),
+        let answer = decoded.export_response();
+        match self.intake.ingest(decoded, connection).await {
+            Ok(()) => Ok(Response::new(answer)),
             Err(Refusal::Busy) => Err(Status::unavailable("the agent is behind; retry")),
         }
     }

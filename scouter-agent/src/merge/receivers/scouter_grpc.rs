@@ -49,7 +49,7 @@ impl MessageService for MessageReceiver {
         if !has_bearer(authorization) {
             return Err(Status::unauthenticated("log in with AuthService/Login first"));
         }
-        let (peer, local) = (request.remote_addr(), request.local_addr());
+        let connection = request.remote_addr().zip(request.local_addr());
         let decoded = match decode::from_scouter_message(&request.into_inner().message_record) {
             Ok(decoded) => decoded,
             Err(error) => {
@@ -58,8 +58,7 @@ impl MessageService for MessageReceiver {
             }
         };
         let (count, rejected) = (decoded.spans.len(), decoded.rejected);
-        let Some(local) = local else { return Err(Status::internal("no local address")) };
-        match self.intake.ingest(decoded, peer, local).await {
+        match self.intake.ingest(decoded, connection).await {
             Ok(()) => Ok(Response::new(InsertMessageResponse {
                 status: "success".into(),
                 message: format!("{count} spans received, {rejected} rejected"),
