@@ -155,3 +155,78 @@ fn inflated(headers: &HeaderMap, body: &Bytes) -> Result<Vec<u8>, String> {
         other => Err(format!("Content-Encoding {other:?}: send gzip or none")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, RwLock};
+
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::export::otlp::export_request;
+    use crate::merge::receivers::PeerAttribution;
+    use crate::merge::{MergeCounters, SdkBatch};
+    use crate::spans::{Span, SpanId, SpanKind};
+
+    /// The HTTP port on a free loopback port, its batches on a channel holding `capacity`.
+    async fn port(capacity: usize) -> (String, mpsc::Receiver<SdkBatch>, Arc<MergeCounters>) {
+        let (batches, received) = mpsc::channel(capacity);
+        let counters = Arc::new(MergeCounters::default());
+        let peers = Arc::new(PeerAttribution::new(Arc::new(RwLock::new(Vec::new()))));
+        let intake = Intake { batches, peers, counters: Arc::clone(&counters) };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(serve(listener, intake));
+        (url, received, counters)
+    }
+
+    fn otlp_json() -> Vec<u8> {
+        serde_json::to_vec(&export_request(&[Span::for_test(SpanKind::Internal, SpanId([1; 8]))])).unwrap()
+    }
+
+    #[tokio::test]
+    async fn otlp_json_is_taken_and_bad_requests_are_refused_with_their_reason() {
+        let (url, mut received, counters) = port(8).await;
+        let client = reqwest::Client::new();
+        let post = |path: &str, content_type: &str, body: Vec<u8>| {
+            client.post(format!("{url}{path}")).header("content-type", content_type).body(body).send()
+        };
+        let taken = post("/v1/traces", "application/json", otlp_json()).await.unwrap();
+        assert_eq!(taken.status(), 200);
+        assert_eq!(received.recv().await.unwrap().spans.len(), 1);
+        let unsupported = post("/v1/traces", "text/plain", b"x".to_vec()).await.unwrap();
+        assert_eq!(unsupported.status(), 415);
+        let garbage = post("/v1/traces", "application/x-protobuf", vec![0xff; 3]).await.unwrap();
+        assert_eq!(garbage.status(), 400);
+        assert!(garbage.text().await.unwrap().contains("protobuf"));
+        let anonymous = post("/scouter/message", "application/json", b"{}".to_vec()).await.unwrap();
+        assert_eq!(anonymous.status(), 401);
+        let token = client.get(format!("{url}/scouter/auth/login")).send().await.unwrap();
+        let token: serde_json::Value = serde_json::from_str(&token.text().await.unwrap()).unwrap();
+        let drift = client
+            .post(format!("{url}/scouter/message"))
+            .bearer_auth(token["token"].as_str().unwrap())
+            .header("content-type", "application/json")
+            .body(r#"{"record": {}}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(drift.status(), 422);
+        assert_eq!(counters.bad_requests.load(std::sync::atomic::Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test]
+    async fn a_full_channel_is_a_retryable_refusal_not_a_loss() {
+        let (url, _received, counters) = port(1).await;
+        let client = reqwest::Client::new();
+        let post = || {
+            client.post(format!("{url}/v1/traces")).header("content-type", "application/json").body(otlp_json()).send()
+        };
+        assert_eq!(post().await.unwrap().status(), 200);
+        let busy = post().await.unwrap();
+        assert_eq!(busy.status(), 503);
+        assert_eq!(busy.headers().get("retry-after").unwrap(), "1");
+        let counted = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!((counted(&counters.received), counted(&counters.refused_busy)), (1, 1));
+    }
+}
