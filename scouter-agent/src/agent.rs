@@ -21,6 +21,7 @@ use crate::events::{self, CallOutcome, FunctionEntry, KernelEvent, Peer, WallClo
 use crate::export::Pipeline;
 use crate::frames::attach::{self as layouts, CheckedLayout, LayoutError};
 use crate::frames::calls::CalledFunction;
+use crate::frames::layout::VersionLayout;
 use crate::frames::ProcessStacks;
 use crate::health::{self, AgentStatus};
 use crate::merge::receivers;
@@ -285,6 +286,7 @@ impl Agent {
             KernelEvent::FunctionReturned { pid, span_id, time, outcome } => {
                 self.on_function_returned(pid, span_id, time, outcome)
             }
+            KernelEvent::SdkSpanActivated(activation) => self.merger.on_sdk_activation(&activation),
         }
     }
 
@@ -451,6 +453,7 @@ impl Agent {
         }
         self.listener_ports.retain(|(owner, _), _| *owner != pid);
         self.stop_reading_stacks(pid);
+        self.probes.forget_sdk_contexts(pid);
         self.code.process_exited(pid);
     }
 
@@ -516,6 +519,9 @@ impl Agent {
             );
             self.probes.track_asyncio(&discovery::asyncio::module_of(&process));
             self.probes.track_contexts(&process.interpreter_file());
+            if let Some(layout) = VersionLayout::for_minor(process.version.minor) {
+                self.probes.track_sdk_contexts(pid, &process.interpreter_file(), layout.for_objects());
+            }
             // An exec replaced the memory image: the old layout must not read the new one.
             self.stop_reading_stacks(pid);
             if self.probes.reads_stacks() {
@@ -601,9 +607,7 @@ impl Agent {
             // report this call too.
             let context_from_the_process =
                 exchange.role == Role::Client && propagation::extract(&exchange.request.fields).is_some();
-            let ready =
-                if context_from_the_process { self.merger.on_agent_span(span, Instant::now()) } else { Some(span) };
-            if let Some(span) = ready {
+            if let Some(span) = self.merger.on_agent_span(span, context_from_the_process, Instant::now()) {
                 self.export_span(span);
             }
         }
@@ -619,7 +623,9 @@ impl Agent {
     /// A span of the agent's own: a child of a dropped tentative call gets that call's parent.
     fn submit(&mut self, mut span: Span) {
         self.functions.reparent(&mut span);
-        self.export_span(span);
+        if let Some(span) = self.merger.on_agent_span(span, false, Instant::now()) {
+            self.export_span(span);
+        }
     }
 
     /// SDK spans a receiver accepted: attributed to their process, merged with their twins.

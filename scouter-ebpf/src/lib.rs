@@ -42,6 +42,9 @@ pub mod map_names {
     /// Whether each code object seen entering the interpreter is selected ([`FunctionVerdict`]),
     /// by [`ObjectKey`].
     pub const CODE_VERDICTS: &str = "CODE_VERDICTS";
+    /// How to read each traced process's Python objects ([`ObjectLayout`]), by tgid: the
+    /// in-process SDKs' trace context is read with it.
+    pub const OBJECT_LAYOUTS: &str = "OBJECT_LAYOUTS";
 }
 
 /// Slots of the stack-capture program array.
@@ -79,6 +82,7 @@ pub enum EventKind {
     PythonStack = 8,
     FunctionEntered = 9,
     FunctionReturned = 10,
+    SdkSpanActivated = 11,
 }
 
 impl EventKind {
@@ -94,6 +98,7 @@ impl EventKind {
             8 => Self::PythonStack,
             9 => Self::FunctionEntered,
             10 => Self::FunctionReturned,
+            11 => Self::SdkSpanActivated,
             _ => return None,
         })
     }
@@ -327,7 +332,14 @@ pub mod counter {
     /// A selected call whose return was never seen (the kernel keeps return probes for the
     /// innermost 64 native frames of a thread only): its span is dropped.
     pub const CALL_RETURN_MISSED: u32 = 9;
-    pub const COUNT: u32 = 10;
+    /// An in-process SDK activated a trace context whose span the kernel could not read (an
+    /// object laid out unlike the SDK's, or memory that moved): code under it keeps the
+    /// agent's parents.
+    pub const SDK_CONTEXT_UNREADABLE: u32 = 10;
+    /// SDK spans nested deeper than [`SDK_NESTING`](super::SDK_NESTING) on one thread or task:
+    /// the innermost is remembered in place of its parent.
+    pub const SDK_TOO_DEEP: u32 = 11;
+    pub const COUNT: u32 = 12;
     /// Each counter's name in logs and metrics, by index.
     pub const NAMES: [&str; COUNT as usize] = [
         "ring_full",
@@ -340,6 +352,8 @@ pub mod counter {
         "stack_unreadable",
         "call_too_deep",
         "call_return_missed",
+        "sdk_context_unreadable",
+        "sdk_too_deep",
     ];
 }
 
@@ -558,6 +572,74 @@ pub mod call_outcome {
 pub mod trace_option;
 pub mod traceparent;
 
+/// How the kernel reads the CPython objects behind an in-process SDK's trace context (dicts,
+/// instance attributes, strings, ints), per minor version. Offsets in bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ObjectLayout {
+    /// `sizeof(PyASCIIObject)`: a compact ASCII string's characters follow it.
+    pub ascii_data: u16,
+    /// `PyHeapTypeObject.ht_cached_keys`: the keys a class's instances share.
+    pub heap_type_cached_keys: u16,
+    /// One of [`instance_dict`]: where an instance keeps its attributes.
+    pub instance_dict: u8,
+    /// 1 for 3.11+ dict keys (sizes as powers of two, two-pointer entries for string keys).
+    pub compact_dict_keys: u8,
+    /// 1 when an int's size is `lv_tag` (digit count shifted left by 3, 3.12+) rather than
+    /// `ob_size`.
+    pub long_tagged_size: u8,
+    pub _pad: u8,
+}
+
+/// Where an instance of a Python class keeps its attributes.
+pub mod instance_dict {
+    /// 3.8–3.10: a dict at the type's `tp_dictoffset`, split (values apart from the shared
+    /// keys) or combined.
+    pub const AT_DICT_OFFSET: u8 = 1;
+    /// 3.11: a values array 32 bytes before the object (shared keys), else a dict 24 before.
+    pub const VALUES_BEFORE: u8 = 2;
+    /// 3.12: one word 24 bytes before the object: values (tagged with bit 0) or a dict.
+    pub const TAGGED_BEFORE: u8 = 3;
+    /// 3.13: values inline after the object (`tp_basicsize`) while valid, else a dict 24
+    /// bytes before.
+    pub const INLINE_AFTER: u8 = 4;
+}
+
+/// SDK spans remembered per thread or asyncio task, innermost last.
+pub const SDK_NESTING: usize = 4;
+
+/// How an SDK span activated inside the agent's current span relates to it, decided in the
+/// kernel (which acts on it at once) and carried to userspace (which rewrites spans to match).
+pub mod sdk_relation {
+    /// The served request had started a trace of its own: it joins the SDK span's trace
+    /// instead (its spans move there); the SDK span, a root, becomes its child.
+    pub const JOINED: u8 = 1;
+    /// The SDK span is in another trace than the agent's span, which it cannot leave (the
+    /// caller's trace, or a span already made in it): the SDK's trace moves into the
+    /// agent's, its root under the agent's span.
+    pub const MOVED: u8 = 2;
+    /// Flag: the SDK span is the served request's own SERVER span (the SDK instruments the
+    /// same exchange); the request's span takes the SDK span's id and they merge.
+    pub const TWIN: u8 = 4;
+}
+
+/// `SdkSpanActivated`: an in-process SDK made a span current while the agent's span was, and
+/// the two were not already in one trace (or the SDK's is the request's twin).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SdkSpanEvent {
+    pub header: EventHeader,
+    pub sdk_trace_id: [u8; 16],
+    pub sdk_span_id: [u8; 8],
+    /// The agent's span current before: the served request, a function span, or an
+    /// enclosing SDK span (with the trace the kernel gave it).
+    pub agent_trace_id: [u8; 16],
+    pub agent_span_id: [u8; 8],
+    /// [`sdk_relation`] bits.
+    pub relation: u8,
+    pub _pad: [u8; 7],
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain `#[repr(C)]` data with explicit padding and no pointers.
@@ -568,6 +650,7 @@ mod pod {
     unsafe impl aya::Pod for super::CallLayout {}
     unsafe impl aya::Pod for super::ObjectKey {}
     unsafe impl aya::Pod for super::FunctionVerdict {}
+    unsafe impl aya::Pod for super::ObjectLayout {}
 }
 
 #[cfg(test)]
@@ -598,14 +681,16 @@ mod layout {
             24 + 24 + 40 + 8 + MAX_CAPTURED_ARGUMENTS * (16 + ARGUMENT_BYTES)
         );
         assert_eq!(size_of::<FunctionReturnedEvent>(), 24 + 8 + 8 + 8);
+        assert_eq!(size_of::<ObjectLayout>(), 8);
+        assert_eq!(size_of::<SdkSpanEvent>(), 24 + 16 + 8 + 16 + 8 + 8);
     }
 
     #[test]
     fn event_kinds_round_trip() {
-        for k in 1..=10 {
+        for k in 1..=11 {
             assert_eq!(EventKind::from_u32(k).map(|k| k as u32), Some(k));
         }
         assert!(EventKind::from_u32(0).is_none());
-        assert!(EventKind::from_u32(11).is_none());
+        assert!(EventKind::from_u32(12).is_none());
     }
 }

@@ -8,6 +8,8 @@
 //!   first byte from the head's context headers and the request the thread is serving;
 //! - [`programs::asyncio`]: which request each asyncio task works for (uprobes on `_asyncio`),
 //!   and [`programs::contextvars`]: requests carried to pool threads in a copied `Context`;
+//! - [`programs::sdk_context`]: the span an in-process SDK (OpenTelemetry) made current on each
+//!   thread or task, read from its objects with [`programs::python_objects`];
 //! - [`programs::python_stack`]: the thread's Python stack at the I/O events that tell which
 //!   code works for a request (a program attached after the syscall exit program, or
 //!   tail-called by the libssl return probe);

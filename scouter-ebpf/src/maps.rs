@@ -6,8 +6,9 @@ use aya_ebpf::{
 };
 use scouter_ebpf::{
     counter, stack_programs, trace_option, traceparent, CallLayout, FunctionEnteredEvent, FunctionVerdict,
-    PythonLayout, SocketAddress, SocketInfo, SocketKey, SpanContext, StackEvent, TrackedProcess, CALL_NESTING,
-    EVENTS_RING_BYTES, HEAD_SCAN, MAX_IN_FLIGHT_SYSCALLS, MAX_TRACKED_PROCESSES, MAX_TRACKED_SOCKETS,
+    ObjectLayout, PythonLayout, SocketAddress, SocketInfo, SocketKey, SpanContext, StackEvent, TrackedProcess,
+    CALL_NESTING, EVENTS_RING_BYTES, HEAD_SCAN, MAX_IN_FLIGHT_SYSCALLS, MAX_TRACKED_PROCESSES, MAX_TRACKED_SOCKETS,
+    SDK_NESTING,
 };
 
 /// Processes the agent traces, by tgid. Filled by the agent and by `sched_process_fork`.
@@ -438,3 +439,50 @@ pub static GENERATOR_SPANS: LruHashMap<ObjectKey, GeneratorSpan> = LruHashMap::w
 /// The entry event under construction (too large for the stack).
 #[map]
 pub static CALL_SCRATCH: PerCpuArray<FunctionEnteredEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// How to read each traced process's Python objects (in-process SDKs' trace context), by tgid.
+#[map]
+pub static OBJECT_LAYOUTS: HashMap<u32, ObjectLayout> = HashMap::with_max_entries(MAX_TRACKED_PROCESSES, 0);
+
+/// What an SDK's span is made current for: an asyncio task (each runs in a context of its
+/// own) or, outside tasks, a thread.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct ExecutionUnit {
+    pub pid: u32,
+    /// The thread, when no task is running; else 0.
+    pub tid: u32,
+    /// The task's address, or 0.
+    pub task: u64,
+}
+
+/// An SDK span current on a thread or task, as the kernel parents code under it.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct SdkSpan {
+    /// The SDK's span id in the trace the kernel put it in (its own, the served request's it
+    /// moved to, ...), and when it was made current. All-zero span id: the SDK made a context
+    /// without a span current (the agent's own parents apply under it).
+    pub span: ServedRequest,
+    /// The trace the SDK gave it.
+    pub sdk_trace_id: [u8; 16],
+    /// The `Context` whose activation made it current: a reset back to an outer one pops it.
+    pub context_object: u64,
+}
+
+/// The SDK spans current on a unit, innermost last.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct SdkSpans {
+    pub spans: [SdkSpan; SDK_NESTING],
+    pub depth: u32,
+    pub _pad: u32,
+}
+
+#[map]
+pub static SDK_SPANS: LruHashMap<ExecutionUnit, SdkSpans> = LruHashMap::with_max_entries(MAX_TRACKED_SOCKETS, 0);
+
+/// A unit's first SDK span is written here before it is inserted (the record is too large
+/// for the stack next to the reads that find the span).
+#[map]
+pub static SDK_SCRATCH: PerCpuArray<SdkSpans> = PerCpuArray::with_max_entries(1, 0);

@@ -10,9 +10,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ptr;
 
 use scouter_ebpf::{
-    call_outcome, context_origin, data_flags, function_flags, CloseEvent, ConnectionEvent, DataEvent, Direction,
-    EventHeader, EventKind, FrameRef, FunctionEnteredEvent, FunctionReturnedEvent, ProcessEvent, SocketAddress,
-    SocketRole, SpanContext, StackEvent, ARGUMENT_BYTES, MAX_CAPTURE, MAX_CAPTURED_ARGUMENTS, MAX_FRAMES,
+    call_outcome, context_origin, data_flags, function_flags, sdk_relation, CloseEvent, ConnectionEvent, DataEvent,
+    Direction, EventHeader, EventKind, FrameRef, FunctionEnteredEvent, FunctionReturnedEvent, ProcessEvent,
+    SdkSpanEvent, SocketAddress, SocketRole, SpanContext, StackEvent, ARGUMENT_BYTES, MAX_CAPTURE,
+    MAX_CAPTURED_ARGUMENTS, MAX_FRAMES,
 };
 
 pub use clock::WallClock;
@@ -79,6 +80,33 @@ pub enum KernelEvent {
         time: u64,
         outcome: CallOutcome,
     },
+    SdkSpanActivated(SdkActivation),
+}
+
+/// An in-process SDK made a span current while the agent's span was, and the kernel placed it
+/// (see `scouter-ebpf/src/programs/sdk_context.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SdkActivation {
+    pub pid: u32,
+    pub sdk_trace_id: [u8; 16],
+    pub sdk_span_id: [u8; 8],
+    /// The agent's span that was current (a served request, a function span, or an enclosing
+    /// SDK span in the trace the kernel gave it).
+    pub agent_trace_id: [u8; 16],
+    pub agent_span_id: [u8; 8],
+    pub placement: SdkPlacement,
+    /// The SDK span is the served request's own SERVER span.
+    pub twin: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SdkPlacement {
+    /// Already in the agent's trace.
+    SameTrace,
+    /// The served request joined the SDK span's trace.
+    Joined,
+    /// The SDK span's trace moved into the agent's.
+    Moved,
 }
 
 /// How a call the kernel reported ended.
@@ -154,6 +182,8 @@ pub enum DecodeError {
     BadArgumentCount(u8),
     #[error("function end record with unknown outcome {0}")]
     UnknownCallOutcome(u8),
+    #[error("SDK span record with unknown relation {0}")]
+    UnknownSdkRelation(u8),
 }
 
 /// Decodes one ring-buffer record.
@@ -215,6 +245,29 @@ pub fn decode(record: &[u8], clock: &WallClock) -> Result<KernelEvent, DecodeErr
                 },
             }
         }
+        EventKind::SdkSpanActivated => {
+            let event: SdkSpanEvent = read_record(record, Some(kind))?;
+            KernelEvent::SdkSpanActivated(sdk_activation(header.pid, &event)?)
+        }
+    })
+}
+
+fn sdk_activation(pid: u32, event: &SdkSpanEvent) -> Result<SdkActivation, DecodeError> {
+    let twin = event.relation & sdk_relation::TWIN != 0;
+    let placement = match event.relation & !sdk_relation::TWIN {
+        0 if twin => SdkPlacement::SameTrace,
+        sdk_relation::JOINED => SdkPlacement::Joined,
+        sdk_relation::MOVED => SdkPlacement::Moved,
+        _ => return Err(DecodeError::UnknownSdkRelation(event.relation)),
+    };
+    Ok(SdkActivation {
+        pid,
+        sdk_trace_id: event.sdk_trace_id,
+        sdk_span_id: event.sdk_span_id,
+        agent_trace_id: event.agent_trace_id,
+        agent_span_id: event.agent_span_id,
+        placement,
+        twin,
     })
 }
 
@@ -392,6 +445,39 @@ mod tests {
         assert_eq!(outcome_of(call_outcome::RAISED), Some(CallOutcome::Raised { exception_type: 0x5000 }));
         assert_eq!(outcome_of(call_outcome::EVICTED), Some(CallOutcome::Evicted));
         assert_eq!(ended(9), Err(DecodeError::UnknownCallOutcome(9)));
+    }
+
+    #[test]
+    fn decodes_where_the_kernel_placed_an_sdk_span() {
+        let clock = WallClock::with_offset(0);
+        let placed = |relation: u8| {
+            let event = SdkSpanEvent {
+                header: header(EventKind::SdkSpanActivated),
+                sdk_trace_id: [1; 16],
+                sdk_span_id: [2; 8],
+                agent_trace_id: [3; 16],
+                agent_span_id: [4; 8],
+                relation,
+                _pad: [0; 7],
+            };
+            match decode(&bytes_of(&event), &clock) {
+                Ok(KernelEvent::SdkSpanActivated(activation)) => {
+                    assert_eq!(
+                        (activation.pid, activation.sdk_span_id, activation.agent_span_id),
+                        (42, [2; 8], [4; 8])
+                    );
+                    Ok((activation.placement, activation.twin))
+                }
+                Ok(other) => panic!("{other:?}"),
+                Err(error) => Err(error),
+            }
+        };
+        assert_eq!(placed(sdk_relation::JOINED), Ok((SdkPlacement::Joined, false)));
+        assert_eq!(placed(sdk_relation::JOINED | sdk_relation::TWIN), Ok((SdkPlacement::Joined, true)));
+        assert_eq!(placed(sdk_relation::MOVED), Ok((SdkPlacement::Moved, false)));
+        assert_eq!(placed(sdk_relation::TWIN), Ok((SdkPlacement::SameTrace, true)));
+        assert_eq!(placed(0), Err(DecodeError::UnknownSdkRelation(0)));
+        assert_eq!(placed(sdk_relation::JOINED | sdk_relation::MOVED), Err(DecodeError::UnknownSdkRelation(3)));
     }
 
     #[test]

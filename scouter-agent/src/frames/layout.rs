@@ -8,7 +8,7 @@
 //! `_PyStackRef` in `f_executable`, for which the entry needs one more flag telling the kernel
 //! to clear the tag bits before reading the code object.
 
-use scouter_ebpf::{generator_state, CallLayout, PythonLayout, NO_OFFSET};
+use scouter_ebpf::{generator_state, instance_dict, CallLayout, ObjectLayout, PythonLayout, NO_OFFSET};
 
 use super::lines::LineTableFormat;
 
@@ -94,6 +94,34 @@ impl VersionLayout {
             frame_owner: self.frame_owner,
             instruction_is_pointer: self.instruction_is_pointer as u8,
             _pad: [0; 3],
+        }
+    }
+
+    /// What the kernel needs to read an in-process SDK's trace context: strings, ints, dicts
+    /// and instance attributes. Checked with ctypes against each supported build.
+    pub fn for_objects(&self) -> ObjectLayout {
+        let minor = self.minor;
+        // `sizeof(PyTypeObject)` grew by a slot in 3.8 only (tp_print, back for one release)
+        // and by 8 bytes in 3.12; `PyAsyncMethods` gained `am_send` in 3.10. The cached keys
+        // follow the five method tables and three pointers (name, slots, qualname).
+        let type_size = match minor {
+            8 | 12.. => 416,
+            _ => 408,
+        };
+        let async_methods = if minor >= 10 { 32 } else { 24 };
+        let heap_type_cached_keys = type_size + async_methods + 288 + 24 + 80 + 16 + 3 * 8;
+        ObjectLayout {
+            ascii_data: self.unicode_ascii_data as u16,
+            heap_type_cached_keys,
+            instance_dict: match minor {
+                ..=10 => instance_dict::AT_DICT_OFFSET,
+                11 => instance_dict::VALUES_BEFORE,
+                12 => instance_dict::TAGGED_BEFORE,
+                _ => instance_dict::INLINE_AFTER,
+            },
+            compact_dict_keys: (minor >= 11) as u8,
+            long_tagged_size: (minor >= 12) as u8,
+            _pad: 0,
         }
     }
 
@@ -286,6 +314,15 @@ mod tests {
             assert_eq!(layout.calls.interpreter_eval_frame.is_some(), minor >= 11, "3.{minor}");
             assert_eq!(layout.for_calls().frame_owner != NO_OFFSET, minor >= 11, "3.{minor}");
         }
+    }
+
+    #[test]
+    fn heap_types_keep_their_instances_shared_keys_where_each_build_puts_them() {
+        // Read with ctypes from each pyenv build: `id(cls) + offset` points at the keys
+        // object whose entries are the attribute names in first-assignment order.
+        let offsets: Vec<(u8, u16)> =
+            LAYOUTS.iter().map(|layout| (layout.minor, layout.for_objects().heap_type_cached_keys)).collect();
+        assert_eq!(offsets, [(8, 872), (9, 864), (10, 872), (11, 872), (12, 880), (13, 880)]);
     }
 
     #[test]

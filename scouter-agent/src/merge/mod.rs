@@ -5,15 +5,21 @@
 //! - [`decode`]: their requests into the agent's span model;
 //! - [`peer`]: which traced process sent a request (its socket), so SDK spans carry the same
 //!   resource as the agent's spans of that process;
+//! - [`placement`]: SDK spans and the agent's rewritten to where the kernel put them when the
+//!   SDK made a span current (nesting both ways, one trace);
 //! - [`twins`]: one span per HTTP exchange when both the SDK and the agent saw it.
 //!
 //! The kernel adopts a `traceparent` that an SDK already put in a request instead of
 //! inserting a second one, and takes its ids as the client span's own; the SDK reports a span
 //! with those same ids. That pair is merged here into one span carrying both sides'
-//! attributes and the SDK's parent (the kernel cannot know which SDK span was current).
+//! attributes and the SDK's parent. The kernel also follows which span OpenTelemetry's SDK
+//! made current on each thread and task: it parents the agent's spans under it and says where
+//! the SDK's spans go ([`crate::events::SdkActivation`]).
 
+mod bounded;
 pub mod decode;
 pub mod peer;
+mod placement;
 pub mod receivers;
 mod twins;
 
@@ -22,7 +28,9 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::events::SdkActivation;
 use crate::spans::{Resource, Span};
+use placement::Placements;
 use twins::Twins;
 
 /// How long an agent span that may have an SDK twin waits for it: the SDKs' batch processors
@@ -58,12 +66,13 @@ pub struct MergeCounters {
 /// The merge stage, driven by the agent's event loop.
 pub struct Merger {
     twins: Twins,
+    placements: Placements,
     counters: Arc<MergeCounters>,
 }
 
 impl Merger {
     pub fn new(window: Duration, counters: Arc<MergeCounters>) -> Self {
-        Self { twins: Twins::new(window, Arc::clone(&counters)), counters }
+        Self { twins: Twins::new(window, Arc::clone(&counters)), placements: Placements::default(), counters }
     }
 
     /// The spans of `batch` to export: attributed to their process (its resource, the SDK's
@@ -77,10 +86,14 @@ impl Merger {
         let mut merged_resources: HashMap<*const Resource, Arc<Resource>> = HashMap::new();
         let mut out = Vec::with_capacity(batch.spans.len());
         for mut span in batch.spans {
-            let claimed = || span.resource.process_pid().and_then(|pid| u32::try_from(pid).ok());
-            let process = batch.peer_pid.and_then(&process_resource).or_else(|| claimed().and_then(&process_resource));
+            let claimed = span.resource.process_pid().and_then(|pid| u32::try_from(pid).ok());
+            let process = [batch.peer_pid, claimed]
+                .into_iter()
+                .flatten()
+                .find_map(|pid| process_resource(pid).map(|resource| (pid, resource)));
             match process {
-                Some(process) => {
+                Some((pid, process)) => {
+                    self.placements.place_sdk_span(pid, &mut span);
                     let key = Arc::as_ptr(&span.resource);
                     let resource = merged_resources
                         .entry(key)
@@ -96,10 +109,24 @@ impl Merger {
         out
     }
 
-    /// An agent client span whose request carried the process's own trace context (an SDK
-    /// wrote it): `Some` to export now, `None` while it waits for the SDK's report.
-    pub fn on_agent_span(&mut self, span: Span, now: Instant) -> Option<Span> {
-        self.twins.on_agent_span(span, now)
+    /// The kernel placed an SDK span made current inside the agent's.
+    pub fn on_sdk_activation(&mut self, activation: &SdkActivation) {
+        self.placements.on_activation(activation);
+    }
+
+    /// An agent span, placed where the kernel moved its request; `Some` to export now, `None`
+    /// while it waits for its SDK twin's report: a client span whose request carried the
+    /// process's own trace context (`context_from_the_process`: an SDK wrote it), or a server
+    /// span whose SDK SERVER span the kernel saw made current.
+    pub fn on_agent_span(&mut self, mut span: Span, context_from_the_process: bool, now: Instant) -> Option<Span> {
+        let pid = span.resource.process_pid().and_then(|pid| u32::try_from(pid).ok());
+        let server_twin = pid.is_some_and(|pid| self.placements.place_agent_span(pid, &mut span));
+        let client_twin = context_from_the_process && span.parent_span_id.is_none();
+        if server_twin || client_twin {
+            self.twins.on_agent_span(span, now)
+        } else {
+            Some(span)
+        }
     }
 
     /// Agent spans whose twin did not come in time.

@@ -1,5 +1,6 @@
 //! One span per HTTP exchange when an SDK and the agent both saw it.
 //!
+//! Client side:
 //! An SDK's HTTP client instrumentation puts its client span's ids in the request's
 //! `traceparent`; the kernel adopts that header rather than inserting another, so the agent's
 //! client span has the SDK span's very ids: the twins share `(trace id, span id)`. The agent's
@@ -10,12 +11,16 @@
 //! up to a window for its twin. Twins become one span: the agent's timing and attributes, the SDK's
 //! parent, the SDK's attributes the agent lacks, its events and links. A twin that comes after
 //! the other side already left is dropped and counted, never exported twice.
+//!
+//! Server side: when the SDK's SERVER span for a request the agent serves is made current, the
+//! agent's server span takes its id ([`super::placement`]) and waits the same way.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::bounded::BoundedMap;
 use super::MergeCounters;
 use crate::spans::{Span, SpanId, SpanKind, StatusCode, TraceId};
 
@@ -50,11 +55,8 @@ impl Twins {
         }
     }
 
-    /// An agent client span whose context the process wrote: `Some` to export now.
+    /// An agent span an SDK will report too: `None` while it waits, `Some` to export now.
     pub fn on_agent_span(&mut self, span: Span, now: Instant) -> Option<Span> {
-        if !may_have_a_twin(&span) {
-            return Some(span);
-        }
         let key = key(&span);
         if self.sdk_left.contains(&key) {
             self.counters.late_twins_dropped.fetch_add(1, Ordering::Relaxed);
@@ -79,7 +81,7 @@ impl Twins {
             self.counters.late_twins_dropped.fetch_add(1, Ordering::Relaxed);
             return None;
         }
-        if span.kind == SpanKind::Client {
+        if matches!(span.kind, SpanKind::Client | SpanKind::Server) {
             self.sdk_left.insert(key);
         }
         Some(span)
@@ -104,12 +106,6 @@ impl Twins {
         self.arrivals.clear();
         self.held.drain().map(|(_, span)| span).collect()
     }
-}
-
-/// A client span whose ids came from the request's own `traceparent` has no parent: an SDK
-/// made those ids, and will report them.
-fn may_have_a_twin(span: &Span) -> bool {
-    span.kind == SpanKind::Client && span.parent_span_id.is_none()
 }
 
 fn key(span: &Span) -> Key {
@@ -138,27 +134,17 @@ fn merged(mut agent: Span, sdk: Span) -> Span {
     agent
 }
 
-/// A bounded set of keys, oldest forgotten first.
+/// Keys seen recently, the oldest forgotten first.
 #[derive(Default)]
-struct Recent {
-    keys: HashSet<Key>,
-    order: VecDeque<Key>,
-}
+struct Recent(BoundedMap<Key, (), MAX_RECENT>);
 
 impl Recent {
     fn insert(&mut self, key: Key) {
-        if self.keys.insert(key) {
-            self.order.push_back(key);
-        }
-        while self.order.len() > MAX_RECENT {
-            if let Some(old) = self.order.pop_front() {
-                self.keys.remove(&old);
-            }
-        }
+        self.0.insert(key, ());
     }
 
     fn contains(&self, key: &Key) -> bool {
-        self.keys.contains(key)
+        self.0.contains(key)
     }
 }
 
@@ -228,15 +214,10 @@ mod tests {
     }
 
     #[test]
-    fn spans_that_cannot_have_a_twin_pass_at_once() {
+    fn spans_no_agent_span_waits_for_pass_at_once() {
         let (mut twins, _) = twins();
-        let now = Instant::now();
-        let mut child = agent_client();
-        child.parent_span_id = Some(SpanId([1; 8]));
-        assert_eq!(twins.on_agent_span(child.clone(), now), Some(child));
-        let server = Span::for_test(SpanKind::Server, SpanId([2; 8]));
-        assert_eq!(twins.on_agent_span(server.clone(), now), Some(server));
         let internal = Span::for_test(SpanKind::Internal, SpanId([3; 8]));
         assert_eq!(twins.on_sdk_span(internal.clone()), Some(internal));
+        assert_eq!(twins.on_sdk_span(sdk_client()), Some(sdk_client()));
     }
 }

@@ -6,7 +6,8 @@
 //! they cannot attach, the agent says so and traces without inserting `traceparent` (the same
 //! sockops program carries TLS requests' contexts in a TCP option). Uprobes attach per library
 //! file as processes are found: `_asyncio` ([`asyncio`]), the interpreter's `contextvars`
-//! ([`contextvars`]) and libssl for HTTPS ([`tls`]). Function spans attach per process, only
+//! ([`contextvars`]) and libssl for HTTPS ([`tls`]); the interpreter's context variables also
+//! show which span an in-process SDK made current ([`sdk_context`]). Function spans attach per process, only
 //! where the user selected functions ([`python_calls`], with the 3.11+ [`eval_hook`]).
 //! Dropping [`Probes`] detaches everything (aya closes the links and the maps go with the last
 //! file descriptor), so SIGTERM leaves nothing behind.
@@ -21,6 +22,7 @@ pub mod kernel_btf;
 mod propagation;
 mod python_calls;
 mod python_stacks;
+mod sdk_context;
 mod tls;
 pub mod tracefs;
 mod uprobes;
@@ -121,6 +123,7 @@ pub struct Probes {
     ebpf: Ebpf,
     asyncio: asyncio::AsyncioProbes,
     contexts: contextvars::ContextProbes,
+    sdk_contexts: sdk_context::SdkContextProbes,
     tls: tls::TlsProbes,
     stacks: python_stacks::StackProbes,
     calls: python_calls::CallProbes,
@@ -163,6 +166,7 @@ impl Probes {
         tls::load(&mut ebpf)?;
         let stacks = python_stacks::StackProbes::load(&mut ebpf, fsbase_offset != u32::MAX)?;
         let calls = python_calls::CallProbes::load(&mut ebpf)?;
+        let sdk_contexts = sdk_context::SdkContextProbes::load(&mut ebpf)?;
         let tracked = BpfHashMap::try_from(take_map(&mut ebpf, map_names::TRACKED_PROCESSES)?)
             .map_err(|source| ProbeError::Map { name: map_names::TRACKED_PROCESSES, source })?;
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, map_names::COUNTERS)?)
@@ -172,7 +176,7 @@ impl Probes {
         let asyncio = asyncio::AsyncioProbes::default();
         let contexts = contextvars::ContextProbes::default();
         let tls = tls::TlsProbes::default();
-        Ok((Self { ebpf, asyncio, contexts, tls, stacks, calls, tracked, counters, propagation }, events))
+        Ok((Self { ebpf, asyncio, contexts, sdk_contexts, tls, stacks, calls, tracked, counters, propagation }, events))
     }
 
     /// Whether outgoing requests get a `traceparent`, and if not, why.
@@ -198,6 +202,22 @@ impl Probes {
     /// `interpreter` (a path the agent opens); false when it cannot (reported once per file).
     pub fn track_contexts(&mut self, interpreter: &std::path::Path) -> bool {
         self.contexts.instrument(&mut self.ebpf, interpreter)
+    }
+
+    /// Follows which span an in-process SDK made current in `pid` (whose interpreter is
+    /// `interpreter`, laid out as `layout`); false when it cannot.
+    pub fn track_sdk_contexts(
+        &mut self,
+        pid: u32,
+        interpreter: &std::path::Path,
+        layout: scouter_ebpf::ObjectLayout,
+    ) -> bool {
+        self.sdk_contexts.instrument(&mut self.ebpf, pid, interpreter, layout)
+    }
+
+    /// Stops reading `pid`'s objects (it exited, or exec'd a new image).
+    pub fn forget_sdk_contexts(&mut self, pid: u32) {
+        self.sdk_contexts.forget(pid);
     }
 
     /// Traces the HTTPS plaintext of processes using the libssl at `library` (a path the agent

@@ -20,6 +20,7 @@ use super::asyncio::running_task;
 use super::contextvars::entered_context;
 use super::head::{byte_at, bytes_at};
 use super::python_call::innermost_call;
+use super::sdk_context::{current_sdk_span_of, task_inherits};
 use super::{current_ids, trace_option};
 use crate::maps::{
     count, injection_state, EnteredContext, HeadScratch, ObjectKey, PendingInjection, ServedRequest,
@@ -158,40 +159,95 @@ pub fn function_started(pid_tgid: u64) -> ServedRequest {
     ServedRequest { context, started_ns: unsafe { bpf_ktime_get_ns() }, fd: u32::MAX, fresh: 0, _pad: [0; 3] }
 }
 
+/// Where [`find_parent`] found the parent.
+pub mod parent_source {
+    pub const NONE: u8 = 0;
+    /// The innermost selected function the thread is in.
+    pub const CALL: u8 = 1;
+    /// The request of the asyncio task the thread is stepping.
+    pub const TASK: u8 = 2;
+    /// The request of the context the thread entered.
+    pub const ENTERED: u8 = 3;
+    /// The request the thread serves.
+    pub const SERVED: u8 = 4;
+    /// An in-process SDK's current span ([`super::super::sdk_context`]).
+    pub const SDK: u8 = 5;
+}
+
 /// The span the current code works for: the innermost selected function the thread is in
 /// ([`super::python_call`]), else its asyncio task's request when a task is running (even
 /// none: the thread's latest request belongs to another task), else the request of the
 /// context the thread entered (a pool thread running `asyncio.to_thread`'s call), else its
-/// thread's.
+/// thread's; an SDK span made current later than that one is inside it and wins.
 #[inline(always)]
 fn current_parent(pid_tgid: u64) -> Option<ServedRequest> {
     let mut parent = ServedRequest { context: SpanContext::default(), started_ns: 0, fd: 0, fresh: 0, _pad: [0; 3] };
-    find_parent(pid_tgid, &mut parent).then_some(parent)
+    (find_parent(pid_tgid, &mut parent) != parent_source::NONE).then_some(parent)
 }
 
-/// [`current_parent`], written into `parent`. Not inlined, and through memory rather than
-/// an `Option` in registers: inlined into the TLS write path, the optimiser left a field of
-/// the `None` case undefined, which the verifier rejects.
+/// [`current_parent`], written into `parent`; returns a [`parent_source`]. Not inlined, and
+/// through memory rather than an `Option` in registers: inlined into the TLS write path, the
+/// optimiser left a field of the `None` case undefined, which the verifier rejects.
 #[inline(never)]
-fn find_parent(pid_tgid: u64, parent: &mut ServedRequest) -> bool {
-    if innermost_call(pid_tgid, parent) {
-        return true;
+pub fn find_parent(pid_tgid: u64, parent: &mut ServedRequest) -> u8 {
+    let source = find_agent_parent(pid_tgid, parent);
+    if let Some(sdk) = current_sdk_span_of(pid_tgid) {
+        let inside = source == parent_source::NONE || sdk.span.started_ns >= parent.started_ns;
+        if inside && within_transaction(&sdk.span) {
+            *parent = sdk.span;
+            return parent_source::SDK;
+        }
     }
-    let found = match running_task(pid_tgid) {
+    source
+}
+
+#[inline(always)]
+fn find_agent_parent(pid_tgid: u64, parent: &mut ServedRequest) -> u8 {
+    if innermost_call(pid_tgid, parent) {
+        return parent_source::CALL;
+    }
+    let (found, source) = match running_task(pid_tgid) {
         // SAFETY: read in place.
-        Some(task) => unsafe { TASK_CONTEXTS.get(&object(pid_tgid, task)) },
+        Some(task) => (unsafe { TASK_CONTEXTS.get(&object(pid_tgid, task)) }, parent_source::TASK),
         None => match entered_context(pid_tgid) {
-            Some(entered) => Some(entered),
+            Some(entered) => (Some(entered), parent_source::ENTERED),
             // SAFETY: read in place.
-            None => unsafe { SERVED_REQUESTS.get(&pid_tgid) },
+            None => (unsafe { SERVED_REQUESTS.get(&pid_tgid) }, parent_source::SERVED),
         },
     };
     match found {
         Some(found) if within_transaction(found) => {
             *parent = *found;
-            true
+            source
         }
-        _ => false,
+        _ => parent_source::NONE,
+    }
+}
+
+/// The served request `parent` (found through `source`) joins trace `trace_id`: every record
+/// the kernel keeps of it says so, for the client calls it makes from now on.
+#[inline(always)]
+pub fn update_served_trace(pid_tgid: u64, source: u8, parent: &ServedRequest, trace_id: &[u8; 16]) {
+    let span_id = parent.context.span_id;
+    let rewrite = |served: *mut ServedRequest| {
+        // SAFETY: an entry of this process; a concurrent writer only replaces it whole.
+        let served = unsafe { &mut *served };
+        if served.context.span_id == span_id {
+            served.context.trace_id = *trace_id;
+        }
+    };
+    if let Some(served) = SERVED_REQUESTS.get_ptr_mut(&pid_tgid) {
+        rewrite(served);
+    }
+    if source == parent_source::TASK {
+        if let Some(task) = running_task(pid_tgid) {
+            if let Some(served) = TASK_CONTEXTS.get_ptr_mut(&object(pid_tgid, task)) {
+                rewrite(served);
+            }
+        }
+    }
+    if let Some(served) = CONNECTION_REQUESTS.get_ptr_mut(&connection(pid_tgid, parent.fd)) {
+        rewrite(served);
     }
 }
 
@@ -229,6 +285,7 @@ pub fn thread_moved_on(pid_tgid: u64) {
 /// previous task at the same address must not survive).
 #[inline(always)]
 pub fn task_created(pid_tgid: u64, task: u64) {
+    task_inherits(pid_tgid, task);
     let key = object(pid_tgid, task);
     match fresh_request(pid_tgid).map(|served| latest_on_connection(pid_tgid, served)) {
         Some(served) => {

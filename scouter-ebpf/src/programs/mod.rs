@@ -9,7 +9,9 @@ pub mod inject;
 pub mod io;
 pub mod process;
 pub mod python_call;
+pub mod python_objects;
 pub mod python_stack;
+pub mod sdk_context;
 pub mod tls;
 pub mod trace_option;
 

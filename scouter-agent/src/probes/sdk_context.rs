@@ -1,0 +1,73 @@
+//! Uprobes on the interpreter's `PyContextVar_Set` and `PyContextVar_Reset` (see
+//! `scouter-ebpf/src/programs/sdk_context.rs`): which span an in-process SDK (OpenTelemetry)
+//! made current on each thread or task. Attached once per interpreter file; both functions are
+//! exported, so stripped builds have them too. The kernel reads the SDK's objects with each
+//! process's [`ObjectLayout`], written here when the process is tracked.
+
+use std::path::Path;
+
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use aya::Ebpf;
+use scouter_ebpf::{map_names, ObjectLayout};
+
+use super::uprobes::{self, attach, InstrumentedFiles};
+use super::{take_map, ProbeError};
+
+/// (program, symbol).
+const SET: (&str, &str) = ("sdk_context_set", "PyContextVar_Set");
+const RESET: (&str, &str) = ("sdk_context_reset", "PyContextVar_Reset");
+
+pub struct SdkContextProbes {
+    interpreters: InstrumentedFiles,
+    layouts: BpfHashMap<MapData, u32, ObjectLayout>,
+}
+
+impl SdkContextProbes {
+    /// Loads the programs; attaching waits for the first process of each interpreter.
+    pub fn load(ebpf: &mut Ebpf) -> Result<Self, ProbeError> {
+        uprobes::load(ebpf, [SET.0, RESET.0])?;
+        let layouts = BpfHashMap::try_from(take_map(ebpf, map_names::OBJECT_LAYOUTS)?)
+            .map_err(|source| ProbeError::Map { name: map_names::OBJECT_LAYOUTS, source })?;
+        Ok(Self { interpreters: InstrumentedFiles::default(), layouts })
+    }
+
+    /// Follows the SDK context of `pid`, whose interpreter is `interpreter` (attached unless
+    /// done before) laid out as `layout`; false when it cannot (reported once per file).
+    pub fn instrument(&mut self, ebpf: &mut Ebpf, pid: u32, interpreter: &Path, layout: ObjectLayout) -> bool {
+        let attached = self.interpreters.once(interpreter, || match attach_both(ebpf, interpreter) {
+            Ok(()) => {
+                tracing::info!(interpreter = %interpreter.display(), "following in-process SDKs' current spans");
+                true
+            }
+            Err(error) => {
+                tracing::warn!(
+                    interpreter = %interpreter.display(),
+                    %error,
+                    "spans of in-process SDKs in this interpreter's processes are not nested with the agent's"
+                );
+                false
+            }
+        });
+        if attached {
+            if let Err(error) = self.layouts.insert(pid, layout, 0) {
+                tracing::warn!(pid, %error, "cannot follow this process's SDK spans (layout map full?)");
+                return false;
+            }
+        }
+        attached
+    }
+
+    pub fn forget(&mut self, pid: u32) {
+        let _ = self.layouts.remove(&pid);
+    }
+}
+
+/// Both or neither: sets without resets would leave spans current forever.
+fn attach_both(ebpf: &mut Ebpf, interpreter: &Path) -> Result<(), ProbeError> {
+    let set = attach(ebpf, SET.0, SET.1, interpreter)?;
+    if let Err(error) = attach(ebpf, RESET.0, RESET.1, interpreter) {
+        uprobes::detach(ebpf, vec![(SET.0, set)]);
+        return Err(error);
+    }
+    Ok(())
+}

@@ -1,0 +1,300 @@
+//! In-process SDKs: which SDK span is current on each thread or asyncio task.
+//!
+//! OpenTelemetry's Python SDK keeps the current context in a `ContextVar` named
+//! `current_context`: `attach` sets it (`ContextVar.set` → `PyContextVar_Set`) and `detach`
+//! resets it (`PyContextVar_Reset`). Uprobes on both read the activated context in place: the
+//! span under its `current-span-…` key, that span's `_context` (a `SpanContext` tuple whose
+//! first items are the trace and span ids as ints) and its `_kind`. Thread- and task-exact by
+//! construction: the probe runs on the thread that activates, inside the task that does.
+//!
+//! Each thread (or task) keeps a small stack of the SDK spans made current on it
+//! ([`SDK_SPANS`]); a reset pops back to the context it restores. [`super::context`] asks
+//! [`current_sdk_span`] when it looks for a parent: the SDK's span wins over the agent's when
+//! it was made current later (it is inside it). When an SDK span is made current while the
+//! agent's span is in another trace, the kernel settles it at once, so the `traceparent` sent
+//! downstream is already right ([`sdk_relation`]):
+//! - a served request that started its own trace joins the SDK's (the SDK began a trace without
+//!   knowing of the request; nothing has left the process in the request's trace yet);
+//! - otherwise the SDK span's trace is moved into the agent's, and code under it is parented in
+//!   the agent's trace.
+//!
+//! Either way userspace is told ([`SdkSpanEvent`]) and rewrites the spans to match. An SDK
+//! SERVER span made current first in a served request is that request's twin: the request's
+//! span takes its id, so the two reports merge into one span.
+
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::uprobe, programs::ProbeContext};
+use scouter_ebpf::{
+    context_origin, counter, sdk_relation, EventKind, ObjectLayout, SdkSpanEvent, SpanContext, SDK_NESTING,
+};
+
+use super::asyncio::running_task;
+use super::context::{find_parent, parent_source, update_served_trace};
+use super::python_objects::{attribute, dict_item, int_u128, is_dict, string_starts_with, tuple_item, Key};
+use super::python_stack::read_pointer;
+use super::{current_ids, header, tracked_thread};
+use crate::maps::{count, ExecutionUnit, SdkSpan, ServedRequest, EVENTS, OBJECT_LAYOUTS, SDK_SCRATCH, SDK_SPANS};
+
+/// `PyContextVar.var_name`, the same in every supported version.
+const VAR_NAME: u64 = 16;
+/// `PyContextToken.tok_oldval`: what a reset restores.
+const TOKEN_OLD_VALUE: u64 = 32;
+
+/// OpenTelemetry's context variable, by name (with the string's terminating NUL: exact).
+const OTEL_CONTEXT_VAR: Key = Key::new(*b"current_context\0", 16);
+/// The context key of the current span: `current-span-` and a uuid.
+const OTEL_SPAN_KEY: Key = Key::new(*b"current-span-\0\0\0", 13);
+const SPAN_CONTEXT: Key = Key::new(*b"_context\0\0\0\0\0\0\0\0", 9);
+const SPAN_KIND: Key = Key::new(*b"_kind\0\0\0\0\0\0\0\0\0\0\0", 6);
+/// An enum member's value.
+const ENUM_VALUE: Key = Key::new(*b"_value_\0\0\0\0\0\0\0\0\0", 8);
+/// `SpanKind.SERVER`.
+const SERVER_KIND: u64 = 1;
+
+const SAMPLED: u8 = 1;
+
+/// `PyContextVar_Set(var, value)`.
+#[uprobe]
+pub fn sdk_context_set(ctx: ProbeContext) -> u32 {
+    let Some(pid_tgid) = tracked_thread() else { return 0 };
+    let (Some(var), Some(value)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else { return 0 };
+    // SAFETY: read in place.
+    let Some(layout) = (unsafe { OBJECT_LAYOUTS.get(&current_ids(pid_tgid).0) }) else { return 0 };
+    if is_otel_context_var(layout, var) {
+        activated(pid_tgid, layout, value);
+    }
+    0
+}
+
+/// `PyContextVar_Reset(var, token)`.
+#[uprobe]
+pub fn sdk_context_reset(ctx: ProbeContext) -> u32 {
+    let Some(pid_tgid) = tracked_thread() else { return 0 };
+    let (Some(var), Some(token)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else { return 0 };
+    // SAFETY: read in place.
+    let Some(layout) = (unsafe { OBJECT_LAYOUTS.get(&current_ids(pid_tgid).0) }) else { return 0 };
+    if is_otel_context_var(layout, var) {
+        if let Some(restored) = read_pointer(token + TOKEN_OLD_VALUE) {
+            reset_to(pid_tgid, restored);
+        }
+    }
+    0
+}
+
+#[inline(always)]
+fn is_otel_context_var(layout: &ObjectLayout, var: u64) -> bool {
+    read_pointer(var + VAR_NAME).is_some_and(|name| string_starts_with(layout, name, &OTEL_CONTEXT_VAR))
+}
+
+/// The span an OpenTelemetry `Context` holds, as read from memory.
+struct OtelSpan {
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    server: bool,
+}
+
+/// `Ok(None)`: the context holds no valid span.
+#[inline(always)]
+fn otel_span(layout: &ObjectLayout, context: u64) -> Result<Option<OtelSpan>, ()> {
+    if !is_dict(context) {
+        return Err(());
+    }
+    let Some(span) = dict_item(layout, context, &OTEL_SPAN_KEY) else { return Ok(None) };
+    let span_context = attribute(layout, span, &SPAN_CONTEXT).ok_or(())?;
+    let trace = tuple_item(span_context, 0).and_then(|id| int_u128(layout, id)).ok_or(())?;
+    let span_id = tuple_item(span_context, 1).and_then(|id| int_u128(layout, id)).ok_or(())?;
+    if (trace.0 | trace.1) == 0 || span_id.1 == 0 {
+        // The invalid span (all zero ids): no span.
+        return Ok(None);
+    }
+    let mut trace_id = [0u8; 16];
+    trace_id[..8].copy_from_slice(&trace.0.to_be_bytes());
+    trace_id[8..].copy_from_slice(&trace.1.to_be_bytes());
+    let server = attribute(layout, span, &SPAN_KIND)
+        .and_then(|kind| attribute(layout, kind, &ENUM_VALUE))
+        .and_then(|value| int_u128(layout, value))
+        .is_some_and(|value| value == (0, SERVER_KIND));
+    Ok(Some(OtelSpan { trace_id, span_id: span_id.1.to_be_bytes(), server }))
+}
+
+/// The SDK made `context` current on this thread (or task).
+#[inline(always)]
+fn activated(pid_tgid: u64, layout: &ObjectLayout, context: u64) {
+    let unit = current_unit(pid_tgid);
+    // SAFETY: helper with no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let mut entry = SdkSpan {
+        span: ServedRequest { context: SpanContext::default(), started_ns: now, fd: u32::MAX, fresh: 0, _pad: [0; 3] },
+        sdk_trace_id: [0; 16],
+        context_object: context,
+    };
+    match otel_span(layout, context) {
+        Ok(Some(span)) => settle(pid_tgid, &unit, &span, &mut entry),
+        Ok(None) => {}
+        Err(()) => count(counter::SDK_CONTEXT_UNREADABLE),
+    }
+    push(&unit, &entry);
+}
+
+/// Where the SDK span goes relative to the agent's current span; fills `entry` and tells
+/// userspace when spans must be rewritten.
+#[inline(always)]
+fn settle(pid_tgid: u64, unit: &ExecutionUnit, span: &OtelSpan, entry: &mut SdkSpan) {
+    entry.sdk_trace_id = span.trace_id;
+    entry.span.context.trace_id = span.trace_id;
+    entry.span.context.span_id = span.span_id;
+    entry.span.context.flags = SAMPLED;
+    entry.span.context.origin = context_origin::LOCAL_PARENT;
+    let mut parent = ServedRequest { context: SpanContext::default(), started_ns: 0, fd: 0, fresh: 0, _pad: [0; 3] };
+    let source = find_parent(pid_tgid, &mut parent);
+    if source == parent_source::NONE {
+        return;
+    }
+    entry.span.context.flags = parent.context.flags;
+    let enclosing = current_sdk_span(unit);
+    // Inside another SDK span of the same SDK trace: wherever that one went, this one follows.
+    if source == parent_source::SDK {
+        if let Some(outer) = enclosing {
+            if outer.sdk_trace_id == span.trace_id {
+                entry.span.context.trace_id = outer.span.context.trace_id;
+                return;
+            }
+        }
+    }
+    // The first SDK span of a request the thread (or task) serves.
+    let request_level = (source == parent_source::SERVED || source == parent_source::TASK) && enclosing.is_none();
+    let twin = if request_level && span.server { sdk_relation::TWIN } else { 0 };
+    let relation = if parent.context.trace_id == span.trace_id {
+        twin
+    } else if request_level && parent.context.origin == context_origin::NEW_TRACE {
+        update_served_trace(pid_tgid, source, &parent, &span.trace_id);
+        sdk_relation::JOINED | twin
+    } else {
+        entry.span.context.trace_id = parent.context.trace_id;
+        sdk_relation::MOVED
+    };
+    if relation != 0 {
+        report(pid_tgid, span, &parent, relation);
+    }
+}
+
+#[inline(always)]
+fn report(pid_tgid: u64, span: &OtelSpan, parent: &ServedRequest, relation: u8) {
+    let event = SdkSpanEvent {
+        header: header(EventKind::SdkSpanActivated, pid_tgid),
+        sdk_trace_id: span.trace_id,
+        sdk_span_id: span.span_id,
+        agent_trace_id: parent.context.trace_id,
+        agent_span_id: parent.context.span_id,
+        relation,
+        _pad: [0; 7],
+    };
+    if EVENTS.output::<SdkSpanEvent>(&event, 0).is_err() {
+        count(counter::RING_FULL);
+    }
+}
+
+/// The task the thread is running, else the thread.
+#[inline(always)]
+fn current_unit(pid_tgid: u64) -> ExecutionUnit {
+    let (pid, tid) = current_ids(pid_tgid);
+    match running_task(pid_tgid) {
+        Some(task) => ExecutionUnit { pid, tid: 0, task },
+        None => ExecutionUnit { pid, tid, task: 0 },
+    }
+}
+
+#[inline(always)]
+fn push(unit: &ExecutionUnit, entry: &SdkSpan) {
+    if let Some(stack) = SDK_SPANS.get_ptr_mut(unit) {
+        // SAFETY: this thread's (or running task's) own entry.
+        let stack = unsafe { &mut *stack };
+        let mut depth = stack.depth as usize;
+        if depth >= SDK_NESTING {
+            count(counter::SDK_TOO_DEEP);
+            depth = SDK_NESTING - 1;
+        }
+        stack.spans[depth] = *entry;
+        stack.depth = depth as u32 + 1;
+        return;
+    }
+    let Some(scratch) = SDK_SCRATCH.get_ptr_mut(0) else { return };
+    // SAFETY: per-CPU scratch, no concurrent user on this CPU.
+    let scratch = unsafe { &mut *scratch };
+    scratch.spans[0] = *entry;
+    scratch.depth = 1;
+    let _ = SDK_SPANS.insert(unit, scratch, 0);
+}
+
+/// A reset made `restored` current again: the spans made current after it are over.
+#[inline(always)]
+fn reset_to(pid_tgid: u64, restored: u64) {
+    let unit = current_unit(pid_tgid);
+    let Some(stack) = SDK_SPANS.get_ptr_mut(&unit) else { return };
+    // SAFETY: this thread's (or running task's) own entry.
+    let stack = unsafe { &mut *stack };
+    let depth = stack.depth as usize;
+    for index in 0..SDK_NESTING {
+        // From the second innermost outwards.
+        if index + 1 >= depth {
+            break;
+        }
+        let at = (depth - 2 - index) & (SDK_NESTING - 1);
+        if stack.spans[at].context_object == restored {
+            stack.depth = at as u32 + 1;
+            return;
+        }
+    }
+    // Restored to a context made current before the agent looked (or to none): nothing
+    // the kernel knows is current any more.
+    stack.depth = 0;
+}
+
+/// The innermost SDK span current on `unit`, if it holds a span (a context without one
+/// leaves the agent's parents in charge).
+#[inline(always)]
+pub fn current_sdk_span(unit: &ExecutionUnit) -> Option<&'static SdkSpan> {
+    // SAFETY: read in place.
+    let stack = unsafe { SDK_SPANS.get(unit) }?;
+    let depth = stack.depth as usize;
+    if depth == 0 || depth > SDK_NESTING {
+        return None;
+    }
+    let top = &stack.spans[(depth - 1) & (SDK_NESTING - 1)];
+    (top.span.context.span_id != [0; 8]).then_some(top)
+}
+
+/// The innermost SDK span current where the thread runs now.
+#[inline(always)]
+pub fn current_sdk_span_of(pid_tgid: u64) -> Option<&'static SdkSpan> {
+    current_sdk_span(&current_unit(pid_tgid))
+}
+
+/// A new task runs in a copy of its creator's context: the SDK span current there is current
+/// in the task too.
+#[inline(always)]
+pub fn task_inherits(pid_tgid: u64, task: u64) {
+    let (pid, _) = current_ids(pid_tgid);
+    let child = ExecutionUnit { pid, tid: 0, task };
+    match current_sdk_span_of(pid_tgid) {
+        Some(span) => {
+            let span = *span;
+            push_fresh(&child, &span);
+        }
+        None => {
+            let _ = SDK_SPANS.remove(&child);
+        }
+    }
+}
+
+/// `unit`'s stack, replaced by `entry` alone.
+#[inline(always)]
+fn push_fresh(unit: &ExecutionUnit, entry: &SdkSpan) {
+    if let Some(stack) = SDK_SPANS.get_ptr_mut(unit) {
+        // SAFETY: the new task's entry; no other thread runs it yet.
+        let stack = unsafe { &mut *stack };
+        stack.spans[0] = *entry;
+        stack.depth = 1;
+        return;
+    }
+    push(unit, entry);
+}
