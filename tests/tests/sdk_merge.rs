@@ -241,6 +241,32 @@ fn check_call(
             shown()
         )),
     }
+    // The front's server exchange: one SERVER span (the agent's and the SDK's flask span
+    // merged), the SDK's `work` span under it.
+    let front_servers: Vec<&&ReceivedSpan> =
+        in_trace.iter().filter(|s| s.kind == 2 && pid_of(s) == Some(front.into())).collect();
+    match front_servers.as_slice() {
+        [server] => {
+            if work.is_some_and(|work| work.parent_span_id.as_deref() != Some(server.span_id.as_str())) {
+                verdict.problem(format!(
+                    "{sink}, call {n}: `work o{n}` is not under the front's SERVER span: {}",
+                    shown()
+                ));
+            }
+            let has = |key: &str| server.attr(key).is_some();
+            if !has("url.path") || !has("http.target") {
+                verdict.problem(format!(
+                    "{sink}, call {n}: the front's SERVER span lacks the agent's url.path or the SDK's http.target: {:?}",
+                    server.attributes
+                ));
+            }
+        }
+        servers => verdict.problem(format!(
+            "{sink}, call {n}: {} SERVER spans of the front in the trace, expected 1: {}",
+            servers.len(),
+            shown()
+        )),
+    }
     let leaf_server = in_trace.iter().find(|s| s.kind == 2 && pid_of(s) == Some(leaf.into()));
     if leaf_server.is_none_or(|s| s.parent_span_id.as_deref() != Some(call_id)) {
         verdict.problem(format!("{sink}, call {n}: no leaf server span under the call: {}", shown()));

@@ -121,8 +121,7 @@ impl Merger {
     pub fn on_agent_span(&mut self, mut span: Span, context_from_the_process: bool, now: Instant) -> Option<Span> {
         let pid = span.resource.process_pid().and_then(|pid| u32::try_from(pid).ok());
         let server_twin = pid.is_some_and(|pid| self.placements.place_agent_span(pid, &mut span));
-        let client_twin = context_from_the_process && span.parent_span_id.is_none();
-        if server_twin || client_twin {
+        if server_twin || context_from_the_process {
             self.twins.on_agent_span(span, now)
         } else {
             Some(span)

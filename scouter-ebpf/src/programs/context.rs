@@ -78,7 +78,9 @@ pub fn client_request(pid_tgid: u64, head: &HeadScratch, inject: bool) -> SpanCo
         context.span_id = own.span_id;
         context.flags = own.flags;
         context.origin = context_origin::ADOPTED;
-        if let Some(parent) = parent.filter(|p| p.trace_id == own.trace_id) {
+        // The SDK span current now may be this very call's (its instrumentation made it
+        // current before sending): not its own parent; the SDK's report brings the parent.
+        if let Some(parent) = parent.filter(|p| p.trace_id == own.trace_id && p.span_id != own.span_id) {
             context.parent_span_id = parent.span_id;
         }
         return context;
