@@ -257,6 +257,9 @@ pub struct SdkService {
     /// `SDK_RESOURCE_PID=1`: `process.pid` in the SDK's resource (OTel: an int; Scouter: a string,
     /// through `OTEL_RESOURCE_ATTRIBUTES`). Neither SDK puts it there by default.
     pub resource_pid: bool,
+    /// `SDK_SERVER=gthread` with `SDK_THREADS`: gunicorn, one gthread worker of this many threads
+    /// (announced as a worker: its pid is the one that serves and exports).
+    pub gthread: Option<u32>,
     /// More environment variables (e.g. `SCOUTER_USERNAME`, `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`),
     /// set last, so they win.
     pub env: Vec<(String, String)>,
@@ -274,6 +277,7 @@ impl SdkService {
             propagate: false,
             schedule_delay_ms: 200,
             resource_pid: false,
+            gthread: None,
             env: Vec::new(),
         }
     }
@@ -331,6 +335,12 @@ impl SdkService {
 
     pub fn resource_pid(mut self) -> Self {
         self.resource_pid = true;
+        self
+    }
+
+    /// Serves with gunicorn's gthread worker of `threads` threads.
+    pub fn gthread(mut self, threads: u32) -> Self {
+        self.gthread = Some(threads);
         self
     }
 
@@ -400,6 +410,10 @@ impl SdkService {
             set("SDK_RESOURCE_PID", "1");
         }
         set("SDK_SCHEDULE_DELAY_MS", &self.schedule_delay_ms.to_string());
+        if let Some(threads) = self.gthread {
+            set("SDK_SERVER", "gthread");
+            set("SDK_THREADS", &threads.to_string());
+        }
         vars.extend(self.env.iter().cloned());
         vars
     }
@@ -411,6 +425,7 @@ fn configures_sdk(name: &str) -> bool {
     name.starts_with("OTEL_")
         || name.starts_with("SDK_")
         || name == "DOWNSTREAM_URL"
+        || name == "LEAF_DELAY_MS"
         || matches!(
             name,
             "SCOUTER_TRANSPORT"
@@ -495,6 +510,7 @@ impl ServerProgram {
     fn workers(&self) -> usize {
         match self {
             Self::Chain(config) => config.server.workers(),
+            Self::Sdk(config) => usize::from(config.gthread.is_some()),
             _ => 0,
         }
     }

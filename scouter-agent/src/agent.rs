@@ -436,10 +436,19 @@ impl Agent {
         }
         let Some(process) = self.processes.get(&parent).map(|p| p.forked(child)) else { return };
         tracing::info!(pid = child, parent, version = %process.version, service = %process.service_name, "tracking python process (forked)");
+        self.follow_sdk_contexts(&process);
         self.processes.insert(child, process);
+        self.publish_traced_pids();
         // A fork's memory is its parent's image: the same layout and thread-state slot.
         if let Some(layout) = self.stacks.layout_of(parent) {
             self.read_stacks(child, layout);
+        }
+    }
+
+    /// The kernel reads which span an in-process SDK made current in `process`.
+    fn follow_sdk_contexts(&mut self, process: &PythonProcess) {
+        if let Some(layout) = VersionLayout::for_minor(process.version.minor) {
+            self.probes.track_sdk_contexts(process.pid, &process.interpreter_file(), layout.for_objects());
         }
     }
 
@@ -519,9 +528,7 @@ impl Agent {
             );
             self.probes.track_asyncio(&discovery::asyncio::module_of(&process));
             self.probes.track_contexts(&process.interpreter_file());
-            if let Some(layout) = VersionLayout::for_minor(process.version.minor) {
-                self.probes.track_sdk_contexts(pid, &process.interpreter_file(), layout.for_objects());
-            }
+            self.follow_sdk_contexts(&process);
             // An exec replaced the memory image: the old layout must not read the new one.
             self.stop_reading_stacks(pid);
             if self.probes.reads_stacks() {

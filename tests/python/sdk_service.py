@@ -46,6 +46,12 @@ Environment:
   (plaintext), for http/protobuf the full URL, e.g. http://127.0.0.1:4318/v1/traces. Unset: the
   exporter's own default (OTEL_EXPORTER_OTLP_ENDPOINT, else localhost:4317 / :4318).
 - SDK_SCHEDULE_DELAY_MS: the batch processor's delay between exports (default 200).
+- SDK_SERVER: "werkzeug" (default: Werkzeug's threaded server, a thread per request) or "gthread":
+  gunicorn with one gthread worker of SDK_THREADS threads (default 16), so requests share a pool
+  of threads. The master prints READY; the worker prints "WORKER pid=<pid>" once it serves, and
+  shuts the SDK down when it exits. Export over OTLP/HTTP there: the SDK is set up before the fork.
+- LEAF_DELAY_MS: how long /leaf/<tag> waits before answering (default 0), so that concurrent
+  calls overlap in the caller.
 - SDK_PROPAGATE=1: in otel-manual and scouter modes, put the SDK's trace context on the downstream
   request by hand (OTel: `opentelemetry.propagate.inject`; Scouter:
   `get_tracing_headers_from_current_span()`). otel-auto always propagates (RequestsInstrumentor).
@@ -70,6 +76,7 @@ import json
 import os
 import signal
 import sys
+import time
 
 import requests
 from flask import Flask, Response, request
@@ -343,6 +350,9 @@ def create_app(sdk, port):
         headers = request.environ.get(HEADERS_KEY)
         if headers is None:
             headers = [[name, value] for name, value in request.headers.items()]
+        delay_ms = int(os.environ.get("LEAF_DELAY_MS", "0"))
+        if delay_ms > 0:
+            time.sleep(delay_ms / 1000.0)
         body = {"tag": tag, "port": port, "pid": os.getpid(), "headers": headers}
         return Response(json.dumps(body) + "\n", status=200, content_type="application/json")
 
@@ -368,6 +378,32 @@ def on_signal(signum, _frame):
     raise Stop(signum)
 
 
+def serve_gthread(app, port, mode, sdk):
+    """gunicorn, one gthread worker: requests run on a pool of threads that serve one another's
+    next requests."""
+    from gunicorn.app.base import BaseApplication
+
+    class Service(BaseApplication):
+        def load_config(self):
+            settings = {
+                "bind": "127.0.0.1:%d" % port,
+                "workers": 1,
+                "worker_class": "gthread",
+                "threads": int(os.environ.get("SDK_THREADS", "16")),
+                "loglevel": "warning",
+                "when_ready": lambda _arbiter: announce("READY pid=%d port=%d mode=%s" % (os.getpid(), port, mode)),
+                "post_worker_init": lambda _worker: announce("WORKER pid=%d" % os.getpid()),
+                "worker_exit": lambda _arbiter, _worker: sdk.shutdown(),
+            }
+            for key, value in settings.items():
+                self.cfg.set(key, value)
+
+        def load(self):
+            return app
+
+    Service().run()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mode", choices=MODES, required=True)
@@ -383,6 +419,9 @@ def main():
         sdk = Otel(args.mode, service_name)
 
     app = create_app(sdk, args.port)
+    if os.environ.get("SDK_SERVER", "werkzeug") == "gthread":
+        serve_gthread(app, args.port, args.mode, sdk)
+        return 0
     server = make_server("127.0.0.1", args.port, app, threaded=True, request_handler=RecordingHandler)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

@@ -368,3 +368,149 @@ fn scouter_sdk_over_http_and_grpc_and_otel_over_otlp_http_are_forwarded_with_the
     }
     verdict.finish(&log_context("agent", &log)).context("SDKs exporting to the agent")
 }
+
+/// Requests sent at once in the concurrency tests.
+const CONCURRENT: usize = 50;
+/// How long the leaf waits before answering, so the concurrent calls overlap in the front.
+const LEAF_DELAY_MS: &str = "300";
+
+/// `/work/c<n>` for every n at once, each on a connection of its own; the traceparent each call
+/// carried downstream, by n.
+fn concurrent_calls(verdict: &mut Verdict, port: u16) -> BTreeMap<usize, (String, String)> {
+    let answers: Vec<(usize, Result<Vec<u8>>)> = std::thread::scope(|scope| {
+        let clients: Vec<_> =
+            (0..CONCURRENT).map(|n| scope.spawn(move || (n, get(port, &format!("/work/c{n}"))))).collect();
+        clients.into_iter().map(|client| client.join().expect("a client thread panicked")).collect()
+    });
+    let mut calls = BTreeMap::new();
+    for (n, answer) in answers {
+        let Some(body) = verdict.step(&format!("GET /work/c{n}"), answer) else { continue };
+        let headers = verdict.step("reading the leaf's headers", leaf_headers(&body)).unwrap_or_default();
+        let parents: Vec<&str> = headers
+            .iter()
+            .filter(|(name, _)| name.eq_ignore_ascii_case("traceparent"))
+            .map(|(_, v)| v.as_str())
+            .collect();
+        match parents.as_slice() {
+            [one] => match one.split('-').collect::<Vec<_>>().as_slice() {
+                ["00", trace, span, _] => {
+                    calls.insert(n, (trace.to_string(), span.to_string()));
+                }
+                _ => verdict.problem(format!("call {n}: malformed traceparent {one:?}")),
+            },
+            many => verdict.problem(format!("call {n}: the leaf got {} traceparent headers: {many:?}", many.len())),
+        }
+    }
+    calls
+}
+
+/// The request tag (`c<n>`) a span names in its name or URL, if any.
+fn tag_of(span: &ReceivedSpan) -> Option<String> {
+    let text = [span.attr("url.full"), span.attr("url.path")]
+        .into_iter()
+        .flatten()
+        .filter_map(|value| value.as_str())
+        .chain([span.name.as_str()])
+        .find_map(|text| text.rsplit(['/', ' ']).next().filter(|last| last.starts_with('c')).map(str::to_owned));
+    text.filter(|tag| tag[1..].chars().all(|c| c.is_ascii_digit()) && tag.len() > 1)
+}
+
+/// One concurrent request's trace: the front's SERVER span (the agent's), the SDK's `work c<n>`
+/// under it, one CLIENT span (the agent's) under that with the id the leaf received, the leaf's
+/// SERVER span under the call, and no span of another request.
+fn check_nesting(
+    verdict: &mut Verdict,
+    spans: &[ReceivedSpan],
+    n: usize,
+    (trace, call_id): (&str, &str),
+    (front, leaf): (u32, u32),
+) {
+    let tag = format!("c{n}");
+    let in_trace: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.trace_id == trace).collect();
+    let shown = || {
+        in_trace
+            .iter()
+            .map(|s| format!("{} {} kind {} parent {:?}", s.span_id, s.name, s.kind, s.parent_span_id))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let of = |pid: u32, kind: i32| -> Vec<&&ReceivedSpan> {
+        in_trace.iter().filter(|s| s.kind == kind && pid_of(s) == Some(pid.into())).collect()
+    };
+    if let Some(other) = in_trace.iter().find(|s| tag_of(s).is_some_and(|t| t != tag)) {
+        verdict.problem(format!("call {n}: span {} of another request in its trace: {}", other.name, shown()));
+    }
+    let (servers, clients, leaves) = (of(front, 2), of(front, 3), of(leaf, 2));
+    let work = in_trace.iter().find(|s| s.name == format!("work {tag}"));
+    let ([server], [client], [leaf_server], Some(work)) =
+        (servers.as_slice(), clients.as_slice(), leaves.as_slice(), work)
+    else {
+        verdict.problem(format!(
+            "call {n}: expected one front SERVER ({}), one front CLIENT ({}), one leaf SERVER ({}) and `work {tag}` in trace {trace}: {}",
+            servers.len(),
+            clients.len(),
+            leaves.len(),
+            shown()
+        ));
+        return;
+    };
+    let parent_is =
+        |span: &ReceivedSpan, parent: &ReceivedSpan| span.parent_span_id.as_deref() == Some(&parent.span_id);
+    if tag_of(server).as_deref() != Some(tag.as_str()) {
+        verdict.problem(format!("call {n}: the front SERVER span is another request's: {}", shown()));
+    }
+    if !parent_is(work, server) {
+        verdict.problem(format!("call {n}: `work {tag}` is not under its request's SERVER span: {}", shown()));
+    }
+    if !parent_is(client, work) || client.span_id != call_id {
+        verdict.problem(format!(
+            "call {n}: the CLIENT span (downstream got {call_id}) is not the one under `work {tag}`: {}",
+            shown()
+        ));
+    }
+    if !parent_is(leaf_server, client) {
+        verdict.problem(format!("call {n}: the leaf's SERVER span is not under the call: {}", shown()));
+    }
+}
+
+#[test]
+fn otel_manual_spans_on_gthread_workers_nest_both_ways_under_50_concurrent_requests() -> Result<()> {
+    require_ebpf_host()?;
+    let scouter = ScouterBackend::start()?;
+    let receivers = Receivers::new()?;
+    let store = Store::new()?;
+    let mut agent = start_agent(&store, &scouter, &receivers, &["--metrics-listen".into(), "off".into()])?;
+    let python = Interpreter::sdk_venv()?;
+    let leaf = SdkService::plain().service_name("leaf").env("LEAF_DELAY_MS", LEAF_DELAY_MS);
+    let leaf = PythonServer::start(&python, ServerProgram::Sdk(leaf))?;
+    // Fewer threads than requests: threads go on to other requests with the SDK's context reset.
+    let front = SdkService::otel_manual(Otlp::HttpProtobuf(format!("{}/v1/traces", receivers.http_url())))
+        .service_name("front")
+        .downstream(&leaf.base_url())
+        .gthread(16);
+    let front = PythonServer::start(&python, ServerProgram::Sdk(front))?;
+    let worker = *front.pids().last().context("gunicorn's worker")?;
+    let mut verdict = Verdict::new();
+    for pid in [leaf.pid(), worker] {
+        verdict.step("waiting for the agent to track the services", agent.wait_tracking(pid));
+    }
+    let calls = concurrent_calls(&mut verdict, front.port());
+    verdict.step("GET /flush", get(front.port(), "/flush"));
+    let all_arrived = |spans: &[ReceivedSpan]| {
+        calls.iter().all(|(n, (trace, _))| {
+            let in_trace = || spans.iter().filter(|s| &s.trace_id == trace);
+            in_trace().any(|s| s.name == format!("work c{n}")) && in_trace().filter(|s| s.kind == 2).count() >= 2
+        })
+    };
+    verdict.step("the calls' spans reach Scouter", wait_until(&scouter, "Scouter", all_arrived));
+    let log = agent.log().clone();
+    verdict.step("stopping the agent", agent.stop());
+    if calls.len() != CONCURRENT {
+        verdict.problem(format!("{} of {CONCURRENT} calls reached the leaf", calls.len()));
+    }
+    let spans = scouter.spans();
+    for (n, (trace, call_id)) in &calls {
+        check_nesting(&mut verdict, &spans, *n, (trace, call_id), (worker, leaf.pid()));
+    }
+    verdict.finish(&log_context("agent", &log))
+}
