@@ -260,6 +260,8 @@ pub struct SdkService {
     /// `SDK_SERVER=gthread` with `SDK_THREADS`: gunicorn, one gthread worker of this many threads
     /// (announced as a worker: its pid is the one that serves and exports).
     pub gthread: Option<u32>,
+    /// `SDK_SERVER=asyncio`: an asyncio streams server (otel modes; `/work` and `/flush` only).
+    pub asyncio: bool,
     /// More environment variables (e.g. `SCOUTER_USERNAME`, `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`),
     /// set last, so they win.
     pub env: Vec<(String, String)>,
@@ -278,6 +280,7 @@ impl SdkService {
             schedule_delay_ms: 200,
             resource_pid: false,
             gthread: None,
+            asyncio: false,
             env: Vec::new(),
         }
     }
@@ -341,6 +344,12 @@ impl SdkService {
     /// Serves with gunicorn's gthread worker of `threads` threads.
     pub fn gthread(mut self, threads: u32) -> Self {
         self.gthread = Some(threads);
+        self
+    }
+
+    /// Serves on one asyncio event loop, every connection a task.
+    pub fn asyncio(mut self) -> Self {
+        self.asyncio = true;
         self
     }
 
@@ -410,6 +419,9 @@ impl SdkService {
             set("SDK_RESOURCE_PID", "1");
         }
         set("SDK_SCHEDULE_DELAY_MS", &self.schedule_delay_ms.to_string());
+        if self.asyncio {
+            set("SDK_SERVER", "asyncio");
+        }
         if let Some(threads) = self.gthread {
             set("SDK_SERVER", "gthread");
             set("SDK_THREADS", &threads.to_string());

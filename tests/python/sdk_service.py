@@ -50,6 +50,9 @@ Environment:
   gunicorn with one gthread worker of SDK_THREADS threads (default 16), so requests share a pool
   of threads. The master prints READY; the worker prints "WORKER pid=<pid>" once it serves, and
   shuts the SDK down when it exits. Export over OTLP/HTTP there: the SDK is set up before the fork.
+- SDK_SERVER=asyncio (otel modes): an asyncio streams server on one thread instead, every
+  connection a task of its own; /work/<tag> opens its span in the task and calls the downstream
+  with asyncio streams (HTTP/1.1, Connection: close). Serves /work and /flush only.
 - LEAF_DELAY_MS: how long /leaf/<tag> waits before answering (default 0), so that concurrent
   calls overlap in the caller.
 - SDK_PROPAGATE=1: in otel-manual and scouter modes, put the SDK's trace context on the downstream
@@ -72,11 +75,13 @@ set up before). SIGTERM or SIGINT shuts the SDK down (flushing what it holds), p
 """
 
 import argparse
+import asyncio
 import json
 import os
 import signal
 import sys
 import time
+import urllib.parse
 
 import requests
 from flask import Flask, Response, request
@@ -228,6 +233,13 @@ class Otel:
                 self.inject(headers)
             return call_downstream(url, headers)
 
+    async def work_async(self, tag):
+        with self.tracer.start_as_current_span("work " + tag):
+            url = downstream_url(tag)
+            if not url:
+                return no_downstream(tag)
+            return await get_async(url)
+
     def flush(self):
         return self.provider.force_flush(FLUSH_TIMEOUT_MILLIS)
 
@@ -378,6 +390,68 @@ def on_signal(signum, _frame):
     raise Stop(signum)
 
 
+async def get_async(url):
+    """One GET over asyncio streams; returns (status, body bytes, content type)."""
+    parts = urllib.parse.urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    try:
+        request = "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % (parts.path or "/", parts.netloc)
+        writer.write(request.encode("latin-1"))
+        await writer.drain()
+        response = await asyncio.wait_for(reader.read(), DOWNSTREAM_TIMEOUT)
+    finally:
+        writer.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    content_type = "text/plain"
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "content-type":
+            content_type = value.strip()
+    return int(lines[0].split(" ", 2)[1]), body, content_type
+
+
+async def serve_asyncio(port, mode, sdk):
+    """asyncio streams on one thread: each connection is a task; one request per connection."""
+
+    async def respond(path):
+        if path.startswith("/work/"):
+            return await sdk.work_async(path[len("/work/"):])
+        if path == "/flush":
+            flushed = await asyncio.get_running_loop().run_in_executor(None, sdk.flush)
+            return (200, b"flushed\n", "text/plain") if flushed else (500, b"flush timed out\n", "text/plain")
+        return 404, b"not found\n", "text/plain"
+
+    async def handle(reader, writer):
+        try:
+            request_line = (await reader.readline()).decode("latin-1")
+            while (await reader.readline()) not in (b"\r\n", b"\n", b""):
+                pass
+            parts = request_line.split(" ")
+            status, body, content_type = await respond(parts[1] if len(parts) > 1 else "/")
+            head = "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % (
+                status,
+                "OK" if status == 200 else "Error",
+                content_type,
+                len(body),
+            )
+            writer.write(head.encode("latin-1") + body)
+            await writer.drain()
+        finally:
+            writer.close()
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=128)
+    announce("READY pid=%d port=%d mode=%s" % (os.getpid(), port, mode))
+    async with server:
+        await stop.wait()
+    sdk.shutdown()
+    announce("STOPPED pid=%d" % os.getpid())
+
+
 def serve_gthread(app, port, mode, sdk):
     """gunicorn, one gthread worker: requests run on a pool of threads that serve one another's
     next requests."""
@@ -418,6 +492,11 @@ def main():
     else:
         sdk = Otel(args.mode, service_name)
 
+    if os.environ.get("SDK_SERVER") == "asyncio":
+        if not isinstance(sdk, Otel):
+            raise SystemExit("SDK_SERVER=asyncio serves the otel modes only")
+        asyncio.run(serve_asyncio(args.port, args.mode, sdk))
+        return 0
     app = create_app(sdk, args.port)
     if os.environ.get("SDK_SERVER", "werkzeug") == "gthread":
         serve_gthread(app, args.port, args.mode, sdk)

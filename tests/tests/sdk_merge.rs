@@ -514,3 +514,44 @@ fn otel_manual_spans_on_gthread_workers_nest_both_ways_under_50_concurrent_reque
     }
     verdict.finish(&log_context("agent", &log))
 }
+
+#[test]
+fn otel_manual_spans_in_asyncio_tasks_nest_both_ways_under_50_concurrent_requests() -> Result<()> {
+    require_ebpf_host()?;
+    let scouter = ScouterBackend::start()?;
+    let receivers = Receivers::new()?;
+    let store = Store::new()?;
+    let mut agent = start_agent(&store, &scouter, &receivers, &["--metrics-listen".into(), "off".into()])?;
+    let python = Interpreter::sdk_venv()?;
+    let leaf = SdkService::plain().service_name("leaf").env("LEAF_DELAY_MS", LEAF_DELAY_MS);
+    let leaf = PythonServer::start(&python, ServerProgram::Sdk(leaf))?;
+    // One thread, fifty tasks in their SDK spans at once.
+    let front = SdkService::otel_manual(Otlp::HttpProtobuf(format!("{}/v1/traces", receivers.http_url())))
+        .service_name("front")
+        .downstream(&leaf.base_url())
+        .asyncio();
+    let front = PythonServer::start(&python, ServerProgram::Sdk(front))?;
+    let mut verdict = Verdict::new();
+    for pid in [leaf.pid(), front.pid()] {
+        verdict.step("waiting for the agent to track the services", agent.wait_tracking(pid));
+    }
+    let calls = concurrent_calls(&mut verdict, front.port());
+    verdict.step("GET /flush", get(front.port(), "/flush"));
+    let all_arrived = |spans: &[ReceivedSpan]| {
+        calls.iter().all(|(n, (trace, _))| {
+            let in_trace = || spans.iter().filter(|s| &s.trace_id == trace);
+            in_trace().any(|s| s.name == format!("work c{n}")) && in_trace().filter(|s| s.kind == 2).count() >= 2
+        })
+    };
+    verdict.step("the calls' spans reach Scouter", wait_until(&scouter, "Scouter", all_arrived));
+    let log = agent.log().clone();
+    verdict.step("stopping the agent", agent.stop());
+    if calls.len() != CONCURRENT {
+        verdict.problem(format!("{} of {CONCURRENT} calls reached the leaf", calls.len()));
+    }
+    let spans = scouter.spans();
+    for (n, (trace, call_id)) in &calls {
+        check_nesting(&mut verdict, &spans, *n, (trace, call_id), (front.pid(), leaf.pid()));
+    }
+    verdict.finish(&log_context("agent", &log))
+}
