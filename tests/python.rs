@@ -161,6 +161,10 @@ pub enum ServerProgram {
     KeepAlive,
     /// `python -m http.server` serving `tests/python/www`: HTTP/1.0, one response per connection.
     HttpServerModule,
+    /// `sdk_context_shapes.py`: OpenTelemetry's context objects in the SDK's shape, made current
+    /// around a call to the echo server on `leaf_port` (no SDK needed: it runs on every
+    /// interpreter).
+    SdkContextShapes { leaf_port: u16 },
     /// `exit_before_response.py`: reads one request, then `os._exit(3)` without responding.
     ExitBeforeResponse,
     /// `echo_server.py`: answers every request with the raw bytes it received (head and body).
@@ -506,6 +510,9 @@ impl ServerProgram {
                 "--port".into(),
                 port.to_string(),
             ],
+            Self::SdkContextShapes { leaf_port } => {
+                vec![script("sdk_context_shapes.py"), port.to_string(), leaf_port.to_string()]
+            }
             Self::HttpServerModule => vec![
                 "-m".into(),
                 "http.server".into(),
@@ -537,7 +544,7 @@ impl ServerProgram {
 
     /// Whether the program prints `READY pid=N` once set up (the server waits for it).
     fn announces_ready(&self) -> bool {
-        matches!(self, Self::Sdk(_))
+        matches!(self, Self::Sdk(_) | Self::SdkContextShapes { .. })
     }
 
     /// A short name for messages.

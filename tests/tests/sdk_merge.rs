@@ -24,6 +24,7 @@ use scouter_e2e::expect::Verdict;
 use scouter_e2e::http::{HttpConnection, Request};
 use scouter_e2e::python::{
     free_port, leaf_headers, Interpreter, Otlp, PythonServer, ScouterTransport, SdkService, ServerProgram,
+    PYENV_VERSIONS,
 };
 use scouter_e2e::store::Store;
 
@@ -552,6 +553,69 @@ fn otel_manual_spans_in_asyncio_tasks_nest_both_ways_under_50_concurrent_request
     let spans = scouter.spans();
     for (n, (trace, call_id)) in &calls {
         check_nesting(&mut verdict, &spans, *n, (trace, call_id), (front.pid(), leaf.pid()));
+    }
+    verdict.finish(&log_context("agent", &log))
+}
+
+/// Every test interpreter (pyenv 3.8–3.13 and Debian's static python3.11).
+fn every_interpreter() -> Result<Vec<Interpreter>> {
+    let mut all = PYENV_VERSIONS.iter().map(|version| Interpreter::pyenv(version)).collect::<Result<Vec<_>>>()?;
+    all.push(Interpreter::debian()?);
+    Ok(all)
+}
+
+#[test]
+fn the_kernel_reads_otel_context_objects_on_every_interpreter() -> Result<()> {
+    require_ebpf_host()?;
+    let store = Store::new()?;
+    let mut agent =
+        Agent::start_with_args(&store, &["--receive-grpc", "off", "--receive-http", "off", "--metrics-listen", "off"])?;
+    let mut verdict = Verdict::new();
+    // (interpreter, the span made current, the traceparent its call carried).
+    let mut calls = Vec::new();
+    let leaf = PythonServer::start(&Interpreter::pyenv("3.12.1")?, ServerProgram::Echo)?;
+    for python in every_interpreter()? {
+        let server = PythonServer::start(&python, ServerProgram::SdkContextShapes { leaf_port: leaf.port() })?;
+        verdict.step("waiting for the agent to track the program", agent.wait_tracking(server.pid()));
+        for _ in 0..2 {
+            let Some(body) = verdict.step(&format!("{}: GET /", python.label), get(server.port(), "/")) else {
+                continue;
+            };
+            let text = String::from_utf8_lossy(&body).trim().to_owned();
+            match text.split(' ').collect::<Vec<_>>().as_slice() {
+                ["MATCH", traceparent, trace, span] => {
+                    calls.push((python.label.clone(), trace.to_string(), span.to_string(), traceparent.to_string()))
+                }
+                _ => verdict.problem(format!(
+                    "{}: the call made inside the SDK's span did not carry its trace: {text}",
+                    python.label
+                )),
+            }
+        }
+    }
+    let spans = store.poll_spans(ARRIVAL, |spans| {
+        calls.iter().all(|(_, trace, _, _)| spans.iter().any(|s| &s.trace_id == trace && s.kind == "CLIENT"))
+    });
+    let log = agent.log().clone();
+    verdict.step("stopping the agent", agent.stop());
+    if let Some(spans) = verdict.step("the calls' spans reach the store", spans) {
+        for (label, trace, span, traceparent) in &calls {
+            let client = spans.iter().find(|s| &s.trace_id == trace && s.kind == "CLIENT");
+            match client {
+                Some(client) if client.parent_span_id.as_deref() == Some(span.as_str()) => {
+                    if !traceparent.contains(&client.span_id) {
+                        verdict.problem(format!("{label}: the leaf got {traceparent}, the call is {}", client.span_id));
+                    }
+                }
+                other => verdict.problem(format!(
+                    "{label}: the call is not a child of the SDK span {span}: {:?}",
+                    other.map(|s| s.pretty())
+                )),
+            }
+        }
+    }
+    if calls.len() != 2 * 7 {
+        verdict.problem(format!("{} of 14 calls carried the SDK span's trace", calls.len()));
     }
     verdict.finish(&log_context("agent", &log))
 }
