@@ -97,7 +97,7 @@ impl AgentStatus {
 
     fn sdk_metrics(&self, out: &mut String) {
         let m = &self.merge;
-        let counters: [(&str, &str, &AtomicU64); 7] = [
+        let counters: [(&str, &str, &AtomicU64); 8] = [
             ("sdk_spans_received_total", "SDK spans the receivers accepted.", &m.received),
             ("sdk_spans_rejected_total", "SDK spans refused for invalid ids (OTLP partial success).", &m.rejected),
             (
@@ -119,6 +119,11 @@ impl AgentStatus {
                 "sdk_twins_merged_total",
                 "HTTP calls both an SDK and the agent reported, merged into one span.",
                 &m.twins_merged,
+            ),
+            (
+                "sdk_roots_unplaced_total",
+                "SDK root spans of traced processes the kernel did not see made current inside an agent span (background work, a span never made current, an SDK whose context the agent cannot read): left as the SDK made them.",
+                &m.unplaced_roots,
             ),
             (
                 "sdk_late_twins_dropped_total",

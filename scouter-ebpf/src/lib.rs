@@ -339,7 +339,10 @@ pub mod counter {
     /// SDK spans nested deeper than [`SDK_NESTING`](super::SDK_NESTING) on one thread or task:
     /// the innermost is remembered in place of its parent.
     pub const SDK_TOO_DEEP: u32 = 11;
-    pub const COUNT: u32 = 12;
+    /// Scouter's SDK (`scouter-ml`) made a span current: its span is a Rust object the kernel
+    /// does not read, so code under it keeps the agent's parents and its spans stay as made.
+    pub const SDK_CONTEXT_OPAQUE: u32 = 12;
+    pub const COUNT: u32 = 13;
     /// Each counter's name in logs and metrics, by index.
     pub const NAMES: [&str; COUNT as usize] = [
         "ring_full",
@@ -354,6 +357,7 @@ pub mod counter {
         "call_return_missed",
         "sdk_context_unreadable",
         "sdk_too_deep",
+        "sdk_context_opaque",
     ];
 }
 

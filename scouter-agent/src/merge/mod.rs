@@ -61,6 +61,9 @@ pub struct MergeCounters {
     pub twins_merged: AtomicU64,
     /// Twins that arrived after the other side had left: dropped rather than duplicated.
     pub late_twins_dropped: AtomicU64,
+    /// SDK root spans of traced processes that the kernel did not place under an agent span:
+    /// left as the SDK made them (never given a guessed parent).
+    pub unplaced_roots: AtomicU64,
 }
 
 /// The merge stage, driven by the agent's event loop.
@@ -93,7 +96,9 @@ impl Merger {
                 .find_map(|pid| process_resource(pid).map(|resource| (pid, resource)));
             match process {
                 Some((pid, process)) => {
-                    self.placements.place_sdk_span(pid, &mut span);
+                    if !self.placements.place_sdk_span(pid, &mut span) && span.parent_span_id.is_none() {
+                        self.counters.unplaced_roots.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     let key = Arc::as_ptr(&span.resource);
                     let resource = merged_resources
                         .entry(key)

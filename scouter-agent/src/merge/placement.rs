@@ -32,6 +32,8 @@ pub(super) struct Placements {
     adopted: BoundedMap<(u32, SpanId), SpanId, MAX_PLACEMENTS>,
     /// (pid, the request's span) → the SDK twin's id it takes.
     renamed: BoundedMap<(u32, SpanId), SpanId, MAX_PLACEMENTS>,
+    /// (pid, SDK span) of the twins above.
+    renamed_to: BoundedMap<(u32, SpanId), (), MAX_PLACEMENTS>,
 }
 
 impl Placements {
@@ -48,22 +50,25 @@ impl Placements {
         }
         if activation.twin {
             self.renamed.insert((pid, agent_span), sdk_span);
+            self.renamed_to.insert((pid, sdk_span), ());
         } else if activation.placement != SdkPlacement::SameTrace {
             self.adopted.insert((pid, sdk_span), agent_span);
         }
     }
 
-    /// An SDK span of process `pid`, placed as the kernel decided.
-    pub fn place_sdk_span(&self, pid: u32, span: &mut Span) {
-        if let Some(trace) = self.moved.get(&(pid, span.trace_id)) {
-            span.trace_id = *trace;
+    /// An SDK span of process `pid`, placed as the kernel decided; false when the kernel said
+    /// nothing of it or its trace.
+    pub fn place_sdk_span(&self, pid: u32, span: &mut Span) -> bool {
+        let moved = self.moved.get(&(pid, span.trace_id)).copied();
+        if let Some(trace) = moved {
+            span.trace_id = trace;
         }
-        if span.parent_span_id.is_none() {
-            if let Some(parent) = self.adopted.get(&(pid, span.span_id)) {
-                span.parent_span_id = Some(*parent);
-                span.flags.remote_parent = false;
-            }
+        let adopted = self.adopted.get(&(pid, span.span_id)).copied();
+        if let (Some(parent), None) = (adopted, span.parent_span_id) {
+            span.parent_span_id = Some(parent);
+            span.flags.remote_parent = false;
         }
+        moved.is_some() || adopted.is_some() || self.renamed_to.contains(&(pid, span.span_id))
     }
 
     /// An agent span of process `pid`, placed likewise; true when it became an SDK span's
@@ -152,7 +157,10 @@ mod tests {
         assert!(!placements.place_agent_span(PID, &mut call));
         assert_eq!((call.trace_id, call.parent_span_id), (TraceId([1; 16]), Some(SpanId([2; 8]))));
         let mut sdk_server = span(SpanKind::Server, 1, 2, None);
-        placements.place_sdk_span(PID, &mut sdk_server);
+        assert!(placements.place_sdk_span(PID, &mut sdk_server), "placed: as the request's twin");
         assert_eq!(sdk_server.parent_span_id, None, "a twin is not its own child");
+        let mut unknown = span(SpanKind::Internal, 5, 6, None);
+        assert!(!placements.place_sdk_span(PID, &mut unknown));
+        assert_eq!(unknown, span(SpanKind::Internal, 5, 6, None), "left as the SDK made it");
     }
 }

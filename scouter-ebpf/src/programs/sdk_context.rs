@@ -41,6 +41,8 @@ const TOKEN_OLD_VALUE: u64 = 32;
 
 /// OpenTelemetry's context variable, by name (with the string's terminating NUL: exact).
 const OTEL_CONTEXT_VAR: Key = Key::new(*b"current_context\0", 16);
+/// Scouter's SDK's context variable, `_otel_current_span` (its first 16 characters).
+const SCOUTER_CONTEXT_VAR: Key = Key::new(*b"_otel_current_sp", 16);
 /// The context key of the current span: `current-span-` and a uuid.
 const OTEL_SPAN_KEY: Key = Key::new(*b"current-span-\0\0\0", 13);
 const SPAN_CONTEXT: Key = Key::new(*b"_context\0\0\0\0\0\0\0\0", 9);
@@ -59,8 +61,11 @@ pub fn sdk_context_set(ctx: ProbeContext) -> u32 {
     let (Some(var), Some(value)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else { return 0 };
     // SAFETY: read in place.
     let Some(layout) = (unsafe { OBJECT_LAYOUTS.get(&current_ids(pid_tgid).0) }) else { return 0 };
-    if is_otel_context_var(layout, var) {
+    let Some(name) = read_pointer(var + VAR_NAME) else { return 0 };
+    if string_starts_with(layout, name, &OTEL_CONTEXT_VAR) {
         activated(pid_tgid, layout, value);
+    } else if string_starts_with(layout, name, &SCOUTER_CONTEXT_VAR) {
+        count(counter::SDK_CONTEXT_OPAQUE);
     }
     0
 }
