@@ -476,48 +476,23 @@ fn check_nesting(
 
 #[test]
 fn otel_manual_spans_on_gthread_workers_nest_both_ways_under_50_concurrent_requests() -> Result<()> {
-    require_ebpf_host()?;
-    let scouter = ScouterBackend::start()?;
-    let receivers = Receivers::new()?;
-    let store = Store::new()?;
-    let mut agent = start_agent(&store, &scouter, &receivers, &["--metrics-listen".into(), "off".into()])?;
-    let python = Interpreter::sdk_venv()?;
-    let leaf = SdkService::plain().service_name("leaf").env("LEAF_DELAY_MS", LEAF_DELAY_MS);
-    let leaf = PythonServer::start(&python, ServerProgram::Sdk(leaf))?;
     // Fewer threads than requests: threads go on to other requests with the SDK's context reset.
-    let front = SdkService::otel_manual(Otlp::HttpProtobuf(format!("{}/v1/traces", receivers.http_url())))
-        .service_name("front")
-        .downstream(&leaf.base_url())
-        .gthread(16);
-    let front = PythonServer::start(&python, ServerProgram::Sdk(front))?;
-    let worker = *front.pids().last().context("gunicorn's worker")?;
-    let mut verdict = Verdict::new();
-    for pid in [leaf.pid(), worker] {
-        verdict.step("waiting for the agent to track the services", agent.wait_tracking(pid));
-    }
-    let calls = concurrent_calls(&mut verdict, front.port());
-    verdict.step("GET /flush", get(front.port(), "/flush"));
-    let all_arrived = |spans: &[ReceivedSpan]| {
-        calls.iter().all(|(n, (trace, _))| {
-            let in_trace = || spans.iter().filter(|s| &s.trace_id == trace);
-            in_trace().any(|s| s.name == format!("work c{n}")) && in_trace().filter(|s| s.kind == 2).count() >= 2
-        })
-    };
-    verdict.step("the calls' spans reach Scouter", wait_until(&scouter, "Scouter", all_arrived));
-    let log = agent.log().clone();
-    verdict.step("stopping the agent", agent.stop());
-    if calls.len() != CONCURRENT {
-        verdict.problem(format!("{} of {CONCURRENT} calls reached the leaf", calls.len()));
-    }
-    let spans = scouter.spans();
-    for (n, (trace, call_id)) in &calls {
-        check_nesting(&mut verdict, &spans, *n, (trace, call_id), (worker, leaf.pid()));
-    }
-    verdict.finish(&log_context("agent", &log))
+    nest_under_concurrency(|front| front.gthread(16), |front| front.pids().last().copied().context("gunicorn's worker"))
 }
 
 #[test]
 fn otel_manual_spans_in_asyncio_tasks_nest_both_ways_under_50_concurrent_requests() -> Result<()> {
+    // One thread, fifty tasks in their SDK spans at once.
+    nest_under_concurrency(SdkService::asyncio, |front| Ok(front.pid()))
+}
+
+/// 50 concurrent requests to an otel-manual front served as `serve` says (exporting to the
+/// agent over OTLP/HTTP), each calling a slow leaf inside its SDK span; `serving_pid` is the
+/// front's process that serves (and exports). Every request's trace must nest both ways.
+fn nest_under_concurrency(
+    serve: impl FnOnce(SdkService) -> SdkService,
+    serving_pid: impl FnOnce(&PythonServer) -> Result<u32>,
+) -> Result<()> {
     require_ebpf_host()?;
     let scouter = ScouterBackend::start()?;
     let receivers = Receivers::new()?;
@@ -526,14 +501,13 @@ fn otel_manual_spans_in_asyncio_tasks_nest_both_ways_under_50_concurrent_request
     let python = Interpreter::sdk_venv()?;
     let leaf = SdkService::plain().service_name("leaf").env("LEAF_DELAY_MS", LEAF_DELAY_MS);
     let leaf = PythonServer::start(&python, ServerProgram::Sdk(leaf))?;
-    // One thread, fifty tasks in their SDK spans at once.
     let front = SdkService::otel_manual(Otlp::HttpProtobuf(format!("{}/v1/traces", receivers.http_url())))
         .service_name("front")
-        .downstream(&leaf.base_url())
-        .asyncio();
-    let front = PythonServer::start(&python, ServerProgram::Sdk(front))?;
+        .downstream(&leaf.base_url());
+    let front = PythonServer::start(&python, ServerProgram::Sdk(serve(front)))?;
+    let serving = serving_pid(&front)?;
     let mut verdict = Verdict::new();
-    for pid in [leaf.pid(), front.pid()] {
+    for pid in [leaf.pid(), serving] {
         verdict.step("waiting for the agent to track the services", agent.wait_tracking(pid));
     }
     let calls = concurrent_calls(&mut verdict, front.port());
@@ -552,7 +526,7 @@ fn otel_manual_spans_in_asyncio_tasks_nest_both_ways_under_50_concurrent_request
     }
     let spans = scouter.spans();
     for (n, (trace, call_id)) in &calls {
-        check_nesting(&mut verdict, &spans, *n, (trace, call_id), (front.pid(), leaf.pid()));
+        check_nesting(&mut verdict, &spans, *n, (trace, call_id), (serving, leaf.pid()));
     }
     verdict.finish(&log_context("agent", &log))
 }

@@ -79,8 +79,44 @@ pub struct InstrumentedFiles {
 impl InstrumentedFiles {
     /// Runs `instrument` the first time `path`'s file is seen; returns (and remembers) whether
     /// it succeeded. A file that cannot be read is not instrumented, and not remembered.
+    ///
+    /// A failure is not remembered when the path is gone afterwards: the path runs through
+    /// the process's `/proc/<pid>/root`, and a short-lived process (a version check by the same
+    /// interpreter) that exits during the attach must not leave the file uninstrumented for the
+    /// long-lived ones.
     pub fn once(&mut self, path: &Path, instrument: impl FnOnce() -> bool) -> bool {
         let Ok(meta) = std::fs::metadata(path) else { return false };
-        *self.files.entry((meta.dev(), meta.ino())).or_insert_with(instrument)
+        let key = (meta.dev(), meta.ino());
+        if let Some(done) = self.files.get(&key) {
+            return *done;
+        }
+        let done = instrument();
+        if done || std::fs::metadata(path).is_ok() {
+            self.files.insert(key, done);
+        }
+        done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_is_remembered_unless_the_path_vanished_meanwhile() {
+        let dir = std::env::temp_dir().join(format!("scouter-instrumented-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (kept, vanishing) = (dir.join("kept.so"), dir.join("vanishing.so"));
+        std::fs::write(&kept, b"x").unwrap();
+        std::fs::write(&vanishing, b"y").unwrap();
+        let mut files = InstrumentedFiles::default();
+        assert!(!files.once(&kept, || false));
+        assert!(!files.once(&kept, || panic!("a failure on a file still there is final")));
+        // The process whose /proc/<pid>/root led to the file exited during the attach.
+        let other = dir.join("other-path.so");
+        std::fs::hard_link(&vanishing, &other).unwrap();
+        assert!(!files.once(&vanishing, || std::fs::remove_file(&vanishing).is_err()));
+        assert!(files.once(&other, || true), "the same file through a live path is tried again");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
