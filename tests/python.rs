@@ -86,6 +86,13 @@ impl Interpreter {
         Self::at("debian python3.11", Path::new(DEBIAN_PYTHON))
     }
 
+    /// Every test interpreter: pyenv's [`PYENV_VERSIONS`], then Debian's python3.11.
+    pub fn every() -> Result<Vec<Self>> {
+        let mut all = PYENV_VERSIONS.iter().map(|version| Self::pyenv(version)).collect::<Result<Vec<_>>>()?;
+        all.push(Self::debian()?);
+        Ok(all)
+    }
+
     /// The SDK tests' interpreter: `<tools dir>/venvs/sdk/bin/python3` (pyenv 3.12.1 with
     /// OpenTelemetry's Python SDK and `scouter-ml`), checked to import both SDKs.
     pub fn sdk_venv() -> Result<Self> {

@@ -30,7 +30,7 @@ use scouter_e2e::agent::{log_context, Agent};
 use scouter_e2e::env::{python_dir, require_ebpf_host};
 use scouter_e2e::expect::Verdict;
 use scouter_e2e::http::{HttpConnection, Request};
-use scouter_e2e::python::{free_port, Interpreter, PythonServer, ServerProgram, DEBIAN_PYTHON, PYENV_VERSIONS};
+use scouter_e2e::python::{free_port, Interpreter, PythonServer, ServerProgram, DEBIAN_PYTHON};
 use scouter_e2e::store::{Span, Store};
 
 /// The `--function` selections: exact names, `*` (also across a dot: `Warehouse.restock`) and `?`.
@@ -759,12 +759,6 @@ fn indent(text: &str, prefix: &str) -> String {
     text.lines().map(|line| format!("{prefix}{line}")).collect::<Vec<_>>().join("\n")
 }
 
-fn interpreters() -> Result<Vec<Interpreter>> {
-    let mut all = PYENV_VERSIONS.iter().map(|version| Interpreter::pyenv(version)).collect::<Result<Vec<_>>>()?;
-    all.push(Interpreter::debian()?);
-    Ok(all)
-}
-
 /// Starts one service per interpreter, all at once (each takes a second or two to import Flask
 /// and FastAPI).
 fn start_services(interpreters: &[Interpreter], fresh: bool) -> Result<Vec<Service>> {
@@ -789,7 +783,7 @@ fn selected_functions_become_spans_on_every_interpreter_and_the_process_is_resto
     let store = Store::new()?;
     let mut verdict = Verdict::new();
 
-    let mut services = start_services(&interpreters()?, false)?;
+    let mut services = start_services(&Interpreter::every()?, false)?;
     let arguments: Vec<&str> = SELECTIONS.iter().flat_map(|selection| ["--function", selection]).collect();
     let mut agent = Agent::start_with_args(&store, &arguments)?;
     let fresh = FRESH_VERSIONS.iter().map(|version| Interpreter::pyenv(version)).collect::<Result<Vec<_>>>()?;

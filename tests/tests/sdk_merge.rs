@@ -24,7 +24,6 @@ use scouter_e2e::expect::Verdict;
 use scouter_e2e::http::{HttpConnection, Request};
 use scouter_e2e::python::{
     free_port, leaf_headers, Interpreter, Otlp, PythonServer, ScouterTransport, SdkService, ServerProgram,
-    PYENV_VERSIONS,
 };
 use scouter_e2e::store::Store;
 
@@ -132,18 +131,8 @@ fn otel_sdk_and_agent_spans_form_one_trace_with_one_traceparent_and_one_client_s
         let Some(body) = verdict.step(&format!("GET /work/o{n}"), get(front.port(), &format!("/work/o{n}"))) else {
             continue;
         };
-        let headers = verdict.step("reading the leaf's headers", leaf_headers(&body)).unwrap_or_default();
-        let parents: Vec<&str> = headers
-            .iter()
-            .filter(|(name, _)| name.eq_ignore_ascii_case("traceparent"))
-            .map(|(_, v)| v.as_str())
-            .collect();
-        match parents.as_slice() {
-            [one] => match one.split('-').collect::<Vec<_>>().as_slice() {
-                ["00", trace, span, _] => calls.push((n, trace.to_string(), span.to_string())),
-                _ => verdict.problem(format!("call {n}: malformed traceparent {one:?}")),
-            },
-            many => verdict.problem(format!("call {n}: the leaf got {} traceparent headers: {many:?}", many.len())),
+        if let Some((trace, span)) = downstream_context(&mut verdict, n, &body) {
+            calls.push((n, trace, span));
         }
     }
     verdict.step("GET /flush", get(front.port(), "/flush"));
@@ -386,23 +375,32 @@ fn concurrent_calls(verdict: &mut Verdict, port: u16) -> BTreeMap<usize, (String
     let mut calls = BTreeMap::new();
     for (n, answer) in answers {
         let Some(body) = verdict.step(&format!("GET /work/c{n}"), answer) else { continue };
-        let headers = verdict.step("reading the leaf's headers", leaf_headers(&body)).unwrap_or_default();
-        let parents: Vec<&str> = headers
-            .iter()
-            .filter(|(name, _)| name.eq_ignore_ascii_case("traceparent"))
-            .map(|(_, v)| v.as_str())
-            .collect();
-        match parents.as_slice() {
-            [one] => match one.split('-').collect::<Vec<_>>().as_slice() {
-                ["00", trace, span, _] => {
-                    calls.insert(n, (trace.to_string(), span.to_string()));
-                }
-                _ => verdict.problem(format!("call {n}: malformed traceparent {one:?}")),
-            },
-            many => verdict.problem(format!("call {n}: the leaf got {} traceparent headers: {many:?}", many.len())),
+        if let Some(context) = downstream_context(verdict, n, &body) {
+            calls.insert(n, context);
         }
     }
     calls
+}
+
+/// The (trace id, span id) of the one `traceparent` call `n` carried downstream, from the leaf's
+/// answer `body`; a problem when there is none, more than one, or a malformed one.
+fn downstream_context(verdict: &mut Verdict, n: usize, body: &[u8]) -> Option<(String, String)> {
+    let headers = verdict.step("reading the leaf's headers", leaf_headers(body)).unwrap_or_default();
+    let parents: Vec<&str> =
+        headers.iter().filter(|(name, _)| name.eq_ignore_ascii_case("traceparent")).map(|(_, v)| v.as_str()).collect();
+    match parents.as_slice() {
+        [one] => match one.split('-').collect::<Vec<_>>().as_slice() {
+            ["00", trace, span, _] => Some((trace.to_string(), span.to_string())),
+            _ => {
+                verdict.problem(format!("call {n}: malformed traceparent {one:?}"));
+                None
+            }
+        },
+        many => {
+            verdict.problem(format!("call {n}: the leaf got {} traceparent headers: {many:?}", many.len()));
+            None
+        }
+    }
 }
 
 /// The request tag (`c<n>`) a span names in its name or URL, if any.
@@ -531,13 +529,6 @@ fn nest_under_concurrency(
     verdict.finish(&log_context("agent", &log))
 }
 
-/// Every test interpreter (pyenv 3.8–3.13 and Debian's static python3.11).
-fn every_interpreter() -> Result<Vec<Interpreter>> {
-    let mut all = PYENV_VERSIONS.iter().map(|version| Interpreter::pyenv(version)).collect::<Result<Vec<_>>>()?;
-    all.push(Interpreter::debian()?);
-    Ok(all)
-}
-
 #[test]
 fn the_kernel_reads_otel_context_objects_on_every_interpreter() -> Result<()> {
     require_ebpf_host()?;
@@ -548,7 +539,7 @@ fn the_kernel_reads_otel_context_objects_on_every_interpreter() -> Result<()> {
     // (interpreter, the span made current, the traceparent its call carried).
     let mut calls = Vec::new();
     let leaf = PythonServer::start(&Interpreter::pyenv("3.12.1")?, ServerProgram::Echo)?;
-    for python in every_interpreter()? {
+    for python in Interpreter::every()? {
         let server = PythonServer::start(&python, ServerProgram::SdkContextShapes { leaf_port: leaf.port() })?;
         verdict.step("waiting for the agent to track the program", agent.wait_tracking(server.pid()));
         for _ in 0..2 {

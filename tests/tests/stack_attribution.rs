@@ -98,15 +98,6 @@ fn upload(port: u16, path: &str) -> Result<()> {
     Ok(())
 }
 
-fn interpreters() -> Result<Vec<Interpreter>> {
-    let mut all = Vec::new();
-    for version in ["3.8.18", "3.9.18", "3.10.13", "3.11.7", "3.12.1", "3.13.0"] {
-        all.push(Interpreter::pyenv(version)?);
-    }
-    all.push(Interpreter::debian()?);
-    Ok(all)
-}
-
 fn start(interpreter: &Interpreter, server: &'static str, downstream: &str) -> Result<Service> {
     let program = ServerProgram::Stack { server, downstream: downstream.to_owned() };
     let process = PythonServer::start(interpreter, program)?;
@@ -122,7 +113,7 @@ fn client_and_server_spans_name_the_handler_on_every_interpreter() -> Result<()>
     let downstream = format!("http://127.0.0.1:{}", leaf.port());
 
     let mut services = Vec::new();
-    for interpreter in interpreters()? {
+    for interpreter in Interpreter::every()? {
         let service = start(&interpreter, "flask", &downstream)?;
         for n in 0..WARM_UP_REQUESTS {
             get(service.process.port(), &format!("/checkout/warm-{n}"))?;
@@ -130,7 +121,7 @@ fn client_and_server_spans_name_the_handler_on_every_interpreter() -> Result<()>
         services.push(service);
     }
     let mut agent = Agent::start(&store)?;
-    for interpreter in interpreters()? {
+    for interpreter in Interpreter::every()? {
         services.push(start(&interpreter, "fastapi", &downstream)?);
     }
     for service in &services {
