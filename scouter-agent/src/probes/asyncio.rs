@@ -63,10 +63,11 @@ impl AsyncioProbes {
     }
 }
 
+/// The required probes all or none: a step entry probe left attached by a failed try would
+/// fire twice per step after the next try, and the running-task stack would never unwind.
 fn attach_all(ebpf: &mut Ebpf, module: &AsyncioModule) -> Result<(), ProbeError> {
-    attach(ebpf, if module.state_argument { TASK_STEP_STATE_FIRST } else { TASK_STEP }, module)?;
-    attach(ebpf, TASK_STEP_RETURN, module)?;
-    attach(ebpf, TASK_INIT, module)?;
+    let step = if module.state_argument { TASK_STEP_STATE_FIRST } else { TASK_STEP };
+    uprobes::attach_all_or_none(ebpf, &[step, TASK_STEP_RETURN, TASK_INIT], &module.host_path)?;
     // Without these, tasks still inherit their creator's request; only handing a request to an
     // already running task (aiohttp's per-connection handler) is lost.
     let wakeup = if module.has_task_wakeup { TASK_WAKEUP } else { TASK_WAKEUP_WRAPPER };

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use aya::Ebpf;
 
-use super::uprobes::{self, attach, InstrumentedFiles};
+use super::uprobes::{self, InstrumentedFiles};
 use super::ProbeError;
 
 /// (program, symbol).
@@ -51,10 +51,5 @@ impl ContextProbes {
 
 /// Both or neither: a copy probe without the run probe would only cost.
 fn attach_both(ebpf: &mut Ebpf, interpreter: &Path) -> Result<(), ProbeError> {
-    let run = attach(ebpf, RUN.0, RUN.1, interpreter)?;
-    if let Err(error) = attach(ebpf, COPY_RETURN.0, COPY_RETURN.1, interpreter) {
-        uprobes::detach(ebpf, vec![(RUN.0, run)]);
-        return Err(error);
-    }
-    Ok(())
+    uprobes::attach_all_or_none(ebpf, &[RUN, COPY_RETURN], interpreter)
 }

@@ -10,7 +10,7 @@ use aya::maps::{HashMap as BpfHashMap, MapData};
 use aya::Ebpf;
 use scouter_ebpf::{map_names, ObjectLayout};
 
-use super::uprobes::{self, attach, InstrumentedFiles};
+use super::uprobes::{self, InstrumentedFiles};
 use super::{take_map, ProbeError};
 
 /// (program, symbol).
@@ -64,10 +64,5 @@ impl SdkContextProbes {
 
 /// Both or neither: sets without resets would leave spans current forever.
 fn attach_both(ebpf: &mut Ebpf, interpreter: &Path) -> Result<(), ProbeError> {
-    let set = attach(ebpf, SET.0, SET.1, interpreter)?;
-    if let Err(error) = attach(ebpf, RESET.0, RESET.1, interpreter) {
-        uprobes::detach(ebpf, vec![(SET.0, set)]);
-        return Err(error);
-    }
-    Ok(())
+    uprobes::attach_all_or_none(ebpf, &[SET, RESET], interpreter)
 }

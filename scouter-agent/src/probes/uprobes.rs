@@ -31,6 +31,27 @@ pub fn attach(
     attach_scoped(ebpf, program, symbol, path, UProbeScope::AllProcesses)
 }
 
+/// Attaches each `(program, symbol)` to the ELF file at `path`, for every process: all of them
+/// or, at the first failure, none (those already attached are detached again, so a later try
+/// on the same file does not attach them twice).
+pub fn attach_all_or_none(
+    ebpf: &mut Ebpf,
+    probes: &[(&'static str, &'static str)],
+    path: &Path,
+) -> Result<(), ProbeError> {
+    let mut links = Vec::with_capacity(probes.len());
+    for (program, symbol) in probes.iter().copied() {
+        match attach(ebpf, program, symbol, path) {
+            Ok(link) => links.push((program, link)),
+            Err(error) => {
+                detach(ebpf, links);
+                return Err(error);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Attaches `program` to `symbol` in the ELF file at `path`, for process `pid` only: the
 /// kernel plants its breakpoint in that process's memory and no other's.
 pub fn attach_to_process(
