@@ -72,33 +72,29 @@ impl Agent {
 
     /// Waits for the agent to log that it tracks the Python process `pid`.
     pub fn wait_tracking(&mut self, pid: u32) -> Result<String> {
-        let pid_text = pid.to_string();
-        self.wait_for_line(&format!("tracking python process pid={pid}"), TRACKING_TIMEOUT, |line| {
-            line.contains("tracking python process") && has_field(line, "pid", &pid_text)
-        })
+        self.wait_logged("INFO", "tracking python process", pid)
     }
 
     /// Waits for the agent to log that it reads the Python stacks of process `pid`.
     pub fn wait_reading_stacks(&mut self, pid: u32) -> Result<String> {
-        let pid_text = pid.to_string();
-        self.wait_for_line(&format!("reading python stacks pid={pid}"), TRACKING_TIMEOUT, |line| {
-            line.contains(" INFO ") && line.contains("reading python stacks") && has_field(line, "pid", &pid_text)
-        })
+        self.wait_logged("INFO", "reading python stacks", pid)
     }
 
     /// Waits for the agent to log (WARN) that it will not read process `pid`'s stacks.
     pub fn wait_refusing_stacks(&mut self, pid: u32) -> Result<String> {
-        let pid_text = pid.to_string();
-        self.wait_for_line(&format!("python stacks unavailable pid={pid}"), TRACKING_TIMEOUT, |line| {
-            line.contains(" WARN ") && line.contains("python stacks unavailable") && has_field(line, "pid", &pid_text)
-        })
+        self.wait_logged("WARN", "python stacks unavailable", pid)
     }
 
     /// Waits for the agent to log that it traces the selected functions of process `pid`.
     pub fn wait_tracing_functions(&mut self, pid: u32) -> Result<String> {
-        let pid_text = pid.to_string();
-        self.wait_for_line(&format!("tracing python functions pid={pid}"), TRACKING_TIMEOUT, |line| {
-            line.contains(" INFO ") && line.contains("tracing python functions") && has_field(line, "pid", &pid_text)
+        self.wait_logged("INFO", "tracing python functions", pid)
+    }
+
+    /// Waits for the agent to log, at `level`, `message` about process `pid`.
+    pub fn wait_logged(&mut self, level: &str, message: &str, pid: u32) -> Result<String> {
+        let (pid_text, level) = (pid.to_string(), format!(" {level} "));
+        self.wait_for_line(&format!("{message} pid={pid}"), TRACKING_TIMEOUT, |line| {
+            line.contains(&level) && line.contains(message) && has_field(line, "pid", &pid_text)
         })
     }
 

@@ -177,6 +177,8 @@ struct Agent {
     merger: Merger,
     /// The traced pids, for the receivers to attribute SDK connections.
     traced_pids: Arc<RwLock<Vec<u32>>>,
+    /// Native SDK builds already reported as unknown (one warning per build, not per process).
+    unknown_native_builds: HashSet<String>,
 }
 
 impl Agent {
@@ -208,6 +210,7 @@ impl Agent {
             status,
             merger,
             traced_pids,
+            unknown_native_builds: HashSet::new(),
         }
     }
 
@@ -287,6 +290,25 @@ impl Agent {
                 self.on_function_returned(pid, span_id, time, outcome)
             }
             KernelEvent::SdkSpanActivated(activation) => self.merger.on_sdk_activation(&activation),
+            KernelEvent::NativeSpanSeen { pid } => self.follow_native_sdk_spans(pid),
+        }
+    }
+
+    /// `pid` made a native SDK's span current: the kernel reads such spans once the build's
+    /// layout is known.
+    fn follow_native_sdk_spans(&mut self, pid: u32) {
+        match discovery::native_sdk::span_layout_of(pid) {
+            Ok((layout, build)) => {
+                tracing::info!(pid, build = build.package, "nesting a native SDK's spans with the agent's");
+                self.probes.read_native_sdk_spans(pid, layout);
+            }
+            Err(discovery::native_sdk::NativeSdkError::UnknownBuild { path, build_id }) => {
+                if self.unknown_native_builds.insert(build_id.clone()) {
+                    let error = discovery::native_sdk::NativeSdkError::UnknownBuild { path, build_id };
+                    tracing::warn!(pid, %error, "native SDK spans stay as the SDK made them");
+                }
+            }
+            Err(error) => tracing::debug!(pid, %error, "native SDK spans stay as the SDK made them"),
         }
     }
 

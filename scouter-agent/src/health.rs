@@ -97,7 +97,7 @@ impl AgentStatus {
 
     fn sdk_metrics(&self, out: &mut String) {
         let m = &self.merge;
-        let counters: [(&str, &str, &AtomicU64); 8] = [
+        let counters: [(&str, &str, &AtomicU64); 9] = [
             ("sdk_spans_received_total", "SDK spans the receivers accepted.", &m.received),
             ("sdk_spans_rejected_total", "SDK spans refused for invalid ids (OTLP partial success).", &m.rejected),
             (
@@ -129,6 +129,11 @@ impl AgentStatus {
                 "sdk_late_twins_dropped_total",
                 "Reports of a call whose other report had already left: dropped, not duplicated.",
                 &m.late_twins_dropped,
+            ),
+            (
+                "sdk_spans_duplicate_total",
+                "SDK spans received again (exported both to Scouter and over OTLP, or an export retried): forwarded once.",
+                &m.duplicates_dropped,
             ),
         ];
         for (name, help, counter) in counters {

@@ -45,6 +45,9 @@ pub mod map_names {
     /// How to read each traced process's Python objects ([`ObjectLayout`]), by tgid: the
     /// in-process SDKs' trace context is read with it.
     pub const OBJECT_LAYOUTS: &str = "OBJECT_LAYOUTS";
+    /// Where each traced process's native SDK keeps its current span's ids
+    /// ([`NativeSpanLayout`]), by tgid.
+    pub const NATIVE_SPAN_LAYOUTS: &str = "NATIVE_SPAN_LAYOUTS";
 }
 
 /// Slots of the stack-capture program array.
@@ -83,6 +86,9 @@ pub enum EventKind {
     FunctionEntered = 9,
     FunctionReturned = 10,
     SdkSpanActivated = 11,
+    /// A traced process made a span of a native SDK current and the kernel has no
+    /// [`NativeSpanLayout`] for it: userspace looks for one (once per process). Header only.
+    NativeSpanSeen = 12,
 }
 
 impl EventKind {
@@ -99,6 +105,7 @@ impl EventKind {
             9 => Self::FunctionEntered,
             10 => Self::FunctionReturned,
             11 => Self::SdkSpanActivated,
+            12 => Self::NativeSpanSeen,
             _ => return None,
         })
     }
@@ -609,6 +616,31 @@ pub mod instance_dict {
     pub const INLINE_AFTER: u8 = 4;
 }
 
+/// Where a native (compiled) SDK keeps the ids of the span it makes current, for the one build
+/// of it a process maps. Scouter's SDK (`scouter-ml`) keeps its current span as a pyo3 object
+/// that points at shared state, which holds the OpenTelemetry Rust SDK's span as a trait
+/// object. Rust lays such structs out as each build's compiler chose, so the offsets are known
+/// per build, never guessed (the agent's `discovery::native_sdk`). Offsets in bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NativeSpanLayout {
+    /// Address, in the process, of the vtable of the span type the offsets describe: ids are
+    /// read only from a span whose trait object points at it. 0: no known layout, and the
+    /// process's activations are counted as opaque.
+    pub span_vtable: u64,
+    /// In the Python object: the pointer to the span's shared state.
+    pub state: u16,
+    /// In the shared state: the span's data pointer.
+    pub span: u16,
+    /// In the shared state: the span's vtable pointer.
+    pub span_vtable_at: u16,
+    /// In the span: the trace id, a little-endian `u128`.
+    pub trace_id: u16,
+    /// In the span: the span id, a little-endian `u64`.
+    pub span_id: u16,
+    pub _pad: [u16; 3],
+}
+
 /// SDK spans remembered per thread or asyncio task, innermost last.
 pub const SDK_NESTING: usize = 4;
 
@@ -655,6 +687,7 @@ mod pod {
     unsafe impl aya::Pod for super::ObjectKey {}
     unsafe impl aya::Pod for super::FunctionVerdict {}
     unsafe impl aya::Pod for super::ObjectLayout {}
+    unsafe impl aya::Pod for super::NativeSpanLayout {}
 }
 
 #[cfg(test)]
@@ -686,15 +719,16 @@ mod layout {
         );
         assert_eq!(size_of::<FunctionReturnedEvent>(), 24 + 8 + 8 + 8);
         assert_eq!(size_of::<ObjectLayout>(), 8);
+        assert_eq!(size_of::<NativeSpanLayout>(), 24);
         assert_eq!(size_of::<SdkSpanEvent>(), 24 + 16 + 8 + 16 + 8 + 8);
     }
 
     #[test]
     fn event_kinds_round_trip() {
-        for k in 1..=11 {
+        for k in 1..=12 {
             assert_eq!(EventKind::from_u32(k).map(|k| k as u32), Some(k));
         }
         assert!(EventKind::from_u32(0).is_none());
-        assert!(EventKind::from_u32(12).is_none());
+        assert!(EventKind::from_u32(13).is_none());
     }
 }

@@ -6,9 +6,9 @@ use aya_ebpf::{
 };
 use scouter_ebpf::{
     counter, stack_programs, trace_option, traceparent, CallLayout, FunctionEnteredEvent, FunctionVerdict,
-    ObjectLayout, PythonLayout, SocketAddress, SocketInfo, SocketKey, SpanContext, StackEvent, TrackedProcess,
-    CALL_NESTING, EVENTS_RING_BYTES, HEAD_SCAN, MAX_IN_FLIGHT_SYSCALLS, MAX_TRACKED_PROCESSES, MAX_TRACKED_SOCKETS,
-    SDK_NESTING,
+    NativeSpanLayout, ObjectLayout, PythonLayout, SocketAddress, SocketInfo, SocketKey, SpanContext, StackEvent,
+    TrackedProcess, CALL_NESTING, EVENTS_RING_BYTES, HEAD_SCAN, MAX_IN_FLIGHT_SYSCALLS, MAX_TRACKED_PROCESSES,
+    MAX_TRACKED_SOCKETS, SDK_NESTING,
 };
 
 /// Processes the agent traces, by tgid. Filled by the agent and by `sched_process_fork`.
@@ -444,6 +444,12 @@ pub static CALL_SCRATCH: PerCpuArray<FunctionEnteredEvent> = PerCpuArray::with_m
 #[map]
 pub static OBJECT_LAYOUTS: HashMap<u32, ObjectLayout> = HashMap::with_max_entries(MAX_TRACKED_PROCESSES, 0);
 
+/// Where each traced process's native SDK keeps its current span's ids, by tgid. The kernel
+/// inserts an empty entry when it first sees such a span (so userspace is asked once);
+/// userspace fills it when it knows the build.
+#[map]
+pub static NATIVE_SPAN_LAYOUTS: HashMap<u32, NativeSpanLayout> = HashMap::with_max_entries(MAX_TRACKED_PROCESSES, 0);
+
 /// What an SDK's span is made current for: an asyncio task (each runs in a context of its
 /// own) or, outside tasks, a thread.
 #[derive(Clone, Copy)]
@@ -468,6 +474,11 @@ pub struct SdkSpan {
     pub sdk_trace_id: [u8; 16],
     /// The `Context` whose activation made it current: a reset back to an outer one pops it.
     pub context_object: u64,
+    /// 1: a native SDK's span the kernel could not read (its build's layout was not known yet).
+    /// Spans made current under it are left as the SDK made them too: placing them alone would
+    /// split the SDK's trace around it.
+    pub opaque: u8,
+    pub _pad: [u8; 7],
 }
 
 /// The SDK spans current on a unit, innermost last.

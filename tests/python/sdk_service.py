@@ -151,6 +151,9 @@ def no_downstream(tag):
 class Plain:
     """No SDK."""
 
+    def start(self):
+        pass
+
     def instrument(self, app):
         pass
 
@@ -201,6 +204,9 @@ class Otel:
         trace.set_tracer_provider(self.provider)
         self.tracer = trace.get_tracer("sdk_service")
 
+    def start(self):
+        """Nothing to start: the batch processor restarts its thread in a forked worker."""
+
     @staticmethod
     def otlp_exporter():
         protocol, endpoint = otlp_protocol(), otlp_endpoint()
@@ -248,9 +254,16 @@ class Otel:
 
 
 class Scouter:
-    """Scouter's SDK: spans to Scouter through its transport, optionally to OTLP as well."""
+    """Scouter's SDK: spans to Scouter through its transport, optionally to OTLP as well.
+
+    Started in the process that serves: the SDK runs its exporter on threads of a Rust runtime,
+    which a fork (gunicorn's workers) does not carry over."""
 
     def __init__(self, service_name):
+        self.service_name = service_name
+
+    def start(self):
+        service_name = self.service_name
         from scouter.tracing import (
             BatchConfig,
             GrpcSpanExporter,
@@ -452,6 +465,11 @@ async def serve_asyncio(port, mode, sdk):
     announce("STOPPED pid=%d" % os.getpid())
 
 
+def start_worker(sdk):
+    sdk.start()
+    announce("WORKER pid=%d" % os.getpid())
+
+
 def serve_gthread(app, port, mode, sdk):
     """gunicorn, one gthread worker: requests run on a pool of threads that serve one another's
     next requests."""
@@ -466,7 +484,7 @@ def serve_gthread(app, port, mode, sdk):
                 "threads": int(os.environ.get("SDK_THREADS", "16")),
                 "loglevel": "warning",
                 "when_ready": lambda _arbiter: announce("READY pid=%d port=%d mode=%s" % (os.getpid(), port, mode)),
-                "post_worker_init": lambda _worker: announce("WORKER pid=%d" % os.getpid()),
+                "post_worker_init": lambda _worker: start_worker(sdk),
                 "worker_exit": lambda _arbiter, _worker: sdk.shutdown(),
             }
             for key, value in settings.items():
@@ -495,12 +513,14 @@ def main():
     if os.environ.get("SDK_SERVER") == "asyncio":
         if not isinstance(sdk, Otel):
             raise SystemExit("SDK_SERVER=asyncio serves the otel modes only")
+        sdk.start()
         asyncio.run(serve_asyncio(args.port, args.mode, sdk))
         return 0
     app = create_app(sdk, args.port)
     if os.environ.get("SDK_SERVER", "werkzeug") == "gthread":
         serve_gthread(app, args.port, args.mode, sdk)
         return 0
+    sdk.start()
     server = make_server("127.0.0.1", args.port, app, threaded=True, request_handler=RecordingHandler)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

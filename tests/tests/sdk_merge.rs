@@ -19,9 +19,10 @@ use scouter_e2e::agent::{log_context, Agent};
 use scouter_e2e::backends::otlp::OtlpReceiver;
 use scouter_e2e::backends::scouter::ScouterBackend;
 use scouter_e2e::backends::{Backend, ReceivedSpan};
-use scouter_e2e::env::require_ebpf_host;
+use scouter_e2e::env::{python_dir, require_ebpf_host, workspace_root};
 use scouter_e2e::expect::Verdict;
 use scouter_e2e::http::{HttpConnection, Request};
+use scouter_e2e::lines::LineLog;
 use scouter_e2e::python::{
     free_port, leaf_headers, Interpreter, Otlp, PythonServer, ScouterTransport, SdkService, ServerProgram,
 };
@@ -415,14 +416,16 @@ fn tag_of(span: &ReceivedSpan) -> Option<String> {
 }
 
 /// One concurrent request's trace: the front's SERVER span (the agent's), the SDK's `work c<n>`
-/// under it, one CLIENT span (the agent's) under that with the id the leaf received, the leaf's
-/// SERVER span under the call, and no span of another request.
+/// under it (through the SDK spans named in `between`, outermost first), one CLIENT span (the
+/// agent's) under that with the id the leaf received, the leaf's SERVER span under the call,
+/// and no span of another request.
 fn check_nesting(
     verdict: &mut Verdict,
     spans: &[ReceivedSpan],
     n: usize,
     (trace, call_id): (&str, &str),
     (front, leaf): (u32, u32),
+    between: &[&str],
 ) {
     let tag = format!("c{n}");
     let in_trace: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.trace_id == trace).collect();
@@ -438,6 +441,11 @@ fn check_nesting(
     };
     if let Some(other) = in_trace.iter().find(|s| tag_of(s).is_some_and(|t| t != tag)) {
         verdict.problem(format!("call {n}: span {} of another request in its trace: {}", other.name, shown()));
+    }
+    let mut ids: Vec<&str> = in_trace.iter().map(|s| s.span_id.as_str()).collect();
+    ids.sort_unstable();
+    if ids.windows(2).any(|pair| pair[0] == pair[1]) {
+        verdict.problem(format!("call {n}: a span arrived twice: {}", shown()));
     }
     let (servers, clients, leaves) = (of(front, 2), of(front, 3), of(leaf, 2));
     let work = in_trace.iter().find(|s| s.name == format!("work {tag}"));
@@ -458,8 +466,19 @@ fn check_nesting(
     if tag_of(server).as_deref() != Some(tag.as_str()) {
         verdict.problem(format!("call {n}: the front SERVER span is another request's: {}", shown()));
     }
-    if !parent_is(work, server) {
-        verdict.problem(format!("call {n}: `work {tag}` is not under its request's SERVER span: {}", shown()));
+    let mut inner: &ReceivedSpan = work;
+    for name in between.iter().rev() {
+        let parent = in_trace.iter().find(|s| inner.parent_span_id.as_deref() == Some(&s.span_id));
+        match parent {
+            Some(parent) if parent.name == *name => inner = parent,
+            _ => {
+                verdict.problem(format!("call {n}: `{}` is not under a `{name}` SDK span: {}", inner.name, shown()));
+                return;
+            }
+        }
+    }
+    if !parent_is(inner, server) {
+        verdict.problem(format!("call {n}: `{}` is not under its request's SERVER span: {}", inner.name, shown()));
     }
     if !parent_is(client, work) || client.span_id != call_id {
         verdict.problem(format!(
@@ -472,22 +491,73 @@ fn check_nesting(
     }
 }
 
+/// The gunicorn worker that serves (and exports) for a gthread front.
+fn gthread_worker(front: &PythonServer) -> Result<u32> {
+    front.pids().last().copied().context("gunicorn's worker")
+}
+
 #[test]
 fn otel_manual_spans_on_gthread_workers_nest_both_ways_under_50_concurrent_requests() -> Result<()> {
     // Fewer threads than requests: threads go on to other requests with the SDK's context reset.
-    nest_under_concurrency(|front| front.gthread(16), |front| front.pids().last().copied().context("gunicorn's worker"))
+    nest_under_concurrency(FrontSdk::OtelManual, |front| front.gthread(16), gthread_worker)
 }
 
 #[test]
 fn otel_manual_spans_in_asyncio_tasks_nest_both_ways_under_50_concurrent_requests() -> Result<()> {
     // One thread, fifty tasks in their SDK spans at once.
-    nest_under_concurrency(SdkService::asyncio, |front| Ok(front.pid()))
+    nest_under_concurrency(FrontSdk::OtelManual, SdkService::asyncio, |front| Ok(front.pid()))
 }
 
-/// 50 concurrent requests to an otel-manual front served as `serve` says (exporting to the
-/// agent over OTLP/HTTP), each calling a slow leaf inside its SDK span; `serving_pid` is the
-/// front's process that serves (and exports). Every request's trace must nest both ways.
+#[test]
+fn scouter_sdk_spans_on_gthread_workers_nest_both_ways_under_50_concurrent_requests() -> Result<()> {
+    nest_under_concurrency(FrontSdk::Scouter, |front| front.gthread(16), gthread_worker)
+}
+
+/// The SDK of the front in the concurrency tests.
+#[derive(Clone, Copy)]
+enum FrontSdk {
+    /// OpenTelemetry's SDK, manual spans (`work c<n>`), exported over OTLP/HTTP.
+    OtelManual,
+    /// Scouter's SDK: a decorated function (`handle_work`) and `start_as_current_span`
+    /// (`work c<n>`) inside it, exported over Scouter's HTTP transport and OTLP/HTTP. Its current span is a
+    /// native object: the kernel reads it once the agent knows the process's build.
+    Scouter,
+}
+
+impl FrontSdk {
+    fn service(self, receivers: &Receivers) -> SdkService {
+        match self {
+            Self::OtelManual => {
+                SdkService::otel_manual(Otlp::HttpProtobuf(format!("{}/v1/traces", receivers.http_url())))
+            }
+            // Both of its exports at once: the agent gets every span twice and forwards it once.
+            Self::Scouter => SdkService::scouter(ScouterTransport::Http(receivers.http_url()))
+                .credentials("sdk-user", "sdk-secret")
+                .otlp(Otlp::HttpProtobuf(format!("{}/v1/traces", receivers.http_url()))),
+        }
+    }
+
+    /// The SDK spans between the request's SERVER span and `work c<n>`, outermost first.
+    fn between(self) -> &'static [&'static str] {
+        match self {
+            Self::OtelManual => &[],
+            Self::Scouter => &["handle_work"],
+        }
+    }
+
+    fn native(self) -> bool {
+        matches!(self, Self::Scouter)
+    }
+}
+
+/// 50 concurrent requests to a front with `sdk` (exporting to the agent), served as `serve`
+/// says, each calling a slow leaf inside its SDK spans; `serving_pid` is the front's process
+/// that serves (and exports). Every request's trace must nest both ways.
+///
+/// A native SDK's first span in a process cannot be read (the agent learns the process's build
+/// from it): a first request comes before the burst, and its SDK spans must be left as made.
 fn nest_under_concurrency(
+    sdk: FrontSdk,
     serve: impl FnOnce(SdkService) -> SdkService,
     serving_pid: impl FnOnce(&PythonServer) -> Result<u32>,
 ) -> Result<()> {
@@ -499,14 +569,17 @@ fn nest_under_concurrency(
     let python = Interpreter::sdk_venv()?;
     let leaf = SdkService::plain().service_name("leaf").env("LEAF_DELAY_MS", LEAF_DELAY_MS);
     let leaf = PythonServer::start(&python, ServerProgram::Sdk(leaf))?;
-    let front = SdkService::otel_manual(Otlp::HttpProtobuf(format!("{}/v1/traces", receivers.http_url())))
-        .service_name("front")
-        .downstream(&leaf.base_url());
+    let front = sdk.service(&receivers).service_name("front").downstream(&leaf.base_url());
     let front = PythonServer::start(&python, ServerProgram::Sdk(serve(front)))?;
     let serving = serving_pid(&front)?;
     let mut verdict = Verdict::new();
     for pid in [leaf.pid(), serving] {
         verdict.step("waiting for the agent to track the services", agent.wait_tracking(pid));
+    }
+    if sdk.native() {
+        verdict.step("GET /work/first", get(front.port(), "/work/first"));
+        let learnt = agent.wait_logged("INFO", "nesting a native SDK's spans", serving);
+        verdict.step("waiting for the agent to read the SDK's build", learnt);
     }
     let calls = concurrent_calls(&mut verdict, front.port());
     verdict.step("GET /flush", get(front.port(), "/flush"));
@@ -524,9 +597,36 @@ fn nest_under_concurrency(
     }
     let spans = scouter.spans();
     for (n, (trace, call_id)) in &calls {
-        check_nesting(&mut verdict, &spans, *n, (trace, call_id), (serving, leaf.pid()));
+        check_nesting(&mut verdict, &spans, *n, (trace, call_id), (serving, leaf.pid()), sdk.between());
+    }
+    if sdk.native() {
+        check_left_as_made(&mut verdict, &spans, serving, &log);
     }
     verdict.finish(&log_context("agent", &log))
+}
+
+/// The first request's SDK spans, made before the agent knew the SDK's build: in the SDK's own
+/// trace, `work first` under `handle_work`, and no span of the agent's there; the kernel
+/// counted them as opaque.
+fn check_left_as_made(verdict: &mut Verdict, spans: &[ReceivedSpan], front: u32, log: &LineLog) {
+    let Some(work) = spans.iter().find(|s| s.name == "work first") else {
+        verdict.problem("the first request's `work first` SDK span did not arrive".to_owned());
+        return;
+    };
+    let in_trace: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.trace_id == work.trace_id).collect();
+    let outer = in_trace.iter().find(|s| work.parent_span_id.as_deref() == Some(&s.span_id));
+    if !outer.is_some_and(|outer| outer.name == "handle_work" && outer.parent_span_id.is_none()) {
+        verdict.problem(format!("`work first` is not under a root `handle_work` in its own trace: {in_trace:?}"));
+    }
+    if let Some(agent_span) =
+        in_trace.iter().find(|s| s.scope_name == "scouter-agent" && pid_of(s) == Some(front.into()))
+    {
+        verdict.problem(format!("the agent placed a span in the unread SDK trace: {}", agent_span.name));
+    }
+    let opaque = log.lines_containing("sdk_context_opaque=").iter().any(|line| !line.contains("sdk_context_opaque=0"));
+    if !opaque {
+        verdict.problem("the kernel did not count the unread SDK spans (sdk_context_opaque)".to_owned());
+    }
 }
 
 #[test]
@@ -583,4 +683,31 @@ fn the_kernel_reads_otel_context_objects_on_every_interpreter() -> Result<()> {
         verdict.problem(format!("{} of 14 calls carried the SDK span's trace", calls.len()));
     }
     verdict.finish(&log_context("agent", &log))
+}
+
+#[test]
+fn the_agents_table_of_native_sdk_builds_holds_the_layout_measured_on_the_installed_scouter_ml() -> Result<()> {
+    // The kernel reads scouter-ml's spans with offsets known per build: measured here in a live
+    // span's memory, they must be the agent's entry for this build, word for word.
+    let python = Interpreter::sdk_venv()?;
+    let output = std::process::Command::new(&python.path)
+        .arg(python_dir().join("native_span_layout.py"))
+        .output()
+        .context("running native_span_layout.py")?;
+    let measured = String::from_utf8_lossy(&output.stdout);
+    ensure!(
+        output.status.success(),
+        "native_span_layout.py failed ({}): {measured}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let table_file = workspace_root().join("scouter-agent/src/discovery/native_sdk.rs");
+    let table = std::fs::read_to_string(&table_file).with_context(|| format!("reading {}", table_file.display()))?;
+    let words = |text: &str| text.split_whitespace().collect::<Vec<_>>().join(" ");
+    ensure!(
+        words(&table).contains(&words(&measured)),
+        "{} lacks the entry measured on the installed scouter-ml; add:\n{measured}",
+        table_file.display()
+    );
+    Ok(())
 }

@@ -10,6 +10,7 @@ pub mod file_cache;
 mod interpreter;
 pub mod libssl;
 mod loader;
+pub mod native_sdk;
 mod procfs;
 pub mod sockets;
 mod untraced;

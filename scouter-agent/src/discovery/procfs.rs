@@ -24,6 +24,25 @@ pub fn mapped_files(pid: u32) -> Option<Vec<PathBuf>> {
     Some(files)
 }
 
+/// Files mapped into the process from their start (file offset 0), with the address they start
+/// at: where a shared object was loaded.
+pub fn mapped_file_starts(pid: u32) -> Option<Vec<(PathBuf, u64)>> {
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    Some(maps.lines().filter_map(file_start).collect())
+}
+
+/// (path, start address) of a maps line that maps a file from offset 0.
+fn file_start(line: &str) -> Option<(PathBuf, u64)> {
+    let mut fields = line.split_ascii_whitespace();
+    let start = fields.next()?.split('-').next()?;
+    let offset = fields.nth(1)?;
+    if u64::from_str_radix(offset, 16).ok()? != 0 {
+        return None;
+    }
+    let path = mapped_path(line)?;
+    Some((PathBuf::from(path), u64::from_str_radix(start, 16).ok()?))
+}
+
 /// The path column of a /proc/PID/maps line, when it names a file.
 fn mapped_path(line: &str) -> Option<&str> {
     let path = line.splitn(6, ' ').nth(5)?.trim_start();
@@ -127,6 +146,10 @@ mod tests {
         assert_eq!(mapped_path(line), Some("/usr/lib/libpython3.11.so.1.0"));
         assert_eq!(mapped_path("7ffd-7ffe rw-p 00000000 00:00 0                          [stack]"), None);
         assert_eq!(mapped_path("7ffd-7ffe rw-p 00000000 00:00 0"), None);
+        assert_eq!(file_start(line), Some((PathBuf::from("/usr/lib/libpython3.11.so.1.0"), 0x7f1c2a000000)));
+        let later = "7f1c2a100000-7f1c2a200000 r-xp 00100000 fd:01 1234    /usr/lib/libpython3.11.so.1.0";
+        assert_eq!(file_start(later), None, "not the file's start");
+        assert_eq!(file_start("7ffd-7ffe rw-p 00000000 00:00 0                          [stack]"), None);
     }
 
     #[test]

@@ -81,6 +81,10 @@ pub enum KernelEvent {
         outcome: CallOutcome,
     },
     SdkSpanActivated(SdkActivation),
+    /// The process made a native SDK's span current and the kernel has no layout for it yet.
+    NativeSpanSeen {
+        pid: u32,
+    },
 }
 
 /// An in-process SDK made a span current while the agent's span was, and the kernel placed it
@@ -249,6 +253,7 @@ pub fn decode(record: &[u8], clock: &WallClock) -> Result<KernelEvent, DecodeErr
             let event: SdkSpanEvent = read_record(record, Some(kind))?;
             KernelEvent::SdkSpanActivated(sdk_activation(header.pid, &event)?)
         }
+        EventKind::NativeSpanSeen => KernelEvent::NativeSpanSeen { pid: header.pid },
     })
 }
 
@@ -445,6 +450,13 @@ mod tests {
         assert_eq!(outcome_of(call_outcome::RAISED), Some(CallOutcome::Raised { exception_type: 0x5000 }));
         assert_eq!(outcome_of(call_outcome::EVICTED), Some(CallOutcome::Evicted));
         assert_eq!(ended(9), Err(DecodeError::UnknownCallOutcome(9)));
+    }
+
+    #[test]
+    fn decodes_a_request_for_a_native_sdk_layout() {
+        let event = header(EventKind::NativeSpanSeen);
+        let decoded = decode(&bytes_of(&event), &WallClock::with_offset(0));
+        assert!(matches!(decoded, Ok(KernelEvent::NativeSpanSeen { pid: 42 })), "{decoded:?}");
     }
 
     #[test]

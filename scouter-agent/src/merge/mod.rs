@@ -12,9 +12,10 @@
 //! The kernel adopts a `traceparent` that an SDK already put in a request instead of
 //! inserting a second one, and takes its ids as the client span's own; the SDK reports a span
 //! with those same ids. That pair is merged here into one span carrying both sides'
-//! attributes and the SDK's parent. The kernel also follows which span OpenTelemetry's SDK
-//! made current on each thread and task: it parents the agent's spans under it and says where
-//! the SDK's spans go ([`crate::events::SdkActivation`]).
+//! attributes and the SDK's parent. The kernel also follows which span an SDK (OpenTelemetry's,
+//! or a measured `scouter-ml` build) made current on each thread and task: it parents the
+//! agent's spans under it and says where the SDK's spans go ([`crate::events::SdkActivation`]).
+//! A span received twice (an SDK exporting to two of the agent's ports) is forwarded once.
 
 mod bounded;
 pub mod decode;
@@ -29,7 +30,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::events::SdkActivation;
-use crate::spans::{Resource, Span};
+use crate::spans::{Resource, Span, SpanId, TraceId};
+use bounded::BoundedMap;
 use placement::Placements;
 use twins::Twins;
 
@@ -64,23 +66,36 @@ pub struct MergeCounters {
     /// SDK root spans of traced processes that the kernel did not place under an agent span:
     /// left as the SDK made them (never given a guessed parent).
     pub unplaced_roots: AtomicU64,
+    /// SDK spans received again (an SDK exporting both to Scouter and over OTLP, or retrying
+    /// an export that had arrived): forwarded once.
+    pub duplicates_dropped: AtomicU64,
 }
+
+/// SDK spans remembered to drop repeats: a few seconds of spans at high rates.
+const REMEMBERED_SDK_SPANS: usize = 32_768;
 
 /// The merge stage, driven by the agent's event loop.
 pub struct Merger {
     twins: Twins,
     placements: Placements,
+    /// The ids, as the SDK sent them, of the SDK spans already taken.
+    taken: BoundedMap<(TraceId, SpanId), (), REMEMBERED_SDK_SPANS>,
     counters: Arc<MergeCounters>,
 }
 
 impl Merger {
     pub fn new(window: Duration, counters: Arc<MergeCounters>) -> Self {
-        Self { twins: Twins::new(window, Arc::clone(&counters)), placements: Placements::default(), counters }
+        Self {
+            twins: Twins::new(window, Arc::clone(&counters)),
+            placements: Placements::default(),
+            taken: BoundedMap::default(),
+            counters,
+        }
     }
 
     /// The spans of `batch` to export: attributed to their process (its resource, the SDK's
-    /// own attributes on top), twins merged. `process_resource` gives a traced process's
-    /// resource.
+    /// own attributes on top), twins merged, repeats of spans already taken dropped.
+    /// `process_resource` gives a traced process's resource.
     pub fn on_sdk_batch(
         &mut self,
         batch: SdkBatch,
@@ -89,6 +104,9 @@ impl Merger {
         let mut merged_resources: HashMap<*const Resource, Arc<Resource>> = HashMap::new();
         let mut out = Vec::with_capacity(batch.spans.len());
         for mut span in batch.spans {
+            if !self.take(&span) {
+                continue;
+            }
             let claimed = span.resource.process_pid().and_then(|pid| u32::try_from(pid).ok());
             let process = [batch.peer_pid, claimed]
                 .into_iter()
@@ -112,6 +130,17 @@ impl Merger {
             out.extend(self.twins.on_sdk_span(span));
         }
         out
+    }
+
+    /// Whether `span` is new; a repeat is counted.
+    fn take(&mut self, span: &Span) -> bool {
+        let ids = (span.trace_id, span.span_id);
+        if self.taken.contains(&ids) {
+            self.counters.duplicates_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return false;
+        }
+        self.taken.insert(ids, ());
+        true
     }
 
     /// The kernel placed an SDK span made current inside the agent's.
@@ -180,7 +209,9 @@ mod tests {
         let mut merger = Merger::new(DEFAULT_TWIN_WINDOW, Arc::default());
         let mut span = Span::for_test(SpanKind::Internal, SpanId([1; 8]));
         span.resource = sdk;
-        let out = merger.on_sdk_batch(SdkBatch { spans: vec![span.clone(), span], peer_pid: Some(42) }, |pid| {
+        let mut sibling = span.clone();
+        sibling.span_id = SpanId([2; 8]);
+        let out = merger.on_sdk_batch(SdkBatch { spans: vec![span, sibling], peer_pid: Some(42) }, |pid| {
             (pid == 42).then(|| Arc::clone(&process))
         });
         assert_eq!(out.len(), 2);
@@ -200,5 +231,20 @@ mod tests {
         let out = merger.on_sdk_batch(SdkBatch { spans: vec![span.clone()], peer_pid: None }, |_| None);
         assert_eq!(out, [span]);
         assert_eq!(counters.unattributed.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_span_received_twice_is_forwarded_once_and_counted() {
+        let counters = Arc::new(MergeCounters::default());
+        let mut merger = Merger::new(DEFAULT_TWIN_WINDOW, Arc::clone(&counters));
+        let span = Span::for_test(SpanKind::Internal, SpanId([1; 8]));
+        let mut other_trace = span.clone();
+        other_trace.trace_id = crate::spans::TraceId([9; 16]);
+        let batch = |spans: Vec<Span>| SdkBatch { spans, peer_pid: None };
+        assert_eq!(merger.on_sdk_batch(batch(vec![span.clone()]), |_| None).len(), 1);
+        // The same span over the other export, and a span of another trace with the same id.
+        let out = merger.on_sdk_batch(batch(vec![span, other_trace.clone()]), |_| None);
+        assert_eq!(out, [other_trace]);
+        assert_eq!(counters.duplicates_dropped.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 }

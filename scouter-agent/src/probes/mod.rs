@@ -215,6 +215,11 @@ impl Probes {
         self.sdk_contexts.instrument(&mut self.ebpf, pid, interpreter, layout)
     }
 
+    /// The kernel reads the native SDK span objects of `pid` as `layout` says.
+    pub fn read_native_sdk_spans(&mut self, pid: u32, layout: scouter_ebpf::NativeSpanLayout) {
+        self.sdk_contexts.read_native_spans(pid, layout);
+    }
+
     /// Stops reading `pid`'s objects (it exited, or exec'd a new image).
     pub fn forget_sdk_contexts(&mut self, pid: u32) {
         self.sdk_contexts.forget(pid);

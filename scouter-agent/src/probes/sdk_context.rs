@@ -2,13 +2,15 @@
 //! `scouter-ebpf/src/programs/sdk_context.rs`): which span an in-process SDK (OpenTelemetry)
 //! made current on each thread or task. Attached once per interpreter file; both functions are
 //! exported, so stripped builds have them too. The kernel reads the SDK's objects with each
-//! process's [`ObjectLayout`], written here when the process is tracked.
+//! process's [`ObjectLayout`], written here when the process is tracked, and a native SDK's
+//! span objects with its [`NativeSpanLayout`], written when the kernel asks for it (see
+//! `discovery::native_sdk`).
 
 use std::path::Path;
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use aya::Ebpf;
-use scouter_ebpf::{map_names, ObjectLayout};
+use scouter_ebpf::{map_names, NativeSpanLayout, ObjectLayout};
 
 use super::uprobes::{self, InstrumentedFiles};
 use super::{take_map, ProbeError};
@@ -20,6 +22,7 @@ const RESET: (&str, &str) = ("sdk_context_reset", "PyContextVar_Reset");
 pub struct SdkContextProbes {
     interpreters: InstrumentedFiles,
     layouts: BpfHashMap<MapData, u32, ObjectLayout>,
+    native_layouts: BpfHashMap<MapData, u32, NativeSpanLayout>,
 }
 
 impl SdkContextProbes {
@@ -28,7 +31,9 @@ impl SdkContextProbes {
         uprobes::load(ebpf, [SET.0, RESET.0])?;
         let layouts = BpfHashMap::try_from(take_map(ebpf, map_names::OBJECT_LAYOUTS)?)
             .map_err(|source| ProbeError::Map { name: map_names::OBJECT_LAYOUTS, source })?;
-        Ok(Self { interpreters: InstrumentedFiles::default(), layouts })
+        let native_layouts = BpfHashMap::try_from(take_map(ebpf, map_names::NATIVE_SPAN_LAYOUTS)?)
+            .map_err(|source| ProbeError::Map { name: map_names::NATIVE_SPAN_LAYOUTS, source })?;
+        Ok(Self { interpreters: InstrumentedFiles::default(), layouts, native_layouts })
     }
 
     /// Follows the SDK context of `pid`, whose interpreter is `interpreter` (attached unless
@@ -57,8 +62,17 @@ impl SdkContextProbes {
         attached
     }
 
+    /// The kernel reads `pid`'s native SDK spans with `layout` from now on. Without a call the
+    /// kernel's empty entry stays, and the process's native spans stay counted as opaque.
+    pub fn read_native_spans(&mut self, pid: u32, layout: NativeSpanLayout) {
+        if let Err(error) = self.native_layouts.insert(pid, layout, 0) {
+            tracing::warn!(pid, %error, "cannot follow this process's native SDK spans");
+        }
+    }
+
     pub fn forget(&mut self, pid: u32) {
         let _ = self.layouts.remove(&pid);
+        let _ = self.native_layouts.remove(&pid);
     }
 }
 

@@ -6,6 +6,10 @@
 //! span under its `current-span-…` key, that span's `_context` (a `SpanContext` tuple whose
 //! first items are the trace and span ids as ints) and its `_kind`. Thread- and task-exact by
 //! construction: the probe runs on the thread that activates, inside the task that does.
+//! Scouter's SDK (`scouter-ml`) keeps its current span in `ContextVar("_otel_current_span")`
+//! as a native object (pyo3 over the OpenTelemetry Rust SDK): its ids are read through the
+//! [`NativeSpanLayout`] userspace found for the build the process maps, and not at all (only
+//! counted) when the build is not known.
 //!
 //! Each thread (or task) keeps a small stack of the SDK spans made current on it
 //! ([`SDK_SPANS`]); a reset pops back to the context it restores. [`super::context`] asks
@@ -22,26 +26,35 @@
 //! SERVER span made current first in a served request is that request's twin: the request's
 //! span takes its id, so the two reports merge into one span.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::uprobe, programs::ProbeContext};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
+    macros::uprobe,
+    programs::ProbeContext,
+};
 use scouter_ebpf::{
-    context_origin, counter, sdk_relation, EventKind, ObjectLayout, SdkSpanEvent, SpanContext, SDK_NESTING,
+    context_origin, counter, sdk_relation, EventHeader, EventKind, NativeSpanLayout, ObjectLayout, SdkSpanEvent,
+    SpanContext, SDK_NESTING,
 };
 
 use super::asyncio::running_task;
 use super::context::{find_parent, parent_source, update_served_trace};
 use super::python_objects::{attribute, dict_item, int_u128, is_dict, string_starts_with, tuple_item, Key};
-use super::python_stack::read_pointer;
+use super::python_stack::{read_pointer, read_u64};
 use super::{current_ids, header, tracked_thread};
-use crate::maps::{count, ExecutionUnit, SdkSpan, ServedRequest, EVENTS, OBJECT_LAYOUTS, SDK_SCRATCH, SDK_SPANS};
+use crate::maps::{
+    count, ExecutionUnit, SdkSpan, ServedRequest, EVENTS, NATIVE_SPAN_LAYOUTS, OBJECT_LAYOUTS, SDK_SCRATCH, SDK_SPANS,
+};
 
 /// `PyContextVar.var_name`, the same in every supported version.
 const VAR_NAME: u64 = 16;
-/// `PyContextToken.tok_oldval`: what a reset restores.
+/// `PyContextToken.tok_oldval`: what a reset restores (NULL: no value).
 const TOKEN_OLD_VALUE: u64 = 32;
 
 /// OpenTelemetry's context variable, by name (with the string's terminating NUL: exact).
 const OTEL_CONTEXT_VAR: Key = Key::new(*b"current_context\0", 16);
-/// Scouter's SDK's context variable, `_otel_current_span` (its first 16 characters).
+/// Scouter's SDK's context variable, `_otel_current_span` (its first 16 characters): it holds
+/// the current span as a native object, read with the process's [`NativeSpanLayout`].
 const SCOUTER_CONTEXT_VAR: Key = Key::new(*b"_otel_current_sp", 16);
 /// The context key of the current span: `current-span-` and a uuid.
 const OTEL_SPAN_KEY: Key = Key::new(*b"current-span-\0\0\0", 13);
@@ -61,11 +74,13 @@ pub fn sdk_context_set(ctx: ProbeContext) -> u32 {
     let (Some(var), Some(value)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else { return 0 };
     // SAFETY: read in place.
     let Some(layout) = (unsafe { OBJECT_LAYOUTS.get(&current_ids(pid_tgid).0) }) else { return 0 };
-    let Some(name) = read_pointer(var + VAR_NAME) else { return 0 };
-    if string_starts_with(layout, name, &OTEL_CONTEXT_VAR) {
-        activated(pid_tgid, layout, value);
-    } else if string_starts_with(layout, name, &SCOUTER_CONTEXT_VAR) {
-        count(counter::SDK_CONTEXT_OPAQUE);
+    match sdk_of(layout, var) {
+        Sdk::OpenTelemetry => activated(pid_tgid, value, otel_span(layout, value)),
+        Sdk::Scouter => match native_layout(pid_tgid) {
+            Some(native) => activated(pid_tgid, value, native_span(native, value)),
+            None => activated_opaque(pid_tgid, value),
+        },
+        Sdk::None => {}
     }
     0
 }
@@ -77,29 +92,63 @@ pub fn sdk_context_reset(ctx: ProbeContext) -> u32 {
     let (Some(var), Some(token)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else { return 0 };
     // SAFETY: read in place.
     let Some(layout) = (unsafe { OBJECT_LAYOUTS.get(&current_ids(pid_tgid).0) }) else { return 0 };
-    if is_otel_context_var(layout, var) {
-        if let Some(restored) = read_pointer(token + TOKEN_OLD_VALUE) {
+    if matches!(sdk_of(layout, var), Sdk::OpenTelemetry | Sdk::Scouter) {
+        // NULL when the variable had no value before: every span the kernel knows is over.
+        if let Some(restored) = read_u64(token + TOKEN_OLD_VALUE) {
             reset_to(pid_tgid, restored);
         }
     }
     0
 }
 
-#[inline(always)]
-fn is_otel_context_var(layout: &ObjectLayout, var: u64) -> bool {
-    read_pointer(var + VAR_NAME).is_some_and(|name| string_starts_with(layout, name, &OTEL_CONTEXT_VAR))
+/// The SDKs whose context variable the kernel knows.
+enum Sdk {
+    OpenTelemetry,
+    Scouter,
+    None,
 }
 
-/// The span an OpenTelemetry `Context` holds, as read from memory.
-struct OtelSpan {
+#[inline(always)]
+fn sdk_of(layout: &ObjectLayout, var: u64) -> Sdk {
+    let Some(name) = read_pointer(var + VAR_NAME) else { return Sdk::None };
+    if string_starts_with(layout, name, &OTEL_CONTEXT_VAR) {
+        Sdk::OpenTelemetry
+    } else if string_starts_with(layout, name, &SCOUTER_CONTEXT_VAR) {
+        Sdk::Scouter
+    } else {
+        Sdk::None
+    }
+}
+
+/// The process's native SDK layout, when userspace knows its build. The first time a process
+/// asks, an empty entry is left and userspace is told to look.
+#[inline(always)]
+fn native_layout(pid_tgid: u64) -> Option<&'static NativeSpanLayout> {
+    let pid = current_ids(pid_tgid).0;
+    // SAFETY: read in place; userspace writes whole entries.
+    if let Some(layout) = unsafe { NATIVE_SPAN_LAYOUTS.get(&pid) } {
+        return (layout.span_vtable != 0).then_some(layout);
+    }
+    // Only the insert that creates the entry asks, so userspace hears of a process once.
+    if NATIVE_SPAN_LAYOUTS.insert(&pid, &NativeSpanLayout::default(), BPF_NOEXIST as u64).is_ok() {
+        let event = header(EventKind::NativeSpanSeen, pid_tgid);
+        if EVENTS.output::<EventHeader>(&event, 0).is_err() {
+            count(counter::RING_FULL);
+        }
+    }
+    None
+}
+
+/// The ids of the span an SDK made current, as read from its objects.
+struct ActivatedSpan {
     trace_id: [u8; 16],
     span_id: [u8; 8],
     server: bool,
 }
 
-/// `Ok(None)`: the context holds no valid span.
+/// The span an OpenTelemetry `Context` holds; `Ok(None)`: none (or the invalid span).
 #[inline(always)]
-fn otel_span(layout: &ObjectLayout, context: u64) -> Result<Option<OtelSpan>, ()> {
+fn otel_span(layout: &ObjectLayout, context: u64) -> Result<Option<ActivatedSpan>, ()> {
     if !is_dict(context) {
         return Err(());
     }
@@ -118,32 +167,97 @@ fn otel_span(layout: &ObjectLayout, context: u64) -> Result<Option<OtelSpan>, ()
         .and_then(|kind| attribute(layout, kind, &ENUM_VALUE))
         .and_then(|value| int_u128(layout, value))
         .is_some_and(|value| value == (0, SERVER_KIND));
-    Ok(Some(OtelSpan { trace_id, span_id: span_id.1.to_be_bytes(), server }))
+    Ok(Some(ActivatedSpan { trace_id, span_id: span_id.1.to_be_bytes(), server }))
 }
 
-/// The SDK made `context` current on this thread (or task).
+/// The span a native SDK's span object holds, read as `native` says; only from a span of the
+/// type the layout describes (its trait object's vtable), so a span of another type, or an
+/// object that is not a span, reads as unreadable rather than as ids.
 #[inline(always)]
-fn activated(pid_tgid: u64, layout: &ObjectLayout, context: u64) {
+fn native_span(native: &NativeSpanLayout, object: u64) -> Result<Option<ActivatedSpan>, ()> {
+    let state = read_pointer(object + native.state as u64).ok_or(())?;
+    if read_u64(state + native.span_vtable_at as u64) != Some(native.span_vtable) {
+        return Err(());
+    }
+    let span = read_pointer(state + native.span as u64).ok_or(())?;
+    // SAFETY: reads of the process's memory through the helper.
+    let trace = unsafe { bpf_probe_read_user((span + native.trace_id as u64) as *const [u8; 16]) }.map_err(|_| ())?;
+    // SAFETY: as above.
+    let id = unsafe { bpf_probe_read_user((span + native.span_id as u64) as *const [u8; 8]) }.map_err(|_| ())?;
+    if trace == [0; 16] || id == [0; 8] {
+        return Ok(None);
+    }
+    // Little-endian integers in memory; ids travel big-endian (as their hex reads).
+    let mut trace_id = trace;
+    trace_id.reverse();
+    let mut span_id = id;
+    span_id.reverse();
+    // The span's kind lies in data whose layout is not known: never taken for the request's own.
+    Ok(Some(ActivatedSpan { trace_id, span_id, server: false }))
+}
+
+/// The SDK made `object` (holding `span`, as read) current on this thread (or task).
+#[inline(always)]
+fn activated(pid_tgid: u64, object: u64, span: Result<Option<ActivatedSpan>, ()>) {
     let unit = current_unit(pid_tgid);
-    // SAFETY: helper with no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let mut entry = SdkSpan {
-        span: ServedRequest { context: SpanContext::default(), started_ns: now, fd: u32::MAX, fresh: 0, _pad: [0; 3] },
-        sdk_trace_id: [0; 16],
-        context_object: context,
-    };
-    match otel_span(layout, context) {
-        Ok(Some(span)) => settle(pid_tgid, &unit, &span, &mut entry),
-        Ok(None) => {}
-        Err(()) => count(counter::SDK_CONTEXT_UNREADABLE),
+    let mut entry = unplaced(object);
+    if under_opaque(&unit) {
+        count(counter::SDK_CONTEXT_OPAQUE);
+        entry.opaque = 1;
+    } else {
+        match span {
+            Ok(Some(span)) => settle(pid_tgid, &unit, &span, &mut entry),
+            Ok(None) => {}
+            Err(()) => count(counter::SDK_CONTEXT_UNREADABLE),
+        }
     }
     push(&unit, &entry);
+}
+
+/// The SDK made `object` current, a span the kernel cannot read: it and the SDK spans made
+/// current under it stay as the SDK made them.
+#[inline(always)]
+fn activated_opaque(pid_tgid: u64, object: u64) {
+    count(counter::SDK_CONTEXT_OPAQUE);
+    let mut entry = unplaced(object);
+    entry.opaque = 1;
+    push(&current_unit(pid_tgid), &entry);
+}
+
+/// An entry for `object` made current now, not (yet) placed in any trace.
+#[inline(always)]
+fn unplaced(object: u64) -> SdkSpan {
+    // SAFETY: helper with no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    SdkSpan {
+        span: ServedRequest { context: SpanContext::default(), started_ns: now, fd: u32::MAX, fresh: 0, _pad: [0; 3] },
+        sdk_trace_id: [0; 16],
+        context_object: object,
+        opaque: 0,
+        _pad: [0; 7],
+    }
+}
+
+/// Whether a span the kernel could not read is current on `unit`, under whatever is innermost.
+#[inline(always)]
+fn under_opaque(unit: &ExecutionUnit) -> bool {
+    // SAFETY: read in place.
+    let Some(stack) = (unsafe { SDK_SPANS.get(unit) }) else { return false };
+    let depth = stack.depth as usize;
+    let mut index = 0;
+    while index < SDK_NESTING {
+        if index < depth && stack.spans[index].opaque != 0 {
+            return true;
+        }
+        index += 1;
+    }
+    false
 }
 
 /// Where the SDK span goes relative to the agent's current span; fills `entry` and tells
 /// userspace when spans must be rewritten.
 #[inline(always)]
-fn settle(pid_tgid: u64, unit: &ExecutionUnit, span: &OtelSpan, entry: &mut SdkSpan) {
+fn settle(pid_tgid: u64, unit: &ExecutionUnit, span: &ActivatedSpan, entry: &mut SdkSpan) {
     entry.sdk_trace_id = span.trace_id;
     entry.span.context.trace_id = span.trace_id;
     entry.span.context.span_id = span.span_id;
@@ -183,7 +297,7 @@ fn settle(pid_tgid: u64, unit: &ExecutionUnit, span: &OtelSpan, entry: &mut SdkS
 }
 
 #[inline(always)]
-fn report(pid_tgid: u64, span: &OtelSpan, parent: &ServedRequest, relation: u8) {
+fn report(pid_tgid: u64, span: &ActivatedSpan, parent: &ServedRequest, relation: u8) {
     let event = SdkSpanEvent {
         header: header(EventKind::SdkSpanActivated, pid_tgid),
         sdk_trace_id: span.trace_id,
@@ -254,18 +368,23 @@ fn reset_to(pid_tgid: u64, restored: u64) {
     stack.depth = 0;
 }
 
-/// The innermost SDK span current on `unit`, if it holds a span (a context without one
-/// leaves the agent's parents in charge).
+/// The innermost SDK span current on `unit`, if it holds a span (a context without one, or a
+/// span the kernel could not read, leaves the agent's parents in charge).
 #[inline(always)]
 pub fn current_sdk_span(unit: &ExecutionUnit) -> Option<&'static SdkSpan> {
+    innermost(unit).filter(|top| top.span.context.span_id != [0; 8])
+}
+
+/// The innermost entry of `unit`'s stack.
+#[inline(always)]
+fn innermost(unit: &ExecutionUnit) -> Option<&'static SdkSpan> {
     // SAFETY: read in place.
     let stack = unsafe { SDK_SPANS.get(unit) }?;
     let depth = stack.depth as usize;
     if depth == 0 || depth > SDK_NESTING {
         return None;
     }
-    let top = &stack.spans[(depth - 1) & (SDK_NESTING - 1)];
-    (top.span.context.span_id != [0; 8]).then_some(top)
+    Some(&stack.spans[(depth - 1) & (SDK_NESTING - 1)])
 }
 
 /// The innermost SDK span current where the thread runs now.
@@ -275,17 +394,18 @@ pub fn current_sdk_span_of(pid_tgid: u64) -> Option<&'static SdkSpan> {
 }
 
 /// A new task runs in a copy of its creator's context: the SDK span current there is current
-/// in the task too.
+/// in the task too (and so is a span the kernel could not read, which keeps the task's SDK
+/// spans as made).
 #[inline(always)]
 pub fn task_inherits(pid_tgid: u64, task: u64) {
     let (pid, _) = current_ids(pid_tgid);
     let child = ExecutionUnit { pid, tid: 0, task };
-    match current_sdk_span_of(pid_tgid) {
-        Some(span) => {
+    match innermost(&current_unit(pid_tgid)) {
+        Some(span) if span.span.context.span_id != [0; 8] || span.opaque != 0 => {
             let span = *span;
             push_fresh(&child, &span);
         }
-        None => {
+        _ => {
             let _ = SDK_SPANS.remove(&child);
         }
     }
