@@ -15,7 +15,9 @@ use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, KubernetesApi, KubernetesConfig};
+use crate::discovery::kubernetes::{self, PodChange, PodDirectory, PodMetadata};
+use crate::discovery::rules::{PodFacts, ProcessFacts, Verdict};
 use crate::discovery::{self, PythonProcess, Skip, UntracedProcesses};
 use crate::events::{self, CallOutcome, FunctionEntry, KernelEvent, Peer, WallClock};
 use crate::export::Pipeline;
@@ -67,6 +69,38 @@ struct Inspection {
 
 type InspectionResult = (Inspection, Result<PythonProcess, Skip>);
 
+/// What the process rules decided about a process.
+enum Selection {
+    Excluded,
+    /// The rules depend on the metadata of this pod (uid), not received yet.
+    AwaitingPod(String),
+    Selected {
+        rule_name: Option<String>,
+        pod: Option<Arc<PodMetadata>>,
+    },
+}
+
+/// Starts watching this node's pods when configured: the directory the watcher fills, and its
+/// notices of pods added, changed or deleted (a channel that never yields otherwise).
+fn watch_pods(config: Option<&KubernetesConfig>) -> (Option<PodDirectory>, mpsc::UnboundedReceiver<PodChange>) {
+    let (changed, changes) = mpsc::unbounded_channel();
+    let Some(config) = config else { return (None, changes) };
+    let api = match &config.api {
+        KubernetesApi::InCluster => match kubernetes::ApiServer::in_cluster() {
+            Ok(api) => api,
+            Err(error) => {
+                tracing::warn!(%error, "no pod metadata: cannot reach the API server from this pod");
+                return (None, changes);
+            }
+        },
+        KubernetesApi::Url(url) => kubernetes::ApiServer::plain(url),
+    };
+    let directory = PodDirectory::default();
+    tracing::info!(node = %config.node_name, api = api.base_url(), "watching this node's pods");
+    tokio::spawn(kubernetes::watch_pods(api, config.node_name.clone(), directory.clone(), changed));
+    (Some(directory), changes)
+}
+
 /// A layout check of a process, and which attempt it was.
 type LayoutResult = (PythonProcess, usize, Result<CheckedLayout, LayoutError>);
 
@@ -88,7 +122,9 @@ async fn run_until_signal(config: AgentConfig) -> anyhow::Result<()> {
     let (probes, ring) = Probes::attach(options).context("attaching the eBPF probes")?;
     let (layout_checks, mut checked_layouts) = mpsc::unbounded_channel::<LayoutResult>();
     let merger = Merger::new(config.sdk_twin_window, merge_counters);
+    let (pods, mut pod_changes) = watch_pods(config.kubernetes.as_ref());
     let mut agent = Agent::new(config, probes, exporter, layout_checks, Arc::clone(&status), merger, traced_pids);
+    agent.pods = pods;
     let (inspections, mut inspected) = mpsc::unbounded_channel::<InspectionResult>();
     agent.scan_existing_processes();
     tracing::info!(
@@ -117,6 +153,7 @@ async fn run_until_signal(config: AgentConfig) -> anyhow::Result<()> {
             Some((inspection, result)) = inspected.recv() => agent.decide(inspection, result, Some(&inspections)),
             Some((process, attempt, result)) = checked_layouts.recv() => agent.on_layout(process, attempt, result),
             Some(batch) = sdk_batches.recv() => agent.on_sdk_batch(batch),
+            Some(change) = pod_changes.recv() => agent.on_pod_change(change),
             _ = expiry.tick() => agent.expire_and_report(),
             _ = rescan.tick() => agent.rescan(&inspections),
             _ = sigterm.recv() => { tracing::info!("SIGTERM received"); break; }
@@ -179,6 +216,10 @@ struct Agent {
     traced_pids: Arc<RwLock<Vec<u32>>>,
     /// Native SDK builds already reported as unknown (one warning per build, not per process).
     unknown_native_builds: HashSet<String>,
+    /// This node's pods, when watched.
+    pods: Option<PodDirectory>,
+    /// Processes whose selection waits for their pod's metadata, by pod uid.
+    awaiting_pods: HashMap<String, Vec<PythonProcess>>,
 }
 
 impl Agent {
@@ -211,6 +252,8 @@ impl Agent {
             merger,
             traced_pids,
             unknown_native_builds: HashSet::new(),
+            pods: None,
+            awaiting_pods: HashMap::new(),
         }
     }
 
@@ -486,6 +529,10 @@ impl Agent {
         self.stop_reading_stacks(pid);
         self.probes.forget_sdk_contexts(pid);
         self.code.process_exited(pid);
+        for waiting in self.awaiting_pods.values_mut() {
+            waiting.retain(|process| process.pid != pid);
+        }
+        self.awaiting_pods.retain(|_, waiting| !waiting.is_empty());
     }
 
     fn decide(
@@ -496,7 +543,7 @@ impl Agent {
     ) {
         let pid = inspection.pid;
         match result {
-            Ok(process) => self.track(process),
+            Ok(process) => self.admit(process),
             Err(skip @ (Skip::NotPython | Skip::Gone)) => {
                 // An exec can turn a traced Python process into something else.
                 if self.processes.remove(&pid).is_some() {
@@ -527,6 +574,84 @@ impl Agent {
     /// Records that `pid` is left alone; true unless it already was, running the same executable.
     fn remember_untraced(&mut self, pid: u32) -> bool {
         self.untraced.remember(pid, discovery::executable(pid))
+    }
+
+    /// A Python process found: tracked, named and described with its pod's metadata if the
+    /// process rules select it; left alone if they do not; kept aside while that depends on
+    /// metadata of its pod not received yet.
+    fn admit(&mut self, mut process: PythonProcess) {
+        let pid = process.pid;
+        match self.selection_of(&process) {
+            Selection::Excluded => {
+                tracing::info!(pid, executable = %process.executable.display(), "not traced: left out by the process rules");
+                self.remember_untraced(pid);
+            }
+            Selection::AwaitingPod(uid) => {
+                tracing::info!(pid, pod_uid = %uid, "waiting for the pod's metadata to apply the process rules");
+                self.awaiting_pods.entry(uid).or_default().push(process);
+            }
+            Selection::Selected { rule_name, pod } => {
+                process.describe_with(rule_name.as_deref(), pod.as_deref());
+                if let Some(pod) = &pod {
+                    tracing::info!(pid, pod = %pod.name, namespace = %pod.namespace, service = %process.service_name, "process described by its pod");
+                }
+                self.track(process);
+            }
+        }
+    }
+
+    /// What the process rules say of `process`, with its pod's metadata if known.
+    fn selection_of(&self, process: &PythonProcess) -> Selection {
+        let pod = self.pod_of(process);
+        let rules = &self.config.process_rules;
+        let ports = if rules.ask_ports() { discovery::sockets::listening_ports(process.pid) } else { Vec::new() };
+        let container_id = process.container.as_ref().map(|container| container.id.as_str());
+        let container = pod.as_deref().zip(container_id).and_then(|(pod, id)| pod.container_name(id));
+        let pod_facts = match (&pod, &process.pod_uid) {
+            (Some(pod), _) => PodFacts::Known { namespace: &pod.namespace, labels: &pod.labels, container },
+            (None, Some(_)) if self.pods.is_some() => PodFacts::Pending,
+            _ => PodFacts::None,
+        };
+        let facts = ProcessFacts { executable: &process.executable, ports: &ports, pod: pod_facts };
+        let awaiting = || Selection::AwaitingPod(process.pod_uid.clone().unwrap_or_default());
+        match (rules.selects(&facts), rules.service_name(&facts)) {
+            (Verdict::No, _) => Selection::Excluded,
+            (Verdict::Unknown, _) | (_, Err(())) => awaiting(),
+            (Verdict::Yes, Ok(rule_name)) => Selection::Selected { rule_name: rule_name.map(str::to_owned), pod },
+        }
+    }
+
+    /// The pod `process` runs in, if its metadata is known.
+    fn pod_of(&self, process: &PythonProcess) -> Option<Arc<PodMetadata>> {
+        let pods = self.pods.as_ref()?;
+        let by_container = process.container.as_ref().and_then(|container| pods.by_container_id(&container.id));
+        by_container.or_else(|| pods.by_uid(process.pod_uid.as_deref()?))
+    }
+
+    /// A pod of this node was added, changed or deleted: the processes waiting for it are
+    /// decided, and the traced ones in it described anew.
+    fn on_pod_change(&mut self, change: PodChange) {
+        for process in self.awaiting_pods.remove(&change.uid).unwrap_or_default() {
+            if discovery::is_process(process.pid) {
+                self.admit(process);
+            }
+        }
+        let in_pod: Vec<u32> = self
+            .processes
+            .values()
+            .filter(|p| p.pod_uid.as_deref() == Some(change.uid.as_str()))
+            .map(|p| p.pid)
+            .collect();
+        for pid in in_pod {
+            let Some(mut process) = self.processes.get(&pid).cloned() else { continue };
+            if let Selection::Selected { rule_name, pod } = self.selection_of(&process) {
+                process.describe_with(rule_name.as_deref(), pod.as_deref());
+                if let Some(pod) = &pod {
+                    tracing::info!(pid, pod = %pod.name, namespace = %pod.namespace, service = %process.service_name, "process described by its pod");
+                }
+                self.processes.insert(pid, process);
+            }
+        }
     }
 
     fn track(&mut self, process: PythonProcess) {

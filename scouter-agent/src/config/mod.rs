@@ -30,12 +30,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::discovery::rules::{ProcessMatch, ProcessRules};
 use crate::export::kafka;
 use crate::frames::selection::{FunctionPattern, FunctionRule, FunctionSelection, Glob, PatternError};
 use crate::merge::receivers::ReceiverConfig;
 use crate::spans::routes::{RouteError, RouteTemplate, Routes};
 use crate::spans::scouter_conventions::{TagError, Tags};
-use settings::{Compression, OtlpProtocol, ScouterTransportKind, Settings};
+use settings::{Compression, OtlpProtocol, ProcessEntry, ScouterTransportKind, Settings};
 
 /// Default location of the embedded trace store.
 pub const DEFAULT_STORE_PATH: &str = "/var/lib/scouter-agent/traces.db";
@@ -75,6 +76,25 @@ pub struct AgentConfig {
     pub receivers: ReceiverConfig,
     /// How long an agent span that may have an SDK twin waits for it.
     pub sdk_twin_window: Duration,
+    /// Pod metadata from the API server (None: not watched).
+    pub kubernetes: Option<KubernetesConfig>,
+    /// Which processes are traced, and what their services are called.
+    pub process_rules: ProcessRules,
+}
+
+/// Where the pods of this node are watched.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KubernetesConfig {
+    pub api: KubernetesApi,
+    pub node_name: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KubernetesApi {
+    /// The API server of the cluster the agent's pod runs in, with its service account.
+    InCluster,
+    /// An API server at this URL, without credentials (`kubectl proxy`, tests).
+    Url(String),
 }
 
 /// Where spans go and how.
@@ -147,6 +167,8 @@ pub enum ConfigError {
     Tag(#[from] TagError),
     #[error("--{flag}: {reason}")]
     Invalid { flag: &'static str, reason: String },
+    #[error("configuration file {path}: [[{table}]]: {reason}")]
+    ProcessRule { path: PathBuf, table: &'static str, reason: String },
 }
 
 fn invalid(flag: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -377,6 +399,59 @@ pub fn resolve_with_file(
             http: listen_address("receive-http", s.receive_http.as_deref())?,
         },
         sdk_twin_window: Duration::from_millis(s.sdk_twin_window_ms.unwrap_or_default()),
+        kubernetes: kubernetes_config(&s, env)?,
+        process_rules: process_rules(&s, &file_path)?,
+    })
+}
+
+/// `--kubernetes`: `auto` watches pods when the agent runs in one.
+fn kubernetes_config(
+    s: &Settings,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<KubernetesConfig>, ConfigError> {
+    let mode = s.kubernetes.as_deref().unwrap_or("auto").trim();
+    let api = match mode {
+        "off" => return Ok(None),
+        "auto" if env("KUBERNETES_SERVICE_HOST").is_none() => return Ok(None),
+        "auto" => KubernetesApi::InCluster,
+        url if url.starts_with("http://") || url.starts_with("https://") => {
+            KubernetesApi::Url(url.trim_end_matches('/').to_owned())
+        }
+        other => return Err(invalid("kubernetes", format!("{other:?} is not auto, off or an http(s) URL"))),
+    };
+    let node_name = s.node_name.clone().filter(|name| !name.trim().is_empty()).or_else(crate::discovery::hostname);
+    let node_name = node_name.ok_or_else(|| invalid("node-name", "no node name: set NODE_NAME (spec.nodeName)"))?;
+    Ok(Some(KubernetesConfig { api, node_name }))
+}
+
+/// The file's `[[include]]`, `[[exclude]]` and `[[service_names]]` tables.
+fn process_rules(s: &Settings, path: &Path) -> Result<ProcessRules, ConfigError> {
+    let rule = |table: &'static str, entry: &ProcessEntry| -> Result<ProcessMatch, ConfigError> {
+        let fail = |reason: &str| ConfigError::ProcessRule { path: path.to_owned(), table, reason: reason.to_owned() };
+        let named = entry.name.is_some();
+        if named != (table == "service_names") {
+            return Err(fail(if named { "`name` belongs in [[service_names]]" } else { "needs a `name`" }));
+        }
+        let conditions = [&entry.namespace, &entry.pod_label, &entry.container, &entry.executable];
+        if conditions.iter().all(|c| c.is_none()) && entry.port.is_none() {
+            return Err(fail("give at least one of namespace, pod_label, container, executable, port"));
+        }
+        Ok(ProcessMatch {
+            namespace: entry.namespace.clone(),
+            pod_label: entry.pod_label.as_deref().map(ProcessMatch::parse_label),
+            container: entry.container.clone(),
+            executable: entry.executable.as_deref().map(Glob::new),
+            port: entry.port,
+        })
+    };
+    Ok(ProcessRules {
+        include: s.include.iter().map(|e| rule("include", e)).collect::<Result<_, _>>()?,
+        exclude: s.exclude.iter().map(|e| rule("exclude", e)).collect::<Result<_, _>>()?,
+        service_names: s
+            .service_names
+            .iter()
+            .map(|e| Ok((rule("service_names", e)?, e.name.clone().unwrap_or_default())))
+            .collect::<Result<_, ConfigError>>()?,
     })
 }
 
@@ -503,6 +578,54 @@ arguments = ["depth"]
         assert_eq!(selection.select("billing", "shop.orders", "OrderService.place_order"), None);
         assert_eq!(selection.select("any", "shop.util", "fib"), Some(vec!["n".into(), "depth".into()]));
         assert_eq!(selection.select("any", "jobs", "run"), Some(vec![]));
+    }
+
+    #[test]
+    fn pods_are_watched_in_a_pod_or_at_a_given_api_server() {
+        let in_pod = |name: &str| (name == "KUBERNETES_SERVICE_HOST").then(|| "10.96.0.1".to_owned());
+        let flags = |mode: Option<&str>| Settings {
+            kubernetes: mode.map(str::to_owned),
+            node_name: Some("node-3".into()),
+            ..Settings::default()
+        };
+        assert_eq!(resolve(&flags(None), &no_env).unwrap().kubernetes, None, "auto, outside a pod");
+        let auto = resolve(&flags(None), &in_pod).unwrap().kubernetes;
+        assert_eq!(auto, Some(KubernetesConfig { api: KubernetesApi::InCluster, node_name: "node-3".into() }));
+        assert_eq!(resolve(&flags(Some("off")), &in_pod).unwrap().kubernetes, None);
+        let proxy = resolve(&flags(Some("http://127.0.0.1:8001/")), &no_env).unwrap().kubernetes.unwrap();
+        assert_eq!(proxy.api, KubernetesApi::Url("http://127.0.0.1:8001".into()));
+        let error = resolve(&flags(Some("yes")), &no_env).unwrap_err().to_string();
+        assert!(error.contains("--kubernetes") && error.contains("auto, off or an http(s) URL"), "{error}");
+    }
+
+    #[test]
+    fn process_rules_come_from_the_file_and_are_checked() {
+        let (_dir, flags) = file(
+            r#"
+[[include]]
+namespace = "shop"
+
+[[exclude]]
+pod_label = "scouter.io/trace=false"
+
+[[service_names]]
+executable = "/opt/billing/*"
+name = "billing"
+"#,
+        );
+        let rules = resolve(&flags, &no_env).unwrap().process_rules;
+        assert_eq!((rules.include.len(), rules.exclude.len(), rules.service_names.len()), (1, 1, 1));
+        assert_eq!(rules.exclude[0].pod_label, Some(("scouter.io/trace".into(), Some("false".into()))));
+        assert_eq!(rules.service_names[0].1, "billing");
+        for (text, complaint) in [
+            ("[[exclude]]\nnamespace = \"a\"\nname = \"x\"\n", "`name` belongs in [[service_names]]"),
+            ("[[service_names]]\nnamespace = \"a\"\n", "needs a `name`"),
+            ("[[include]]\n", "give at least one of"),
+        ] {
+            let (_dir, flags) = file(text);
+            let error = resolve(&flags, &no_env).unwrap_err().to_string();
+            assert!(error.contains(complaint) && error.contains("agent.toml"), "{error}");
+        }
     }
 
     #[test]

@@ -231,6 +231,19 @@ pub struct Settings {
     #[arg(long, value_name = "MS", env = "SCOUTER_AGENT_SDK_TWIN_WINDOW_MS", help_heading = "SDK receivers")]
     pub sdk_twin_window_ms: Option<u64>,
 
+    // --- Kubernetes ---
+    /// Pod metadata for spans, service names and process rules (`k8s.*`, `container.id`):
+    /// `auto` watches this node's pods through the API server when the agent runs in a pod
+    /// (KUBERNETES_SERVICE_HOST is set), `off` never does, a URL names an API server to use
+    /// without credentials (such as `kubectl proxy`'s) [default: auto].
+    #[arg(long, value_name = "auto|off|URL", env = "SCOUTER_AGENT_KUBERNETES", help_heading = "Kubernetes")]
+    pub kubernetes: Option<String>,
+
+    /// The node whose pods are watched (the DaemonSet passes `spec.nodeName`)
+    /// [default: the host name].
+    #[arg(long, value_name = "NAME", env = "NODE_NAME", help_heading = "Kubernetes")]
+    pub node_name: Option<String>,
+
     // --- Operations ---
     /// Serve Prometheus metrics (`/metrics`) and health (`/healthz`, `/readyz`) here;
     /// `off` disables it [default: 127.0.0.1:9464].
@@ -253,6 +266,38 @@ pub struct Settings {
     #[arg(skip)]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<RouteEntry>,
+
+    /// The file's `[[include]]` tables: trace only the processes one matches (none: all).
+    #[arg(skip)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<ProcessEntry>,
+
+    /// The file's `[[exclude]]` tables: never trace the processes one matches.
+    #[arg(skip)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<ProcessEntry>,
+
+    /// The file's `[[service_names]]` tables: the first that matches names the service of a
+    /// process without its own `OTEL_SERVICE_NAME`.
+    #[arg(skip)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_names: Vec<ProcessEntry>,
+}
+
+/// One `[[include]]`, `[[exclude]]` or `[[service_names]]` table: every key given must match.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessEntry {
+    pub namespace: Option<String>,
+    /// `key=value`, or `key` for any value.
+    pub pod_label: Option<String>,
+    pub container: Option<String>,
+    /// A glob (`*`, `?`) over the executable's path.
+    pub executable: Option<String>,
+    /// A TCP port the process listens on.
+    pub port: Option<u16>,
+    /// `[[service_names]]` only: the name to give.
+    pub name: Option<String>,
 }
 
 /// One `[[functions]]` table.

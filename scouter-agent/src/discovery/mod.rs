@@ -6,12 +6,15 @@
 //! interpreter is reported and left alone.
 
 pub mod asyncio;
+pub mod container;
 pub mod file_cache;
 mod interpreter;
+pub mod kubernetes;
 pub mod libssl;
 mod loader;
 pub mod native_sdk;
 mod procfs;
+pub mod rules;
 pub mod sockets;
 mod untraced;
 
@@ -19,7 +22,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use interpreter::{InterpreterError, PythonVersion};
-pub use procfs::{all_pids, executable};
+pub use procfs::{all_pids, executable, hostname};
 pub use untraced::UntracedProcesses;
 
 use crate::spans::{scouter_conventions, AttributeValue, Resource};
@@ -33,6 +36,12 @@ pub struct PythonProcess {
     pub interpreter_binary: PathBuf,
     pub version: PythonVersion,
     pub service_name: String,
+    /// Its own `OTEL_SERVICE_NAME`, and what it runs: the first and last choices for its name.
+    pub own_service_name: Option<String>,
+    pub program_name: String,
+    /// The container it runs in and that container's pod, from its cgroup (None on the host).
+    pub container: Option<container::ContainerId>,
+    pub pod_uid: Option<String>,
     pub resource: Arc<Resource>,
 }
 
@@ -65,12 +74,55 @@ pub fn inspect(pid: u32) -> Result<PythonProcess, Skip> {
     if !version.is_supported() {
         return Err(Skip::UnsupportedVersion { version });
     }
-    let service_name = procfs::service_name(pid, &executable);
-    let resource = Arc::new(resource_for(pid, &executable, &version, &service_name));
-    Ok(PythonProcess { pid, executable, interpreter_binary, version, service_name, resource })
+    let own_service_name = procfs::own_service_name(pid);
+    let program_name = procfs::program_name(pid, &executable);
+    let service_name = own_service_name.clone().unwrap_or_else(|| program_name.clone());
+    let cgroup = procfs::cgroup(pid).unwrap_or_default();
+    let container = container::container_of(&cgroup);
+    let pod_uid = container::pod_uid_of(&cgroup);
+    let mut resource = resource_for(pid, &executable, &version, &service_name);
+    if let Some(container) = &container {
+        put_container(&mut resource, container);
+    }
+    let resource = Arc::new(resource);
+    Ok(PythonProcess {
+        pid,
+        executable,
+        interpreter_binary,
+        version,
+        service_name,
+        own_service_name,
+        program_name,
+        container,
+        pod_uid,
+        resource,
+    })
 }
 
 impl PythonProcess {
+    /// Named and described with what is known of it beyond its own files: the service name a
+    /// configuration rule gives (`rule_name`) and its pod's metadata. `service.name`, first
+    /// that applies: its own `OTEL_SERVICE_NAME`, the rule, the pod's
+    /// `app.kubernetes.io/name` label, its workload's name, what it runs.
+    pub fn describe_with(&mut self, rule_name: Option<&str>, pod: Option<&kubernetes::PodMetadata>) {
+        let pod_name = pod.and_then(kubernetes::PodMetadata::service_name);
+        self.service_name = self
+            .own_service_name
+            .clone()
+            .or_else(|| rule_name.map(str::to_owned))
+            .or(pod_name)
+            .unwrap_or_else(|| self.program_name.clone());
+        let mut resource = (*self.resource).clone();
+        resource.attributes.insert("service.name".to_owned(), self.service_name.clone().into());
+        if let Some(pod) = pod {
+            let container = self.container.as_ref().map(|container| container.id.as_str());
+            for (key, value) in pod.resource_attributes(container) {
+                resource.attributes.insert(key.to_owned(), value.into());
+            }
+        }
+        self.resource = Arc::new(resource);
+    }
+
     /// The same interpreter in a forked child (gunicorn workers, multiprocessing): the parent's
     /// resource with the child's pid.
     pub fn forked(&self, child: u32) -> Self {
@@ -106,6 +158,17 @@ fn resource_for(pid: u32, executable: &std::path::Path, version: &PythonVersion,
     resource
 }
 
+/// `container.id` and `container.runtime` (OpenTelemetry's container conventions).
+fn put_container(resource: &mut Resource, container: &container::ContainerId) {
+    let runtime = match container.runtime {
+        container::Runtime::Containerd => "containerd",
+        container::Runtime::CriO => "cri-o",
+        container::Runtime::Docker => "docker",
+    };
+    resource.attributes.insert("container.id".to_owned(), container.id.clone().into());
+    resource.attributes.insert("container.runtime".to_owned(), runtime.into());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +183,10 @@ mod tests {
             interpreter_binary: executable.clone(),
             version,
             service_name: "shop".into(),
+            own_service_name: None,
+            program_name: "shop".into(),
+            container: None,
+            pod_uid: None,
             resource: Arc::new(resource_for(10, &executable, &version, "shop")),
         };
         let child = parent.forked(11);

@@ -49,6 +49,12 @@ fn mapped_path(line: &str) -> Option<&str> {
     path.starts_with('/').then_some(path)
 }
 
+/// `/proc/<pid>/cgroup`: the cgroups the process belongs to, as the agent's cgroup namespace
+/// sees them (the host's, for an agent with `hostPID` and no cgroup namespace of its own).
+pub fn cgroup(pid: u32) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()
+}
+
 /// Opens a path of the process's mount namespace from ours.
 pub fn in_process_root(pid: u32, path: &Path) -> PathBuf {
     let relative = path.strip_prefix("/").unwrap_or(path);
@@ -62,12 +68,13 @@ pub fn thread_group(tid: u32) -> Option<u32> {
     status.lines().find_map(|line| line.strip_prefix("Tgid:")?.trim().parse().ok())
 }
 
-/// `service.name`: the process's own `OTEL_SERVICE_NAME`, else what it runs (`-m module` or the
-/// script's name), else the executable's name.
-pub fn service_name(pid: u32, executable: &Path) -> String {
-    if let Some(name) = environ_var(pid, "OTEL_SERVICE_NAME").filter(|n| !n.is_empty()) {
-        return name;
-    }
+/// The process's own `OTEL_SERVICE_NAME`, which every other way of naming it yields to.
+pub fn own_service_name(pid: u32) -> Option<String> {
+    environ_var(pid, "OTEL_SERVICE_NAME").filter(|n| !n.is_empty())
+}
+
+/// What the process runs (`-m module` or the script's name), else the executable's name.
+pub fn program_name(pid: u32, executable: &Path) -> String {
     let args = cmdline(pid);
     main_program(&args)
         .or_else(|| executable.file_name().map(|n| n.to_string_lossy().into_owned()))

@@ -14,6 +14,42 @@ pub fn local_port(pid: u32, fd: u32) -> Option<u16> {
     })
 }
 
+/// The TCP ports `pid` listens on (for process rules that name a port).
+pub fn listening_ports(pid: u32) -> Vec<u16> {
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else { return Vec::new() };
+    let inodes: Vec<u64> = fds
+        .filter_map(|fd| fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|link| socket_inode(&link.to_string_lossy()))
+        .collect();
+    let mut ports: Vec<u16> = ["tcp", "tcp6"]
+        .iter()
+        .filter_map(|table| fs::read_to_string(format!("/proc/{pid}/net/{table}")).ok())
+        .flat_map(|text| listeners(&text))
+        .filter(|(inode, _)| inodes.contains(inode))
+        .map(|(_, port)| port)
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+/// (inode, local port) of the listening rows of a /proc/net/tcp table.
+fn listeners(table: &str) -> Vec<(u64, u16)> {
+    const LISTEN: &str = "0A";
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|row| {
+            let columns: Vec<&str> = row.split_whitespace().collect();
+            if columns.get(3) != Some(&LISTEN) {
+                return None;
+            }
+            let (_, port) = columns.get(1)?.rsplit_once(':')?;
+            Some((columns.get(9)?.parse().ok()?, u16::from_str_radix(port, 16).ok()?))
+        })
+        .collect()
+}
+
 /// `socket:[12345]` → 12345.
 fn socket_inode(link: &str) -> Option<u64> {
     link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
@@ -51,5 +87,9 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         use std::os::fd::AsRawFd;
         assert_eq!(local_port(std::process::id(), listener.as_raw_fd() as u32), Some(port));
+        assert!(listening_ports(std::process::id()).contains(&port));
+        let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let connected = client.local_addr().unwrap().port();
+        assert!(!listening_ports(std::process::id()).contains(&connected), "connected, not listening");
     }
 }

@@ -14,9 +14,11 @@
 //! 4. [`python`]: pip requirements for every interpreter the tests use;
 //! 5. [`python::ensure_sdk_venv`]: the virtual environment of the in-process SDK tests
 //!    (OpenTelemetry's Python SDK and Scouter's `scouter-ml`, which the test interpreters do not
-//!    get: `scouter-ml` needs Python 3.10 or later).
+//!    get: `scouter-ml` needs Python 3.10 or later);
+//! 6. [`python::ensure_k8s_venv`]: what validating the Kubernetes manifests offline needs
+//!    (`kubectl kustomize` and the API's OpenAPI schemas, both from PyPI).
 //!
-//! Steps 1-2 are all that building needs ([`Scope::Build`]); 3-5 serve the tests. [`bench`]
+//! Steps 1-2 are all that building needs ([`Scope::Build`]); 3-6 serve the tests. [`bench`]
 //! takes steps 1-3 (wrk is among the Debian packages) and a virtual environment of its own, and
 //! measures function calls on every test interpreter ([`test_interpreters`]).
 
@@ -69,6 +71,7 @@ fn ensure(ws: &Workspace, scope: Scope, report: &mut Report) -> Result<()> {
         debian::ensure(&mut apt, report)?;
         python::ensure(ws, &mut apt, report)?;
         python::ensure_sdk_venv(ws, report)?;
+        python::ensure_k8s_venv(ws, report)?;
     }
     Ok(())
 }

@@ -39,6 +39,9 @@ const REQUIREMENTS: &str = "tests/python/requirements.txt";
 const SDK_PYTHON_VERSION: &str = "3.12.1";
 const SDK_REQUIREMENTS: &str = "tests/python/sdk-requirements.txt";
 const SDK_VENV: &str = "venvs/sdk";
+/// The manifests test's environment (`deploy/kubernetes/validate.py` runs in it).
+const K8S_REQUIREMENTS: &str = "deploy/kubernetes/requirements.txt";
+const K8S_VENV: &str = "venvs/k8s";
 
 struct Interpreter {
     /// Names the interpreter in messages and its stamp file.
@@ -105,6 +108,12 @@ pub fn ensure_venv(version: &str, venv: &Path, requirements: &Path, report: &mut
 /// `<tools dir>/venvs/sdk`, from pyenv's Python 3.12.1, with `tests/python/sdk-requirements.txt`.
 pub fn ensure_sdk_venv(ws: &Workspace, report: &mut Report) -> Result<PathBuf> {
     ensure_venv(SDK_PYTHON_VERSION, &ws.tools_dir().join(SDK_VENV), &ws.root().join(SDK_REQUIREMENTS), report)
+}
+
+/// The virtual environment that validates the Kubernetes manifests: `<tools dir>/venvs/k8s`,
+/// with `deploy/kubernetes/requirements.txt` (kubectl for `kustomize`, the OpenAPI schemas).
+pub fn ensure_k8s_venv(ws: &Workspace, report: &mut Report) -> Result<PathBuf> {
+    ensure_venv(SDK_PYTHON_VERSION, &ws.tools_dir().join(K8S_VENV), &ws.root().join(K8S_REQUIREMENTS), report)
 }
 
 /// Installs the requirements into one interpreter unless its stamp says they already are.
