@@ -173,6 +173,62 @@ fn put_container(resource: &mut Resource, container: &container::ContainerId) {
 mod tests {
     use super::*;
 
+    fn process_named(own: Option<&str>) -> PythonProcess {
+        let version = PythonVersion { major: 3, minor: 12, micro: 1 };
+        let executable = PathBuf::from("/usr/local/bin/python3.12");
+        PythonProcess {
+            pid: 10,
+            executable: executable.clone(),
+            interpreter_binary: executable.clone(),
+            version,
+            service_name: own.unwrap_or("app").into(),
+            own_service_name: own.map(str::to_owned),
+            program_name: "app".into(),
+            container: Some(container::ContainerId { id: "ab".repeat(32), runtime: container::Runtime::Containerd }),
+            pod_uid: Some("uid-1".into()),
+            resource: Arc::new(resource_for(10, &executable, &version, own.unwrap_or("app"))),
+        }
+    }
+
+    fn pod(label: Option<&str>, workload: Option<&str>) -> kubernetes::PodMetadata {
+        kubernetes::PodMetadata {
+            uid: "uid-1".into(),
+            name: "cart-0".into(),
+            namespace: "shop".into(),
+            node_name: "node-1".into(),
+            labels: label
+                .map(|name| [("app.kubernetes.io/name".to_owned(), name.to_owned())].into())
+                .unwrap_or_default(),
+            containers: vec![kubernetes::PodContainer { name: "api".into(), id: Some("ab".repeat(32)) }],
+            controller: workload
+                .map(|name| kubernetes::Workload { kind: kubernetes::WorkloadKind::StatefulSet, name: name.into() }),
+            workload: workload
+                .map(|name| kubernetes::Workload { kind: kubernetes::WorkloadKind::StatefulSet, name: name.into() }),
+        }
+    }
+
+    #[test]
+    fn the_service_name_follows_its_precedence_and_the_pod_describes_the_process() {
+        let named = |own: Option<&str>, rule: Option<&str>, pod_meta: Option<&kubernetes::PodMetadata>| {
+            let mut process = process_named(own);
+            process.describe_with(rule, pod_meta);
+            process
+        };
+        let labelled = pod(Some("cart-api"), Some("cart"));
+        let unlabelled = pod(None, Some("cart"));
+        assert_eq!(named(Some("own"), Some("rule"), Some(&labelled)).service_name, "own");
+        assert_eq!(named(None, Some("rule"), Some(&labelled)).service_name, "rule");
+        assert_eq!(named(None, None, Some(&labelled)).service_name, "cart-api");
+        assert_eq!(named(None, None, Some(&unlabelled)).service_name, "cart");
+        assert_eq!(named(None, None, Some(&pod(None, None))).service_name, "app");
+        let described = named(None, None, Some(&labelled));
+        let attribute = |key: &str| described.resource.attributes.get(key).cloned();
+        assert_eq!(attribute("service.name"), Some("cart-api".into()));
+        assert_eq!(attribute("k8s.pod.name"), Some("cart-0".into()));
+        assert_eq!(attribute("k8s.container.name"), Some("api".into()));
+        assert_eq!(attribute("k8s.statefulset.name"), Some("cart".into()));
+    }
+
     #[test]
     fn a_forked_child_keeps_the_parents_resource_but_its_own_pid() {
         let version = PythonVersion { major: 3, minor: 11, micro: 7 };
