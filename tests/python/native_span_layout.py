@@ -148,14 +148,16 @@ def main():
     print('    package: "scouter-ml %s (%s)",' % (version("scouter-ml"), platform.machine()))
     print('    extension: "_scouter.abi3.so",')
     print('    build_id: "%s",' % build_id(path))
-    print("    span_vtable: 0x%x," % relative)
-    print("    state: %d," % state_at)
-    print("    span: %d," % span_at)
-    print("    span_vtable_at: %d," % vtable_at)
-    print("    trace_id: %d," % trace_at)
-    print("    span_id: %d," % id_at)
+    print("    layout: NativeSpanLayout {")
+    print("        span_vtable: 0x%x," % relative)
+    print("        state: %d," % state_at)
+    print("        span: %d," % span_at)
+    print("        span_vtable_at: %d," % vtable_at)
+    print("        trace_id: %d," % trace_at)
+    print("        span_id: %d," % id_at)
+    print("        _pad: [0; 3],")
+    print("    },")
     print("}")
-
 
 if __name__ == "__main__":
     main()

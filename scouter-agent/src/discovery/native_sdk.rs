@@ -33,14 +33,8 @@ pub struct KnownBuild {
     pub extension: &'static str,
     /// Its GNU build id, in hex.
     pub build_id: &'static str,
-    /// The span type's vtable, as an address of the ELF (before relocation).
-    pub span_vtable: u64,
-    /// Offsets as [`NativeSpanLayout`] has them.
-    pub state: u16,
-    pub span: u16,
-    pub span_vtable_at: u16,
-    pub trace_id: u16,
-    pub span_id: u16,
+    /// The offsets, with the span type's vtable as an address of the ELF (before relocation).
+    pub layout: NativeSpanLayout,
 }
 
 /// The builds whose layout is known. To add one, run `tests/python/native_span_layout.py`
@@ -49,12 +43,15 @@ pub const KNOWN_BUILDS: &[KnownBuild] = &[KnownBuild {
     package: "scouter-ml 0.25.0 (x86_64)",
     extension: "_scouter.abi3.so",
     build_id: "2c702e7faa52bfdc53e3171c990d09f9d244e2c0",
-    span_vtable: 0x3167818,
-    state: 16,
-    span: 56,
-    span_vtable_at: 64,
-    trace_id: 32,
-    span_id: 48,
+    layout: NativeSpanLayout {
+        span_vtable: 0x3167818,
+        state: 16,
+        span: 56,
+        span_vtable_at: 64,
+        trace_id: 32,
+        span_id: 48,
+        _pad: [0; 3],
+    },
 }];
 
 #[derive(Debug, thiserror::Error)]
@@ -89,15 +86,7 @@ pub fn span_layout_of(pid: u32) -> Result<(NativeSpanLayout, &'static KnownBuild
 
 /// `build`'s layout in a process that loaded it `load_bias` bytes above its ELF addresses.
 pub fn layout_at(build: &KnownBuild, load_bias: u64) -> NativeSpanLayout {
-    NativeSpanLayout {
-        span_vtable: load_bias + build.span_vtable,
-        state: build.state,
-        span: build.span,
-        span_vtable_at: build.span_vtable_at,
-        trace_id: build.trace_id,
-        span_id: build.span_id,
-        _pad: [0; 3],
-    }
+    NativeSpanLayout { span_vtable: load_bias + build.layout.span_vtable, ..build.layout }
 }
 
 fn is_known_extension(path: &Path) -> bool {
@@ -144,8 +133,8 @@ mod tests {
         for build in KNOWN_BUILDS {
             assert_eq!(build.build_id.len(), 40, "{}: a GNU build id is 20 bytes", build.package);
             assert!(hex::decode(build.build_id).is_ok(), "{}", build.package);
-            assert!(build.span_vtable != 0 && build.span_vtable % 8 == 0, "{}", build.package);
-            assert_ne!(build.span, build.span_vtable_at, "{}", build.package);
+            assert!(build.layout.span_vtable != 0 && build.layout.span_vtable % 8 == 0, "{}", build.package);
+            assert_ne!(build.layout.span, build.layout.span_vtable_at, "{}", build.package);
         }
     }
 
@@ -153,8 +142,11 @@ mod tests {
     fn the_vtable_moves_with_the_load_address() {
         let build = &KNOWN_BUILDS[0];
         let layout = layout_at(build, 0x7f00_0000_0000);
-        assert_eq!(layout.span_vtable, 0x7f00_0000_0000 + build.span_vtable);
-        assert_eq!((layout.state, layout.span, layout.trace_id), (build.state, build.span, build.trace_id));
+        assert_eq!(layout.span_vtable, 0x7f00_0000_0000 + build.layout.span_vtable);
+        assert_eq!(
+            (layout.state, layout.span, layout.trace_id),
+            (build.layout.state, build.layout.span, build.layout.trace_id)
+        );
     }
 
     #[test]
