@@ -28,8 +28,15 @@ STATE_BYTES = 128
 MEMORY = os.open("/proc/self/mem", os.O_RDONLY)
 
 
+# Above this no user-space address lies (x86-64, 47-bit): a word beyond it is not a pointer.
+USER_SPACE_END = 1 << 47
+
+
 def read(address, size):
-    """`size` bytes at `address`, or None where memory is not mapped (ctypes would crash)."""
+    """`size` bytes at `address`, or None where memory is not mapped (ctypes would crash) or
+    the word is not a user-space address."""
+    if not 0 < address < USER_SPACE_END:
+        return None
     try:
         data = os.pread(MEMORY, size, address)
     except OSError:
