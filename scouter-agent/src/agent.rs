@@ -80,6 +80,14 @@ enum Selection {
     },
 }
 
+/// Names and describes `process` with what the rules and its pod say (logged when a pod did).
+fn describe(process: &mut PythonProcess, rule_name: Option<&str>, pod: Option<&PodMetadata>) {
+    process.describe_with(rule_name, pod);
+    if let Some(pod) = pod {
+        tracing::info!(pid = process.pid, pod = %pod.name, namespace = %pod.namespace, service = %process.service_name, "process described by its pod");
+    }
+}
+
 /// Starts watching this node's pods when configured: the directory the watcher fills, and its
 /// notices of pods added, changed or deleted (a channel that never yields otherwise).
 fn watch_pods(config: Option<&KubernetesConfig>) -> (Option<PodDirectory>, mpsc::UnboundedReceiver<PodChange>) {
@@ -345,13 +353,20 @@ impl Agent {
                 tracing::info!(pid, build = build.package, "nesting a native SDK's spans with the agent's");
                 self.probes.read_native_sdk_spans(pid, layout);
             }
-            Err(discovery::native_sdk::NativeSdkError::UnknownBuild { path, build_id }) => {
-                if self.unknown_native_builds.insert(build_id.clone()) {
-                    let error = discovery::native_sdk::NativeSdkError::UnknownBuild { path, build_id };
+            Err(error) => {
+                // An unknown build is worth a warning once per build, not once per process.
+                let first_of_build = match &error {
+                    discovery::native_sdk::NativeSdkError::UnknownBuild { build_id, .. } => {
+                        self.unknown_native_builds.insert(build_id.clone())
+                    }
+                    _ => false,
+                };
+                if first_of_build {
                     tracing::warn!(pid, %error, "native SDK spans stay as the SDK made them");
+                } else {
+                    tracing::debug!(pid, %error, "native SDK spans stay as the SDK made them");
                 }
             }
-            Err(error) => tracing::debug!(pid, %error, "native SDK spans stay as the SDK made them"),
         }
     }
 
@@ -591,10 +606,7 @@ impl Agent {
                 self.awaiting_pods.entry(uid).or_default().push(process);
             }
             Selection::Selected { rule_name, pod } => {
-                process.describe_with(rule_name.as_deref(), pod.as_deref());
-                if let Some(pod) = &pod {
-                    tracing::info!(pid, pod = %pod.name, namespace = %pod.namespace, service = %process.service_name, "process described by its pod");
-                }
+                describe(&mut process, rule_name.as_deref(), pod.as_deref());
                 self.track(process);
             }
         }
@@ -645,10 +657,7 @@ impl Agent {
         for pid in in_pod {
             let Some(mut process) = self.processes.get(&pid).cloned() else { continue };
             if let Selection::Selected { rule_name, pod } = self.selection_of(&process) {
-                process.describe_with(rule_name.as_deref(), pod.as_deref());
-                if let Some(pod) = &pod {
-                    tracing::info!(pid, pod = %pod.name, namespace = %pod.namespace, service = %process.service_name, "process described by its pod");
-                }
+                describe(&mut process, rule_name.as_deref(), pod.as_deref());
                 self.processes.insert(pid, process);
             }
         }

@@ -89,6 +89,17 @@ fn start_agent(store: &Store, scouter: &ScouterBackend, receivers: &Receivers, e
     Agent::start_with_args(store, &args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
+/// An agent (on an eBPF host) exporting to a Scouter test backend, receiving SDK spans on
+/// ports of its own, serving no metrics; its store lives as long as the returned `Store`.
+fn agent_exporting_to_scouter() -> Result<(ScouterBackend, Receivers, Store, Agent)> {
+    require_ebpf_host()?;
+    let scouter = ScouterBackend::start()?;
+    let receivers = Receivers::new()?;
+    let store = Store::new()?;
+    let agent = start_agent(&store, &scouter, &receivers, &["--metrics-listen".into(), "off".into()])?;
+    Ok((scouter, receivers, store, agent))
+}
+
 fn pid_of(span: &ReceivedSpan) -> Option<i64> {
     span.resource_attr("process.pid").and_then(|v| v.as_i64())
 }
@@ -266,11 +277,7 @@ fn check_call(
 
 #[test]
 fn scouter_sdk_over_http_and_grpc_and_otel_over_otlp_http_are_forwarded_with_their_process() -> Result<()> {
-    require_ebpf_host()?;
-    let scouter = ScouterBackend::start()?;
-    let receivers = Receivers::new()?;
-    let store = Store::new()?;
-    let mut agent = start_agent(&store, &scouter, &receivers, &["--metrics-listen".into(), "off".into()])?;
+    let (scouter, receivers, _store, mut agent) = agent_exporting_to_scouter()?;
     let python = Interpreter::sdk_venv()?;
     let leaf = PythonServer::start(&python, ServerProgram::Sdk(SdkService::plain().service_name("leaf")))?;
     let downstream = leaf.base_url();
@@ -561,11 +568,7 @@ fn nest_under_concurrency(
     serve: impl FnOnce(SdkService) -> SdkService,
     serving_pid: impl FnOnce(&PythonServer) -> Result<u32>,
 ) -> Result<()> {
-    require_ebpf_host()?;
-    let scouter = ScouterBackend::start()?;
-    let receivers = Receivers::new()?;
-    let store = Store::new()?;
-    let mut agent = start_agent(&store, &scouter, &receivers, &["--metrics-listen".into(), "off".into()])?;
+    let (scouter, receivers, _store, mut agent) = agent_exporting_to_scouter()?;
     let python = Interpreter::sdk_venv()?;
     let leaf = SdkService::plain().service_name("leaf").env("LEAF_DELAY_MS", LEAF_DELAY_MS);
     let leaf = PythonServer::start(&python, ServerProgram::Sdk(leaf))?;

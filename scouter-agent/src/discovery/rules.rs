@@ -138,8 +138,8 @@ impl ProcessRules {
     /// Whether any rule needs the listening ports (reading them costs a walk of the process's
     /// file descriptors).
     pub fn ask_ports(&self) -> bool {
-        let rules = self.include.iter().chain(&self.exclude).chain(self.service_names.iter().map(|(rule, _)| rule));
-        rules.into_iter().any(|rule| rule.port.is_some())
+        let mut rules = self.include.iter().chain(&self.exclude).chain(self.service_names.iter().map(|(rule, _)| rule));
+        rules.any(|rule| rule.port.is_some())
     }
 }
 
