@@ -29,17 +29,7 @@ const V1_HIERARCHY: &str = "/sys/fs/cgroup/pids";
 
 #[test]
 fn spans_of_a_process_in_a_pod_carry_the_pods_resource_attributes() -> Result<()> {
-    require_ebpf_host()?;
-    let python = Interpreter::pyenv("3.12.1")?;
-    let server = PythonServer::start(&python, ServerProgram::KeepAlive)?;
-    let cgroup = ContainerCgroup::create()?;
-    cgroup.adopt(server.pid())?;
-    let api = FakeApiServer::start()?;
-    let store = Store::new()?;
-    let off = ["--metrics-listen", "off", "--receive-grpc", "off", "--receive-http", "off"];
-    let mut args = vec!["--kubernetes", api.url.as_str(), "--node-name", NODE];
-    args.extend(off);
-    let mut agent = Agent::start_with_args(&store, &args)?;
+    let (server, _cgroup, api, store, mut agent) = pod_server_under_agent(&[], Duration::ZERO)?;
     let mut verdict = Verdict::new();
     verdict.step(
         "waiting for the agent to describe the server by its pod",
@@ -85,6 +75,59 @@ fn spans_of_a_process_in_a_pod_carry_the_pods_resource_attributes() -> Result<()
     verdict.finish(&log_context("agent", &log))
 }
 
+#[test]
+fn a_process_excluded_by_its_pods_namespace_waits_for_the_pod_and_is_not_traced() -> Result<()> {
+    // The pod list comes late, so the agent scans the server before it knows the pod: the rule
+    // cannot be decided yet.
+    let config = [("scouter-agent.toml", "[[exclude]]\nnamespace = \"shop\"\n")];
+    let (server, _cgroup, _api, store, mut agent) = pod_server_under_agent(&config, Duration::from_secs(3))?;
+    let mut verdict = Verdict::new();
+    let waiting = agent.wait_logged("INFO", "waiting for the pod's metadata to apply the process rules", server.pid());
+    verdict.step("waiting for the agent to defer the decision", waiting);
+    let left_out = agent.wait_logged("INFO", "not traced: left out by the process rules", server.pid());
+    verdict.step("waiting for the agent to leave the server out", left_out);
+    let plan = vec![vec![Call::new(Request::get("/status/200"), 200)]];
+    verdict.step("calling the server", traffic::run_plan(server.port(), &plan, false));
+    let log = agent.log().clone();
+    verdict.step("stopping the agent", agent.stop());
+    let pid = i64::from(server.pid());
+    if let Some(spans) = verdict.step("reading the store", store.spans()) {
+        if let Some(span) = spans.iter().find(|s| s.pid() == Some(pid)) {
+            verdict.problem(format!("the excluded server was traced: {}", span.pretty()));
+        }
+    }
+    if !log.lines_containing("tracking python process").iter().all(|line| !line.contains(&format!("pid={pid} "))) {
+        verdict.problem("the agent tracked the excluded server".to_owned());
+    }
+    verdict.finish(&log_context("agent", &log))
+}
+
+/// A Python server in a container cgroup whose pod the fake API server lists (`list_delay`
+/// after being asked), and an agent watching that server's node, given each of `files`
+/// (written beside the store) as `--config`.
+fn pod_server_under_agent(
+    files: &[(&str, &str)],
+    list_delay: Duration,
+) -> Result<(PythonServer, ContainerCgroup, FakeApiServer, Store, Agent)> {
+    require_ebpf_host()?;
+    let python = Interpreter::pyenv("3.12.1")?;
+    let server = PythonServer::start(&python, ServerProgram::KeepAlive)?;
+    let cgroup = ContainerCgroup::create()?;
+    cgroup.adopt(server.pid())?;
+    let api = FakeApiServer::start(list_delay)?;
+    let store = Store::new()?;
+    let off = ["--metrics-listen", "off", "--receive-grpc", "off", "--receive-http", "off"];
+    let mut args: Vec<String> = ["--kubernetes", api.url.as_str(), "--node-name", NODE].map(str::to_owned).into();
+    args.extend(off.map(str::to_owned));
+    for (name, text) in files {
+        let path = store.path().with_file_name(name);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        args.extend(["--config".to_owned(), path.display().to_string()]);
+    }
+    let agent = Agent::start_with_args(&store, &args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    Ok((server, cgroup, api, store, agent))
+}
+
 /// A cgroup named as containerd's systemd driver names a burstable pod's container, in the
 /// host's v1 `pids` hierarchy; removed (its process moved back out) when dropped.
 struct ContainerCgroup {
@@ -128,7 +171,8 @@ impl Drop for ContainerCgroup {
 }
 
 /// Answers the API server's requests the agent makes: the node's pod list (one pod of a
-/// Deployment's ReplicaSet), a watch that stays open with no events, and the ReplicaSet.
+/// Deployment's ReplicaSet, after `list_delay`), a watch that stays open with no events, and
+/// the ReplicaSet.
 struct FakeApiServer {
     url: String,
     requests: Arc<Mutex<Vec<String>>>,
@@ -136,7 +180,7 @@ struct FakeApiServer {
 }
 
 impl FakeApiServer {
-    fn start() -> Result<Self> {
+    fn start(list_delay: Duration) -> Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let url = format!("http://{}", listener.local_addr()?);
         let requests = Arc::new(Mutex::new(Vec::new()));
@@ -148,7 +192,7 @@ impl FakeApiServer {
                     break;
                 }
                 let (seen, stopping) = (Arc::clone(&seen), Arc::clone(&stopping));
-                std::thread::spawn(move || answer(connection, &seen, &stopping));
+                std::thread::spawn(move || answer(connection, &seen, &stopping, list_delay));
             }
         });
         Ok(Self { url, requests, stop })
@@ -166,7 +210,7 @@ impl Drop for FakeApiServer {
     }
 }
 
-fn answer(connection: TcpStream, seen: &Mutex<Vec<String>>, stop: &AtomicBool) {
+fn answer(connection: TcpStream, seen: &Mutex<Vec<String>>, stop: &AtomicBool, list_delay: Duration) {
     let mut reader = BufReader::new(match connection.try_clone() {
         Ok(stream) => stream,
         Err(_) => return,
@@ -195,6 +239,7 @@ fn answer(connection: TcpStream, seen: &Mutex<Vec<String>>, stop: &AtomicBool) {
             return;
         }
         let (status, body) = if path.starts_with("/api/v1/pods") {
+            std::thread::sleep(list_delay);
             ("200 OK", pod_list())
         } else if path == "/apis/apps/v1/namespaces/shop/replicasets/cart-7c9f8d6b5" {
             ("200 OK", replica_set())
