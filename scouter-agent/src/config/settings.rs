@@ -251,8 +251,9 @@ pub struct Settings {
     pub metrics_listen: Option<String>,
 
     /// A TOML configuration file with any of these settings as keys (`store_path = "..."`,
-    /// `otlp_endpoint = "..."`), plus `[[functions]]` and `[[routes]]` tables. Flags and
-    /// environment variables take precedence over the file (see the README).
+    /// `otlp_endpoint = "..."`), plus `[[functions]]`, `[[routes]]`, `[[include]]`,
+    /// `[[exclude]]` and `[[service_names]]` tables. Flags and environment variables take
+    /// precedence over the file (see the README).
     #[arg(long, value_name = "FILE", env = "SCOUTER_AGENT_CONFIG")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
