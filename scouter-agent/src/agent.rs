@@ -126,8 +126,13 @@ async fn run_until_signal(config: AgentConfig) -> anyhow::Result<()> {
     let traced_pids = Arc::new(RwLock::new(Vec::new()));
     let (sdk_spans, mut sdk_batches) = mpsc::channel::<SdkBatch>(SDK_BATCHES_QUEUED);
     receivers::serve(&config.receivers, sdk_spans, Arc::clone(&traced_pids), Arc::clone(&merge_counters)).await;
-    let options = ProbeOptions { propagate: config.propagate, max_transaction: config.max_transaction };
+    let options = ProbeOptions {
+        propagate: config.propagate,
+        max_transaction: config.max_transaction,
+        function_spans: !config.functions.rules.is_empty(),
+    };
     let (probes, ring) = Probes::attach(options).context("attaching the eBPF probes")?;
+    status.set_features(probes.features());
     let (layout_checks, mut checked_layouts) = mpsc::unbounded_channel::<LayoutResult>();
     let merger = Merger::new(config.sdk_twin_window, merge_counters);
     let (pods, mut pod_changes) = watch_pods(config.kubernetes.as_ref());
@@ -137,7 +142,8 @@ async fn run_until_signal(config: AgentConfig) -> anyhow::Result<()> {
     agent.scan_existing_processes();
     tracing::info!(
         processes = agent.processes.len(),
-        propagation = %agent.probes.propagation(),
+        features = %enabled_features(agent.probes.features()),
+        propagation = %agent.probes.features().get(crate::probes::Feature::HeaderInsertion),
         route_templates = agent.config.routes.len(),
         "agent ready"
     );
@@ -185,6 +191,13 @@ fn connect_failure(result: i32) -> Option<&'static str> {
         libc::ENETUNREACH => Some("network_unreachable"),
         _ => Some("_OTHER"),
     }
+}
+
+/// The features that work here, for the ready line (the others were logged as they failed).
+fn enabled_features(features: &crate::probes::FeatureStates) -> String {
+    let enabled: Vec<&str> =
+        features.iter().filter(|(_, state)| state.is_enabled()).map(|(feature, _)| feature.name()).collect();
+    enabled.join(",")
 }
 
 /// Lets tokio poll the ring buffer's descriptor.

@@ -42,7 +42,13 @@ pub enum Command {
     },
     /// Report which kernel features the agent needs are available, and what to do if not.
     /// Exits non-zero when the agent cannot run here.
-    Check,
+    Check {
+        /// Also load every program with the verifier's statistics log and print, per program,
+        /// the stack of each frame, the combined stack of its deepest call chain, the
+        /// instructions the verifier processed and the time it took.
+        #[arg(long)]
+        verifier: bool,
+    },
     /// Show the configuration `run` would use with the same options: flags, then environment
     /// variables, then the `--config` file, then defaults; secrets masked.
     Config {

@@ -34,6 +34,8 @@ pub struct AgentStatus {
     pub processes_attached: AtomicU64,
     /// The kernel's drop counters by name (cumulative), as last read.
     pub kernel_drops: Mutex<Vec<(&'static str, u64)>>,
+    /// Each feature and whether it works here, as found at start.
+    features: Mutex<Vec<(&'static str, bool)>>,
     pub ready: AtomicBool,
     /// Unix seconds of the event loop's last tick.
     last_tick: AtomicU64,
@@ -51,9 +53,16 @@ impl AgentStatus {
             merge,
             processes_attached: AtomicU64::new(0),
             kernel_drops: Mutex::new(Vec::new()),
+            features: Mutex::new(Vec::new()),
             ready: AtomicBool::new(false),
             last_tick: AtomicU64::new(unix_seconds()),
         }
+    }
+
+    /// Records which features work (once the probes are attached).
+    pub fn set_features(&self, features: &crate::probes::FeatureStates) {
+        let states = features.iter().map(|(feature, state)| (feature.name(), state.is_enabled())).collect();
+        *self.features.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = states;
     }
 
     pub fn tick(&self) {
@@ -89,6 +98,15 @@ impl AgentStatus {
         );
         for (reason, count) in self.kernel_drops.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             let _ = writeln!(out, "scouter_agent_kernel_drops_total{{reason=\"{reason}\"}} {count}");
+        }
+        metric(
+            &mut out,
+            "feature_enabled",
+            "gauge",
+            "1 when the feature's programs run on this kernel, 0 when it is off or unavailable (see the start-up log).",
+        );
+        for (feature, enabled) in self.features.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let _ = writeln!(out, "scouter_agent_feature_enabled{{feature=\"{feature}\"}} {}", u8::from(*enabled));
         }
         metric(&mut out, "up", "gauge", "1 while the event loop is turning.");
         let _ = writeln!(out, "scouter_agent_up {}", u8::from(self.alive()));
@@ -239,6 +257,9 @@ mod tests {
         SinkCounters::add(&sink.exported, 7);
         let status = AgentStatus::new(pipeline, vec![("otlp-grpc", sink)], Arc::default());
         *status.kernel_drops.lock().unwrap() = vec![("ring_full", 2)];
+        let mut features = crate::probes::FeatureStates::default();
+        features.set(crate::probes::Feature::Tls, crate::probes::FeatureState::Unavailable("refused".into()));
+        status.set_features(&features);
         let text = status.metrics();
         for line in [
             "scouter_agent_spans_produced_total 10",
@@ -246,6 +267,8 @@ mod tests {
             "scouter_agent_sink_spans_dropped_total{sink=\"otlp-grpc\",reason=\"queue_full\"} 3",
             "scouter_agent_sink_spans_dropped_total{sink=\"otlp-grpc\",reason=\"shutdown\"} 0",
             "scouter_agent_kernel_drops_total{reason=\"ring_full\"} 2",
+            "scouter_agent_feature_enabled{feature=\"core\"} 1",
+            "scouter_agent_feature_enabled{feature=\"tls\"} 0",
             "scouter_agent_up 1",
             "# TYPE scouter_agent_sink_queue_spans gauge",
         ] {

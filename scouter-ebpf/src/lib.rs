@@ -227,8 +227,10 @@ pub mod context_origin {
 }
 
 /// A span's identity, decided in the kernel at the first byte of its request because the
-/// `traceparent` sent downstream must carry it before userspace sees any byte.
-#[repr(C)]
+/// `traceparent` sent downstream must carry it before userspace sees any byte. Aligned to 8
+/// (every struct holding it places it there anyway) so the kernel side copies and compares its
+/// ids a word at a time rather than a byte at a time, in registers it does not have.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SpanContext {
     pub trace_id: [u8; 16],
@@ -303,12 +305,20 @@ pub struct SocketInfo {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TrackedProcess {
-    /// Reserved for per-process switches; 1 means "trace sockets".
+    /// [`tracked_flags`] bits: what the kernel does for the process.
     pub flags: u32,
     pub _pad: u32,
 }
 
-pub const TRACK_SOCKETS: u32 = 1;
+/// Bits of [`TrackedProcess::flags`]. A fork child inherits its parent's.
+pub mod tracked_flags {
+    /// Follow its sockets (every tracked process).
+    pub const SOCKETS: u32 = 1;
+    /// Insert `traceparent` into its outgoing plain-HTTP requests (header insertion works here).
+    pub const INSERT_TRACEPARENT: u32 = 2;
+    /// Carry its TLS requests' context in a TCP header option (the option works here).
+    pub const TCP_OPTION: u32 = 4;
+}
 
 /// Indices into the per-CPU `COUNTERS` array: things the kernel side had to drop.
 pub mod counter {

@@ -127,6 +127,13 @@ pub fn is_tracked(pid: u32) -> bool {
     unsafe { TRACKED_PROCESSES.get(&pid).is_some() }
 }
 
+/// The [`scouter_ebpf::tracked_flags`] of `pid`, if it is tracked.
+#[inline(always)]
+pub fn process_flags(pid: u32) -> Option<u32> {
+    // SAFETY: read in place.
+    unsafe { TRACKED_PROCESSES.get(&pid) }.map(|tracked| tracked.flags)
+}
+
 /// Where a request head is copied to be scanned (one per CPU: programs do not migrate while
 /// they run). Positions are written here rather than kept in registers so the verifier sees
 /// one loop state, not one per combination of headers found.
@@ -337,6 +344,10 @@ pub struct PendingTraceOption {
 pub static PENDING_TRACE_OPTIONS: LruHashMap<u64, PendingTraceOption> =
     LruHashMap::with_max_entries(MAX_IN_FLIGHT_SYSCALLS, 0);
 
+/// A TLS request's option being prepared (in `SSL_write`, a tracing program).
+#[map]
+pub static OPTION_SCRATCH: PerCpuArray<PendingTraceOption> = PerCpuArray::with_max_entries(1, 0);
+
 /// Socket cookies of the connections tracked processes open, by descriptor: noted in the
 /// sockops connect callback (which runs inside `connect()`, whose descriptor the syscall
 /// tracepoint left in [`IN_FLIGHT_CONNECTIONS`]), taken when the first bytes tell whether the
@@ -497,3 +508,52 @@ pub static SDK_SPANS: LruHashMap<ExecutionUnit, SdkSpans> = LruHashMap::with_max
 /// for the stack next to the reads that find the span).
 #[map]
 pub static SDK_SCRATCH: PerCpuArray<SdkSpans> = PerCpuArray::with_max_entries(1, 0);
+
+// Working memory of the tracing programs (tracepoints, uprobes, fentry/fexit): values too
+// large for their 512-byte stack, one of each per CPU. Tracing programs do not nest on a CPU
+// (the kernel skips a program that would run inside another), and no sockops or sk_msg
+// program (which may run in softirq, inside a tracing one) touches these. Each is owned by one
+// step of a program's work at a time: the step that takes it fills it before reading it.
+
+/// The I/O a program is handling: copied here from [`IN_FLIGHT_IO`] or built for it.
+#[map]
+pub static IO_SCRATCH: PerCpuArray<InFlightIo> = PerCpuArray::with_max_entries(1, 0);
+
+/// A libssl call being handled, copied here from [`TLS_CALLS`] or built for it.
+#[map]
+pub static TLS_SCRATCH: PerCpuArray<TlsCall> = PerCpuArray::with_max_entries(1, 0);
+
+/// The parent a new span is given (see `programs::context::find_parent`).
+#[map]
+pub static PARENT_SCRATCH: PerCpuArray<ServedRequest> = PerCpuArray::with_max_entries(1, 0);
+
+/// A served request being recorded, or a task's or context's request being passed on.
+#[map]
+pub static SERVED_SCRATCH: PerCpuArray<ServedRequest> = PerCpuArray::with_max_entries(1, 0);
+
+/// A function span being started.
+#[map]
+pub static SPAN_SCRATCH: PerCpuArray<ServedRequest> = PerCpuArray::with_max_entries(1, 0);
+
+/// A generator's span being recorded.
+#[map]
+pub static GENERATOR_SCRATCH: PerCpuArray<GeneratorSpan> = PerCpuArray::with_max_entries(1, 0);
+
+/// A context a thread entered, being recorded.
+#[map]
+pub static ENTERED_SCRATCH: PerCpuArray<EnteredContext> = PerCpuArray::with_max_entries(1, 0);
+
+/// A `traceparent` line being prepared for the sk_msg program.
+#[map]
+pub static PENDING_SCRATCH: PerCpuArray<PendingInjection> = PerCpuArray::with_max_entries(1, 0);
+
+/// A caller's context, read from a request head.
+#[map]
+pub static REMOTE_SCRATCH: PerCpuArray<traceparent::TraceParent> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's instance of a scratch value.
+#[inline(always)]
+pub fn scratch<T>(map: &'static PerCpuArray<T>) -> Option<&'static mut T> {
+    // SAFETY: a per-CPU slot, owned by the running program (see above).
+    map.get_ptr_mut(0).map(|slot| unsafe { &mut *slot })
+}

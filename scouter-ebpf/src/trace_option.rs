@@ -31,19 +31,29 @@ pub const EXID_NOT_SAMPLED: u16 = 0x5C7B;
 /// The option carrying `context` (flags other than the sampled bit are not carried).
 #[inline(always)]
 pub fn encode(context: &TraceParent) -> [u8; LEN] {
-    let mut option = search_key(context.sampled());
+    let mut option = [0u8; LEN];
+    encode_into(&context.trace_id, &context.span_id, context.sampled(), &mut option);
+    option
+}
+
+/// [`encode`], written into `option` (the kernel keeps it in a map value).
+#[inline(always)]
+pub fn encode_into(trace_id: &[u8; 16], span_id: &[u8; 8], sampled: bool, option: &mut [u8; LEN]) {
+    let exid = if sampled { EXID_SAMPLED } else { EXID_NOT_SAMPLED }.to_be_bytes();
+    option[0] = KIND;
     option[1] = LEN as u8;
+    option[2] = exid[0];
+    option[3] = exid[1];
     let mut k = 0;
     while k < 16 {
-        option[4 + k] = context.trace_id[k];
+        option[4 + k] = trace_id[k];
         k += 1;
     }
     k = 0;
     while k < 8 {
-        option[20 + k] = context.span_id[k];
+        option[20 + k] = span_id[k];
         k += 1;
     }
-    option
 }
 
 /// What `bpf_load_hdr_opt` searches by to find the option with the given sampled bit: the

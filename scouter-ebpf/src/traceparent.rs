@@ -12,8 +12,10 @@ pub const NAME: &[u8; 11] = b"traceparent";
 /// The line the agent inserts after a request line: `traceparent: <value>\r\n`.
 pub const LINE_LEN: usize = NAME.len() + 2 + VALUE_LEN + 2;
 
-/// The fields of a valid value.
+/// The fields of a valid value. Aligned like [`SpanContext`](crate::SpanContext), for the same
+/// reason: the kernel copies its ids a word at a time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C, align(8))]
 pub struct TraceParent {
     pub trace_id: [u8; 16],
     pub span_id: [u8; 8],
@@ -31,27 +33,37 @@ impl TraceParent {
 /// continue with `-…` and are read by their first four fields, as the spec asks.
 #[inline(always)]
 pub fn parse(value: &[u8; VALUE_LEN], after: u8) -> Option<TraceParent> {
-    let version = hex_byte(value[0], value[1])?;
+    let mut parsed = TraceParent { trace_id: [0; 16], span_id: [0; 8], flags: 0 };
+    parse_into(value, after, &mut parsed).then_some(parsed)
+}
+
+/// [`parse`], written into `out` (whose content is unspecified when it returns false): the
+/// kernel keeps the result in a map value rather than on its small stack.
+#[inline(always)]
+pub fn parse_into(value: &[u8; VALUE_LEN], after: u8, out: &mut TraceParent) -> bool {
+    let Some(version) = hex_byte(value[0], value[1]) else { return false };
     if version == 0xff || value[2] != b'-' || value[35] != b'-' || value[52] != b'-' {
-        return None;
+        return false;
     }
     let ends = matches!(after, 0 | b'\r' | b'\n' | b' ' | b'\t');
     if !(ends || (version != 0 && after == b'-')) {
-        return None;
+        return false;
     }
-    let mut trace_id = [0u8; 16];
-    for (i, byte) in trace_id.iter_mut().enumerate() {
-        *byte = hex_byte(value[3 + 2 * i], value[4 + 2 * i])?;
+    let mut i = 0;
+    while i < 16 {
+        let Some(byte) = hex_byte(value[3 + 2 * i], value[4 + 2 * i]) else { return false };
+        out.trace_id[i] = byte;
+        i += 1;
     }
-    let mut span_id = [0u8; 8];
-    for (i, byte) in span_id.iter_mut().enumerate() {
-        *byte = hex_byte(value[36 + 2 * i], value[37 + 2 * i])?;
+    let mut i = 0;
+    while i < 8 {
+        let Some(byte) = hex_byte(value[36 + 2 * i], value[37 + 2 * i]) else { return false };
+        out.span_id[i] = byte;
+        i += 1;
     }
-    let flags = hex_byte(value[53], value[54])?;
-    if is_zero(&trace_id) || is_zero(&span_id) {
-        return None;
-    }
-    Some(TraceParent { trace_id, span_id, flags })
+    let Some(flags) = hex_byte(value[53], value[54]) else { return false };
+    out.flags = flags;
+    !is_zero(&out.trace_id) && !is_zero(&out.span_id)
 }
 
 /// [`parse`] for a value of any length (surrounding whitespace already removed).
@@ -98,16 +110,24 @@ pub fn write_line(trace_id: &[u8; 16], span_id: &[u8; 8], flags: u8, line: &mut 
 #[inline(always)]
 pub fn parse_hex<const N: usize, const D: usize>(digits: &[u8; D]) -> Option<[u8; N]> {
     let mut out = [0u8; N];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = hex_byte(*digits.get(2 * i)?, *digits.get(2 * i + 1)?)?;
-    }
-    if is_zero(&out) {
-        return None;
-    }
-    Some(out)
+    parse_hex_into(digits, &mut out).then_some(out)
 }
 
-/// Arithmetic rather than a table lookup: no read of `.rodata` at a computed offset.
+/// [`parse_hex`], written into `out` (unspecified when it returns false).
+#[inline(always)]
+pub fn parse_hex_into<const N: usize, const D: usize>(digits: &[u8; D], out: &mut [u8; N]) -> bool {
+    let mut i = 0;
+    while i < N {
+        if 2 * i + 1 >= D {
+            return false;
+        }
+        let Some(byte) = hex_byte(digits[2 * i], digits[2 * i + 1]) else { return false };
+        out[i] = byte;
+        i += 1;
+    }
+    !is_zero(out)
+}
+
 #[inline(always)]
 fn put_hex(byte: u8, line: &mut [u8; LINE_LEN], at: usize) {
     let digit = |n: u8| if n < 10 { b'0' + n } else { b'a' + n - 10 };

@@ -18,9 +18,10 @@ mod tracepoints;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use anyhow::bail;
+use anyhow::{bail, Context as _};
 
-use crate::probes::tracefs;
+use crate::probes::verifier::{self, ProgramStats};
+use crate::probes::{tracefs, Feature, FeatureState, FeatureStates, ProbeOptions, Probes};
 
 const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 
@@ -86,13 +87,85 @@ impl fmt::Display for Finding {
     }
 }
 
-/// Prints one line per feature; fails, naming the blocking items, when the agent cannot run.
-pub fn run() -> anyhow::Result<()> {
-    let findings = inspect_host();
-    for finding in &findings {
+/// Prints one line per host fact, then loads and attaches every program as `run` does and
+/// prints one line per feature; with `verifier`, the verifier's figures for every program too.
+/// Fails exactly when `run` would (privileges, or a core program the kernel refuses), or when
+/// a program is over the verifier budget.
+pub fn run(verifier: bool) -> anyhow::Result<()> {
+    for finding in inspect_host() {
         println!("{finding}");
     }
-    verdict(&findings)
+    let options = ProbeOptions::default();
+    let loaded = require_privileges().and_then(|()| {
+        let (probes, _events) = Probes::attach(options).context("attaching the eBPF probes")?;
+        Ok(probes.features().clone())
+    });
+    println!();
+    match &loaded {
+        Ok(features) => print_features(features),
+        Err(error) => println!("{:<12} {:<20} {error:#}", "unavailable", Feature::Core.name()),
+    }
+    let within_budget = if verifier { print_verifier_budget(options)? } else { true };
+    if let Err(error) = loaded {
+        return Err(error.context("scouter-agent cannot run on this host"));
+    }
+    anyhow::ensure!(within_budget, "a program is over the verifier budget (see the table above)");
+    Ok(())
+}
+
+fn print_features(features: &FeatureStates) {
+    for (feature, state) in features.iter() {
+        let (status, detail) = match state {
+            FeatureState::Enabled => ("ok", String::new()),
+            FeatureState::Degraded(why) => ("degraded", why.clone()),
+            FeatureState::Off(why) => ("off", why.clone()),
+            FeatureState::Unavailable(why) => ("unavailable", format!("{why} -> {}", feature.without())),
+        };
+        println!("{status:<12} {:<20} {detail}", feature.name());
+    }
+}
+
+/// Prints the verifier's figures for every program; returns whether all are within budget.
+fn print_verifier_budget(options: ProbeOptions) -> anyhow::Result<bool> {
+    let stats =
+        crate::probes::verifier_stats(options).context("loading the programs with the verifier's statistics")?;
+    println!();
+    println!(
+        "verifier budget: stack of the deepest call chain <= {} B (frames rounded up to 32 B), \
+         instructions processed <= {}",
+        verifier::STACK_BUDGET,
+        verifier::INSTRUCTION_BUDGET
+    );
+    println!("{:<32} {:>6} {:>9} {:>9}  {:<8} frames", "program", "stack", "insns", "time", "budget");
+    for program in &stats {
+        println!("{}", budget_line(program));
+    }
+    Ok(stats.iter().all(ProgramStats::within_budget))
+}
+
+fn budget_line(program: &ProgramStats) -> String {
+    if let Some(why) = &program.not_applicable {
+        return format!("{:<32} {:>6} {:>9} {:>9}  {:<8} {why}", program.program, "-", "-", "-", "n/a");
+    }
+    let frames: Vec<String> = program.frames.iter().map(u32::to_string).collect();
+    let verdict = match (&program.rejection, program.within_budget()) {
+        (Some(_), _) => "REFUSED",
+        (None, true) => "ok",
+        (None, false) => "OVER",
+    };
+    let mut line = format!(
+        "{:<32} {:>6} {:>9} {:>7}ms  {:<8} {}",
+        program.program,
+        program.combined,
+        program.processed,
+        program.time.as_millis(),
+        verdict,
+        frames.join("+")
+    );
+    if let Some(reason) = &program.rejection {
+        line.push_str(&format!("\n    the verifier: {}", reason.replace('\n', "\n    ")));
+    }
+    line
 }
 
 /// Every check, in the order a reader would fix things: privileges, kernel, attach points.
@@ -124,16 +197,6 @@ fn inspect_host() -> Vec<Finding> {
     findings.push(cgroup2_finding(cgroup2_mount().as_deref()));
     findings.push(lockdown::lockdown_finding(&lockdown::read_lockdown()));
     findings
-}
-
-/// Ok when nothing blocks; otherwise an error whose message lists what does.
-fn verdict(findings: &[Finding]) -> anyhow::Result<()> {
-    let blocking: Vec<&str> =
-        findings.iter().filter(|f| f.status == Status::Missing).map(|f| f.feature.as_str()).collect();
-    if blocking.is_empty() {
-        return Ok(());
-    }
-    bail!("scouter-agent cannot run on this host; blocking: {}", blocking.join(", "))
 }
 
 /// Checked by the agent at startup, before it tries to load anything, so that a missing
@@ -189,21 +252,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn verdict_lists_blocking_features() {
-        let findings = [
-            Finding::ok("kernel", "6.18"),
-            Finding::missing("CAP_BPF", "needed").with_fix("grant it"),
-            Finding::warn("uprobes", "absent"),
-            Finding::missing("tracefs", "not mounted"),
-        ];
-        let error = verdict(&findings).unwrap_err().to_string();
-        assert_eq!(error, "scouter-agent cannot run on this host; blocking: CAP_BPF, tracefs");
-    }
-
-    #[test]
-    fn warnings_do_not_block() {
-        let findings = [Finding::ok("kernel", "6.18"), Finding::warn("kprobes", "absent")];
-        assert!(verdict(&findings).is_ok());
+    fn a_budget_line_shows_figures_and_the_verifiers_reason() {
+        let refused = ProgramStats {
+            program: "io_enter_write".into(),
+            frames: vec![448, 80],
+            combined: 544,
+            processed: 130_481,
+            time: std::time::Duration::from_millis(923),
+            rejection: Some("combined stack size of 2 calls is 528. Too large".into()),
+            not_applicable: None,
+        };
+        let line = budget_line(&refused);
+        assert!(line.starts_with("io_enter_write"), "{line}");
+        assert!(line.contains("544") && line.contains("130481") && line.contains("REFUSED"), "{line}");
+        assert!(line.contains("448+80"), "{line}");
+        assert!(line.ends_with("the verifier: combined stack size of 2 calls is 528. Too large"), "{line}");
+        let fine = ProgramStats { rejection: None, combined: 320, ..refused };
+        assert!(budget_line(&fine).contains(" ok "));
     }
 
     #[test]

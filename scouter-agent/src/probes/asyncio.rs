@@ -5,6 +5,7 @@
 //! reported once; client calls from its tasks are then parented by thread only, which is
 //! exact for thread-per-request servers and approximate on event loops.
 
+use aya::programs::uprobe::UProbeLink;
 use aya::Ebpf;
 
 use super::uprobes::{self, InstrumentedFiles};
@@ -33,9 +34,8 @@ const ALL: [(&str, &str); 7] = [
 ];
 
 /// Loads the programs; attaching waits for the first process of each module.
-pub fn load(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
-    uprobes::load(ebpf, ALL.map(|(program, _)| program))
-}
+/// The feature's programs ([`super::Feature::AsyncioTasks`]).
+pub const PROGRAMS: [&str; 7] = [ALL[0].0, ALL[1].0, ALL[2].0, ALL[3].0, ALL[4].0, ALL[5].0, ALL[6].0];
 
 /// Modules already handled: whether their tasks are tracked.
 #[derive(Default)]
@@ -47,9 +47,9 @@ impl AsyncioProbes {
     /// Attaches to `module` unless done before; returns whether its tasks are tracked.
     pub fn instrument(&mut self, ebpf: &mut Ebpf, module: &AsyncioModule) -> bool {
         self.modules.once(&module.host_path, || match attach_all(ebpf, module) {
-            Ok(()) => {
+            Ok(links) => {
                 tracing::info!(module = %module.host_path.display(), "tracking asyncio tasks");
-                true
+                Some(links)
             }
             Err(error) => {
                 tracing::warn!(
@@ -57,32 +57,29 @@ impl AsyncioProbes {
                     %error,
                     "asyncio tasks are not tracked for this interpreter; client calls made by tasks are parented by thread only"
                 );
-                false
+                None
             }
         })
+    }
+
+    pub fn take_links(&mut self) -> Vec<UProbeLink> {
+        self.modules.take_links()
     }
 }
 
 /// The required probes all or none: a step entry probe left attached by a failed try would
 /// fire twice per step after the next try, and the running-task stack would never unwind.
-fn attach_all(ebpf: &mut Ebpf, module: &AsyncioModule) -> Result<(), ProbeError> {
+fn attach_all(ebpf: &mut Ebpf, module: &AsyncioModule) -> Result<Vec<UProbeLink>, ProbeError> {
     let step = if module.state_argument { TASK_STEP_STATE_FIRST } else { TASK_STEP };
-    uprobes::attach_all_or_none(ebpf, &[step, TASK_STEP_RETURN, TASK_INIT], &module.host_path)?;
+    let mut links = uprobes::attach_all_or_none(ebpf, &[step, TASK_STEP_RETURN, TASK_INIT], &module.host_path)?;
     // Without these, tasks still inherit their creator's request; only handing a request to an
     // already running task (aiohttp's per-connection handler) is lost.
     let wakeup = if module.has_task_wakeup { TASK_WAKEUP } else { TASK_WAKEUP_WRAPPER };
-    for optional in [FUTURE_SET_RESULT, wakeup] {
-        if let Err(error) = attach(ebpf, optional, module) {
-            tracing::debug!(%error, "optional asyncio probe not attached");
+    for (program, symbol) in [FUTURE_SET_RESULT, wakeup] {
+        match uprobes::attach(ebpf, program, symbol, &module.host_path) {
+            Ok(link) => links.push(link),
+            Err(error) => tracing::debug!(%error, "optional asyncio probe not attached"),
         }
     }
-    Ok(())
-}
-
-fn attach(
-    ebpf: &mut Ebpf,
-    (program, symbol): (&'static str, &'static str),
-    module: &AsyncioModule,
-) -> Result<(), ProbeError> {
-    uprobes::attach(ebpf, program, symbol, &module.host_path).map(|_| ())
+    Ok(links)
 }

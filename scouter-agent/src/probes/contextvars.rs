@@ -9,6 +9,7 @@
 
 use std::path::Path;
 
+use aya::programs::uprobe::UProbeLink;
 use aya::Ebpf;
 
 use super::uprobes::{self, InstrumentedFiles};
@@ -19,9 +20,8 @@ const RUN: (&str, &str) = ("contextvars_run", "context_run");
 const COPY_RETURN: (&str, &str) = ("contextvars_copy_return", "PyContext_CopyCurrent");
 
 /// Loads the programs; attaching waits for the first process of each interpreter.
-pub fn load(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
-    uprobes::load(ebpf, [RUN.0, COPY_RETURN.0])
-}
+/// The feature's programs ([`super::Feature::ContextThreads`]).
+pub const PROGRAMS: [&str; 2] = [RUN.0, COPY_RETURN.0];
 
 /// Interpreter files already handled: whether contexts are followed in their processes.
 #[derive(Default)]
@@ -33,9 +33,9 @@ impl ContextProbes {
     /// Attaches to `interpreter` unless done before; returns whether contexts are followed.
     pub fn instrument(&mut self, ebpf: &mut Ebpf, interpreter: &Path) -> bool {
         self.interpreters.once(interpreter, || match attach_both(ebpf, interpreter) {
-            Ok(()) => {
+            Ok(links) => {
                 tracing::info!(interpreter = %interpreter.display(), "following contexts handed to threads");
-                true
+                Some(links)
             }
             Err(error) => {
                 tracing::warn!(
@@ -43,13 +43,17 @@ impl ContextProbes {
                     %error,
                     "calls this interpreter runs on pool threads (asyncio.to_thread) start traces of their own"
                 );
-                false
+                None
             }
         })
+    }
+
+    pub fn take_links(&mut self) -> Vec<UProbeLink> {
+        self.interpreters.take_links()
     }
 }
 
 /// Both or neither: a copy probe without the run probe would only cost.
-fn attach_both(ebpf: &mut Ebpf, interpreter: &Path) -> Result<(), ProbeError> {
+fn attach_both(ebpf: &mut Ebpf, interpreter: &Path) -> Result<Vec<UProbeLink>, ProbeError> {
     uprobes::attach_all_or_none(ebpf, &[RUN, COPY_RETURN], interpreter)
 }

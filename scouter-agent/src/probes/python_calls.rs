@@ -12,12 +12,12 @@ use std::num::NonZeroU32;
 use std::path::Path;
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
-use aya::programs::uprobe::UProbeLinkId;
+use aya::programs::uprobe::UProbeLink;
 use aya::Ebpf;
 use scouter_ebpf::{map_names, CallLayout, FunctionVerdict, ObjectKey};
 
 use super::eval_hook::EvalHook;
-use super::uprobes::{self, attach_to_process};
+use super::uprobes::attach_to_process;
 use super::{take_map, ProbeError};
 
 /// Entry programs by where the frame argument is: 3.8 passes `(frame, throwflag)`, 3.9+
@@ -26,6 +26,8 @@ const ENTRY_FRAME_FIRST: &str = "python_call_frame_first";
 const ENTRY_FRAME_SECOND: &str = "python_call_frame_second";
 const RETURN: &str = "python_call_return";
 const EVALUATOR: &str = "_PyEval_EvalFrameDefault";
+/// The feature's programs ([`super::Feature::FunctionSpans`]).
+pub const PROGRAMS: [&str; 3] = [ENTRY_FRAME_FIRST, ENTRY_FRAME_SECOND, RETURN];
 
 pub struct CallProbes {
     layouts: BpfHashMap<MapData, u32, CallLayout>,
@@ -35,13 +37,12 @@ pub struct CallProbes {
 }
 
 struct TracedProcess {
-    links: Vec<(&'static str, UProbeLinkId)>,
+    links: Vec<UProbeLink>,
     hook: Option<EvalHook>,
 }
 
 impl CallProbes {
-    pub fn load(ebpf: &mut Ebpf) -> Result<Self, ProbeError> {
-        uprobes::load(ebpf, [ENTRY_FRAME_FIRST, ENTRY_FRAME_SECOND, RETURN])?;
+    pub fn new(ebpf: &mut Ebpf) -> Result<Self, ProbeError> {
         let layouts = BpfHashMap::try_from(take_map(ebpf, map_names::CALL_LAYOUTS)?)
             .map_err(|source| ProbeError::Map { name: map_names::CALL_LAYOUTS, source })?;
         let verdicts = BpfHashMap::try_from(take_map(ebpf, map_names::CODE_VERDICTS)?)
@@ -69,17 +70,17 @@ impl CallProbes {
             .insert(pid, layout, 0)
             .map_err(|source| ProbeError::Map { name: map_names::CALL_LAYOUTS, source })?;
         let entry = if minor == 8 { ENTRY_FRAME_FIRST } else { ENTRY_FRAME_SECOND };
-        let mut links = Vec::new();
-        for program in [RETURN, entry] {
-            match attach_to_process(ebpf, program, EVALUATOR, interpreter, process) {
-                Ok(link) => links.push((program, link)),
-                Err(error) => {
-                    uprobes::detach(ebpf, links);
-                    let _ = self.layouts.remove(&pid);
-                    return Err(error);
-                }
+        let links: Result<Vec<UProbeLink>, ProbeError> = [RETURN, entry]
+            .into_iter()
+            .map(|program| attach_to_process(ebpf, program, EVALUATOR, interpreter, process))
+            .collect();
+        let links = match links {
+            Ok(links) => links,
+            Err(error) => {
+                let _ = self.layouts.remove(&pid);
+                return Err(error);
             }
-        }
+        };
         self.traced.insert(pid, TracedProcess { links, hook });
         Ok(())
     }
@@ -93,12 +94,18 @@ impl CallProbes {
     }
 
     /// Stops reporting `pid`'s calls (it exited, exec'd, or the agent is stopping); returns
-    /// the evaluator hook to undo, if the process lives on.
-    pub fn untrace(&mut self, ebpf: &mut Ebpf, pid: u32) -> Option<EvalHook> {
+    /// the evaluator hook to undo, if the process lives on, and the probes' links to drop.
+    pub fn untrace(&mut self, pid: u32) -> (Option<EvalHook>, Vec<UProbeLink>) {
         let _ = self.layouts.remove(&pid);
-        let traced = self.traced.remove(&pid)?;
-        uprobes::detach(ebpf, traced.links);
-        traced.hook
+        match self.traced.remove(&pid) {
+            Some(traced) => (traced.hook, traced.links),
+            None => (None, Vec::new()),
+        }
+    }
+
+    /// Every process's links, for detaching them all at once (the agent is stopping).
+    pub fn take_links(&mut self) -> Vec<UProbeLink> {
+        self.traced.values_mut().flat_map(|traced| std::mem::take(&mut traced.links)).collect()
     }
 
     /// Records the agent's decision about one of `pid`'s code objects.

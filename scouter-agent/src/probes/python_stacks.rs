@@ -1,34 +1,40 @@
 //! Python stacks (see `scouter-ebpf/src/programs/python_stack.rs`): the per-process layouts
 //! the kernel walks frames with, and the capture program the libssl return probe tail-calls.
-//! The syscall-side capture program is attached with the tracepoints ([`super::ATTACHMENTS`]),
-//! after the I/O exit program it follows.
+//! The syscall-side capture program is attached here too ([`super::STACK_ATTACHMENT`]), after
+//! the core's I/O exit program it follows.
 
 use aya::maps::{HashMap as BpfHashMap, MapData, ProgramArray};
 use aya::programs::UProbe;
 use aya::Ebpf;
 use scouter_ebpf::{map_names, stack_programs, PythonLayout};
 
-use super::{load_error, take_map, ProbeError};
+use super::links::OwnedLink;
+use super::{take_map, ProbeError};
 
 const FROM_LIBSSL: &str = "python_stack_from_libssl";
+/// The feature's programs ([`super::Feature::PythonStacks`]).
+pub const PROGRAMS: [&str; 2] = [super::STACK_ATTACHMENT.0, FROM_LIBSSL];
 
 /// The layouts map; empty entries mean no stacks for that process.
 pub struct StackProbes {
     layouts: BpfHashMap<MapData, u32, PythonLayout>,
-    /// The kernel offset of the thread pointer is known: stacks can be read at all.
-    enabled: bool,
     /// Keeps the program array (and so the tail-call target) alive.
     _programs: ProgramArray<MapData>,
+    /// The syscall-side capture's attachments.
+    links: Vec<OwnedLink>,
 }
 
 impl StackProbes {
-    pub fn load(ebpf: &mut Ebpf, enabled: bool) -> Result<Self, ProbeError> {
+    /// Attaches the loaded programs: the syscall-side capture after the core's, the libssl
+    /// one in the tail-call slot.
+    pub fn attach(ebpf: &mut Ebpf) -> Result<Self, ProbeError> {
+        let (program, category, names) = super::STACK_ATTACHMENT;
+        let links = super::attach_tracepoint(ebpf, program, category, names)?;
         let program: &mut UProbe = ebpf
             .program_mut(FROM_LIBSSL)
             .ok_or(ProbeError::MissingProgram(FROM_LIBSSL))?
             .try_into()
             .map_err(|source| ProbeError::ProgramLoad { program: FROM_LIBSSL, source })?;
-        program.load().map_err(|source| load_error(FROM_LIBSSL, source))?;
         let fd = program.fd().map_err(|source| ProbeError::ProgramLoad { program: FROM_LIBSSL, source })?.try_clone();
         let fd = fd.map_err(|source| ProbeError::ProgramLoad { program: FROM_LIBSSL, source: source.into() })?;
         let mut programs = ProgramArray::try_from(take_map(ebpf, map_names::STACK_PROGRAMS)?)
@@ -38,11 +44,7 @@ impl StackProbes {
             .map_err(|source| ProbeError::Map { name: map_names::STACK_PROGRAMS, source })?;
         let layouts = BpfHashMap::try_from(take_map(ebpf, map_names::PYTHON_LAYOUTS)?)
             .map_err(|source| ProbeError::Map { name: map_names::PYTHON_LAYOUTS, source })?;
-        Ok(Self { layouts, enabled, _programs: programs })
-    }
-
-    pub fn enabled(&self) -> bool {
-        self.enabled
+        Ok(Self { layouts, _programs: programs, links })
     }
 
     /// The kernel reads `pid`'s stacks with `layout` from now on.
@@ -50,6 +52,10 @@ impl StackProbes {
         self.layouts
             .insert(pid, layout, 0)
             .map_err(|source| ProbeError::Map { name: map_names::PYTHON_LAYOUTS, source })
+    }
+
+    pub fn take_links(&mut self) -> Vec<OwnedLink> {
+        std::mem::take(&mut self.links)
     }
 
     pub fn forget(&mut self, pid: u32) {

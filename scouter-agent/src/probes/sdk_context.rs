@@ -9,6 +9,7 @@
 use std::path::Path;
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
+use aya::programs::uprobe::UProbeLink;
 use aya::Ebpf;
 use scouter_ebpf::{map_names, NativeSpanLayout, ObjectLayout};
 
@@ -18,6 +19,8 @@ use super::{take_map, ProbeError};
 /// (program, symbol).
 const SET: (&str, &str) = ("sdk_context_set", "PyContextVar_Set");
 const RESET: (&str, &str) = ("sdk_context_reset", "PyContextVar_Reset");
+/// The feature's programs ([`super::Feature::SdkContexts`]).
+pub const PROGRAMS: [&str; 2] = [SET.0, RESET.0];
 
 pub struct SdkContextProbes {
     interpreters: InstrumentedFiles,
@@ -27,8 +30,7 @@ pub struct SdkContextProbes {
 
 impl SdkContextProbes {
     /// Loads the programs; attaching waits for the first process of each interpreter.
-    pub fn load(ebpf: &mut Ebpf) -> Result<Self, ProbeError> {
-        uprobes::load(ebpf, [SET.0, RESET.0])?;
+    pub fn new(ebpf: &mut Ebpf) -> Result<Self, ProbeError> {
         let layouts = BpfHashMap::try_from(take_map(ebpf, map_names::OBJECT_LAYOUTS)?)
             .map_err(|source| ProbeError::Map { name: map_names::OBJECT_LAYOUTS, source })?;
         let native_layouts = BpfHashMap::try_from(take_map(ebpf, map_names::NATIVE_SPAN_LAYOUTS)?)
@@ -40,9 +42,9 @@ impl SdkContextProbes {
     /// done before) laid out as `layout`; false when it cannot (reported once per file).
     pub fn instrument(&mut self, ebpf: &mut Ebpf, pid: u32, interpreter: &Path, layout: ObjectLayout) -> bool {
         let attached = self.interpreters.once(interpreter, || match attach_both(ebpf, interpreter) {
-            Ok(()) => {
+            Ok(links) => {
                 tracing::info!(interpreter = %interpreter.display(), "following in-process SDKs' current spans");
-                true
+                Some(links)
             }
             Err(error) => {
                 tracing::warn!(
@@ -50,7 +52,7 @@ impl SdkContextProbes {
                     %error,
                     "spans of in-process SDKs in this interpreter's processes are not nested with the agent's"
                 );
-                false
+                None
             }
         });
         if attached {
@@ -60,6 +62,10 @@ impl SdkContextProbes {
             }
         }
         attached
+    }
+
+    pub fn take_links(&mut self) -> Vec<UProbeLink> {
+        self.interpreters.take_links()
     }
 
     /// The kernel reads `pid`'s native SDK spans with `layout` from now on. Without a call the
@@ -77,6 +83,6 @@ impl SdkContextProbes {
 }
 
 /// Both or neither: sets without resets would leave spans current forever.
-fn attach_both(ebpf: &mut Ebpf, interpreter: &Path) -> Result<(), ProbeError> {
+fn attach_both(ebpf: &mut Ebpf, interpreter: &Path) -> Result<Vec<UProbeLink>, ProbeError> {
     uprobes::attach_all_or_none(ebpf, &[SET, RESET], interpreter)
 }

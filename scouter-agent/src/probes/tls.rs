@@ -11,10 +11,10 @@
 
 use std::path::Path;
 
-use aya::programs::uprobe::UProbeLinkId;
+use aya::programs::uprobe::UProbeLink;
 use aya::Ebpf;
 
-use super::uprobes::{self, attach, InstrumentedFiles};
+use super::uprobes::{attach, InstrumentedFiles};
 use super::ProbeError;
 
 /// The return program, shared by every probed function.
@@ -29,9 +29,9 @@ const FUNCTIONS: [(&str, &str, bool); 5] = [
 ];
 
 /// Loads the programs; attaching waits for the first process of each library.
-pub fn load(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
-    uprobes::load(ebpf, FUNCTIONS.iter().map(|(program, _, _)| *program).chain([RETURN]))
-}
+/// The feature's programs ([`super::Feature::Tls`]).
+pub const PROGRAMS: [&str; 6] =
+    [FUNCTIONS[0].0, FUNCTIONS[1].0, FUNCTIONS[2].0, FUNCTIONS[3].0, FUNCTIONS[4].0, RETURN];
 
 /// Libraries already handled: whether their calls are traced.
 #[derive(Default)]
@@ -43,9 +43,9 @@ impl TlsProbes {
     /// Attaches to `library` unless done before; returns whether its calls are traced.
     pub fn instrument(&mut self, ebpf: &mut Ebpf, library: &Path) -> bool {
         self.libraries.once(library, || match attach_all(ebpf, library) {
-            Ok(optional_missing) => {
+            Ok((links, optional_missing)) => {
                 tracing::info!(library = %library.display(), ?optional_missing, "tracing HTTPS through libssl");
-                true
+                Some(links)
             }
             Err(error) => {
                 tracing::warn!(
@@ -53,29 +53,30 @@ impl TlsProbes {
                     %error,
                     "HTTPS of the processes using this library is not traced"
                 );
-                false
+                None
             }
         })
     }
+
+    pub fn take_links(&mut self) -> Vec<UProbeLink> {
+        self.libraries.take_links()
+    }
 }
 
-/// Attaches every function's probes; returns the optional functions that are missing. On a
-/// required function's failure, whatever was attached to this library is detached again.
-fn attach_all(ebpf: &mut Ebpf, library: &Path) -> Result<Vec<&'static str>, ProbeError> {
-    let mut links: Vec<(&'static str, UProbeLinkId)> = Vec::new();
+/// Attaches every function's probes; returns their links and the optional functions that are
+/// missing. On a required function's failure, whatever was attached to this library is
+/// detached again (its links are dropped).
+fn attach_all(ebpf: &mut Ebpf, library: &Path) -> Result<(Vec<UProbeLink>, Vec<&'static str>), ProbeError> {
+    let mut links = Vec::new();
     let mut missing = Vec::new();
     for (program, symbol, required) in FUNCTIONS {
-        let attached = attach(ebpf, RETURN, symbol, library)
-            .map(|link| links.push((RETURN, link)))
-            .and_then(|()| attach(ebpf, program, symbol, library).map(|link| links.push((program, link))));
+        let attached =
+            attach(ebpf, RETURN, symbol, library).and_then(|ret| Ok([ret, attach(ebpf, program, symbol, library)?]));
         match attached {
-            Ok(()) => {}
+            Ok(pair) => links.extend(pair),
             Err(_) if !required => missing.push(symbol),
-            Err(error) => {
-                uprobes::detach(ebpf, links);
-                return Err(error);
-            }
+            Err(error) => return Err(error),
         }
     }
-    Ok(missing)
+    Ok((links, missing))
 }

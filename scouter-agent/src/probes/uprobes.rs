@@ -1,4 +1,4 @@
-//! What the library probes (`asyncio`, `tls`) share: programs loaded once, attached by symbol to
+//! What the library probes (`asyncio`, `tls`) share: programs (loaded once, with the others) attached by symbol to
 //! a file for every process that maps it (the kernel side filters untracked processes), and
 //! each file instrumented once, whatever path or mount namespace it is reached through.
 
@@ -7,27 +7,20 @@ use std::num::NonZeroU32;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope};
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeScope};
 use aya::programs::UProbe;
 use aya::Ebpf;
 
-use super::{load_error, ProbeError};
+use super::ProbeError;
 
-/// Loads `programs`; attaching waits for the first process of each file.
-pub fn load(ebpf: &mut Ebpf, programs: impl IntoIterator<Item = &'static str>) -> Result<(), ProbeError> {
-    for program in programs {
-        uprobe(ebpf, program)?.load().map_err(|source| load_error(program, source))?;
-    }
-    Ok(())
-}
-
-/// Attaches `program` to `symbol` in the ELF file at `path`, for every process.
+/// Attaches `program` to `symbol` in the ELF file at `path`, for every process; dropping the
+/// link detaches it.
 pub fn attach(
     ebpf: &mut Ebpf,
     program: &'static str,
     symbol: &'static str,
     path: &Path,
-) -> Result<UProbeLinkId, ProbeError> {
+) -> Result<UProbeLink, ProbeError> {
     attach_scoped(ebpf, program, symbol, path, UProbeScope::AllProcesses)
 }
 
@@ -38,18 +31,8 @@ pub fn attach_all_or_none(
     ebpf: &mut Ebpf,
     probes: &[(&'static str, &'static str)],
     path: &Path,
-) -> Result<(), ProbeError> {
-    let mut links = Vec::with_capacity(probes.len());
-    for (program, symbol) in probes.iter().copied() {
-        match attach(ebpf, program, symbol, path) {
-            Ok(link) => links.push((program, link)),
-            Err(error) => {
-                detach(ebpf, links);
-                return Err(error);
-            }
-        }
-    }
-    Ok(())
+) -> Result<Vec<UProbeLink>, ProbeError> {
+    probes.iter().map(|(program, symbol)| attach(ebpf, program, symbol, path)).collect()
 }
 
 /// Attaches `program` to `symbol` in the ELF file at `path`, for process `pid` only: the
@@ -60,7 +43,7 @@ pub fn attach_to_process(
     symbol: &'static str,
     path: &Path,
     pid: NonZeroU32,
-) -> Result<UProbeLinkId, ProbeError> {
+) -> Result<UProbeLink, ProbeError> {
     attach_scoped(ebpf, program, symbol, path, UProbeScope::OneProcess(pid))
 }
 
@@ -70,18 +53,12 @@ fn attach_scoped(
     symbol: &'static str,
     path: &Path,
     scope: UProbeScope,
-) -> Result<UProbeLinkId, ProbeError> {
+) -> Result<UProbeLink, ProbeError> {
     let point = UProbeAttachPoint { location: UProbeAttachLocation::Symbol(symbol), cookie: None };
-    uprobe(ebpf, program)?.attach(point, path, scope).map_err(|source| ProbeError::AttachProgram { program, source })
-}
-
-/// Detaches links made by [`attach`] (undoing a file's partial instrumentation).
-pub fn detach(ebpf: &mut Ebpf, links: Vec<(&'static str, UProbeLinkId)>) {
-    for (program, link) in links {
-        if let Ok(probe) = uprobe(ebpf, program) {
-            let _ = probe.detach(link);
-        }
-    }
+    let probe = uprobe(ebpf, program)?;
+    let attach_error = |source| ProbeError::AttachProgram { program, source };
+    let id = probe.attach(point, path, scope).map_err(attach_error)?;
+    probe.take_link(id).map_err(attach_error)
 }
 
 fn uprobe<'a>(ebpf: &'a mut Ebpf, program: &'static str) -> Result<&'a mut UProbe, ProbeError> {
@@ -95,27 +72,37 @@ fn uprobe<'a>(ebpf: &'a mut Ebpf, program: &'static str) -> Result<&'a mut UProb
 #[derive(Default)]
 pub struct InstrumentedFiles {
     files: HashMap<(u64, u64), bool>,
+    /// The probes attached to them, detached when dropped.
+    links: Vec<UProbeLink>,
 }
 
 impl InstrumentedFiles {
     /// Runs `instrument` the first time `path`'s file is seen; returns (and remembers) whether
-    /// it succeeded. A file that cannot be read is not instrumented, and not remembered.
+    /// it succeeded, keeping the links it made. A file that cannot be read is not
+    /// instrumented, and not remembered.
     ///
     /// A failure is not remembered when the path is gone afterwards: the path runs through
     /// the process's `/proc/<pid>/root`, and a short-lived process (a version check by the same
     /// interpreter) that exits during the attach must not leave the file uninstrumented for the
     /// long-lived ones.
-    pub fn once(&mut self, path: &Path, instrument: impl FnOnce() -> bool) -> bool {
+    pub fn once(&mut self, path: &Path, instrument: impl FnOnce() -> Option<Vec<UProbeLink>>) -> bool {
         let Ok(meta) = std::fs::metadata(path) else { return false };
         let key = (meta.dev(), meta.ino());
         if let Some(done) = self.files.get(&key) {
             return *done;
         }
-        let done = instrument();
+        let links = instrument();
+        let done = links.is_some();
+        self.links.extend(links.into_iter().flatten());
         if done || std::fs::metadata(path).is_ok() {
             self.files.insert(key, done);
         }
         done
+    }
+
+    /// The links made so far, for detaching them all at once.
+    pub fn take_links(&mut self) -> Vec<UProbeLink> {
+        std::mem::take(&mut self.links)
     }
 }
 
@@ -131,13 +118,13 @@ mod tests {
         std::fs::write(&kept, b"x").unwrap();
         std::fs::write(&vanishing, b"y").unwrap();
         let mut files = InstrumentedFiles::default();
-        assert!(!files.once(&kept, || false));
+        assert!(!files.once(&kept, || None));
         assert!(!files.once(&kept, || panic!("a failure on a file still there is final")));
         // The process whose /proc/<pid>/root led to the file exited during the attach.
         let other = dir.join("other-path.so");
         std::fs::hard_link(&vanishing, &other).unwrap();
-        assert!(!files.once(&vanishing, || std::fs::remove_file(&vanishing).is_err()));
-        assert!(files.once(&other, || true), "the same file through a live path is tried again");
+        assert!(!files.once(&vanishing, || std::fs::remove_file(&vanishing).err().map(|_| Vec::new())));
+        assert!(files.once(&other, || Some(Vec::new())), "the same file through a live path is tried again");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

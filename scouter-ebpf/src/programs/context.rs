@@ -14,7 +14,11 @@
 //! (the header wins: it is what the caller's own code sent).
 
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
-use scouter_ebpf::{context_origin, counter, traceparent, SocketAddress, SocketKey, SpanContext};
+use scouter_ebpf::{
+    context_origin, counter,
+    traceparent::{self, TraceParent},
+    SocketAddress, SocketKey, SpanContext,
+};
 
 use super::asyncio::running_task;
 use super::contextvars::entered_context;
@@ -23,9 +27,9 @@ use super::python_call::innermost_call;
 use super::sdk_context::{current_sdk_span_of, task_inherits};
 use super::{current_ids, trace_option};
 use crate::maps::{
-    count, injection_state, EnteredContext, HeadScratch, ObjectKey, PendingInjection, ServedRequest,
-    CONNECTION_REQUESTS, CONTEXT_REQUESTS, ENTERED_CONTEXTS, FUTURE_CONTEXTS, NOT_FOUND, PENDING_INJECTIONS,
-    SERVED_REQUESTS, TASK_CONTEXTS,
+    count, injection_state, scratch, HeadScratch, ObjectKey, ServedRequest, CONNECTION_REQUESTS, CONTEXT_REQUESTS,
+    ENTERED_CONTEXTS, ENTERED_SCRATCH, FUTURE_CONTEXTS, NOT_FOUND, PARENT_SCRATCH, PENDING_INJECTIONS, PENDING_SCRATCH,
+    REMOTE_SCRATCH, SERVED_REQUESTS, SERVED_SCRATCH, TASK_CONTEXTS,
 };
 
 /// Set by the agent before load: how long a request being served may parent client calls.
@@ -34,27 +38,40 @@ static MAX_TRANSACTION_NS: u64 = 5 * 60 * 1_000_000_000;
 
 const SAMPLED: u8 = 1;
 
-/// A server request starts on `fd`: its identity, now also the thread's served request.
-/// `client` (TLS connections) is the caller's address, under which a context it sent in a TCP
-/// header option may wait; used when the head carries none.
-#[inline(always)]
-pub fn server_request(pid_tgid: u64, fd: u32, head: &HeadScratch, client: Option<&SocketAddress>) -> SpanContext {
-    let mut context = SpanContext { span_id: random_id(), ..SpanContext::default() };
+/// A server request starts on `fd`: its identity, written into `context`, is now also the
+/// thread's served request. `client` (TLS connections) is the caller's address, under which a
+/// context it sent in a TCP header option may wait; used when the head carries none.
+/// Not inlined, like [`client_request`]: a frame of its own keeps the I/O programs' stacks
+/// small (the verifier sums the frames of a call chain, not of sibling calls).
+#[inline(never)]
+pub fn server_request(
+    pid_tgid: u64,
+    fd: u32,
+    head: &HeadScratch,
+    client: Option<&SocketAddress>,
+    context: &mut SpanContext,
+) {
+    *context = SpanContext::default();
+    context.span_id = random_id();
     match remote_parent(head) {
         Some(remote) => {
-            child_of(&mut context, &remote.trace_id, &remote.span_id, remote.flags, context_origin::REMOTE_PARENT)
+            child_of(context, &remote.trace_id, &remote.span_id, remote.flags, context_origin::REMOTE_PARENT)
         }
-        None if client.is_some_and(|client| trace_option::adopt_peer_context(client, &mut context)) => {}
-        None => start_trace(&mut context),
+        None if client.is_some_and(|client| trace_option::adopt_peer_context(client, context)) => {}
+        None => start_trace(context),
     }
     if head.head_end == 0 {
         count(counter::HEAD_NOT_SCANNED);
     }
+    let Some(served) = scratch(&SERVED_SCRATCH) else { return };
+    served.context = *context;
     // SAFETY: helper with no preconditions.
-    let served = ServedRequest { context, started_ns: unsafe { bpf_ktime_get_ns() }, fd, fresh: 1, _pad: [0; 3] };
-    let _ = SERVED_REQUESTS.insert(&pid_tgid, &served, 0);
-    let _ = CONNECTION_REQUESTS.insert(&connection(pid_tgid, fd), &served, 0);
-    context
+    served.started_ns = unsafe { bpf_ktime_get_ns() };
+    served.fd = fd;
+    served.fresh = 1;
+    served._pad = [0; 3];
+    let _ = SERVED_REQUESTS.insert(&pid_tgid, &*served, 0);
+    let _ = CONNECTION_REQUESTS.insert(&connection(pid_tgid, fd), served, 0);
 }
 
 /// The thread wrote on server socket `fd`: if that answers the request it is serving, the
@@ -67,12 +84,15 @@ pub fn server_responded(pid_tgid: u64, fd: u32) {
     }
 }
 
-/// A client request starts: its identity, and, when `inject` (plain HTTP), the `traceparent`
-/// line to insert when the head is complete in this write and carries none.
-#[inline(always)]
-pub fn client_request(pid_tgid: u64, head: &HeadScratch, inject: bool) -> SpanContext {
-    let parent = current_parent(pid_tgid).map(|p| p.context);
-    let mut context = SpanContext::default();
+/// A client request starts: its identity, written into `context`, and, when `inject` (plain
+/// HTTP), the `traceparent` line to insert when the head is complete in this write and carries
+/// none. Not inlined: its work (parent lookup, header parsing, line formatting) would
+/// otherwise spill into the frame of every program that starts client requests.
+#[inline(never)]
+pub fn client_request(pid_tgid: u64, head: &HeadScratch, inject: bool, context: &mut SpanContext) {
+    *context = SpanContext::default();
+    let Some(parent) = scratch(&PARENT_SCRATCH) else { return };
+    let found = find_parent(pid_tgid, parent) != parent_source::NONE;
     if let Some(own) = header_traceparent(head) {
         context.trace_id = own.trace_id;
         context.span_id = own.span_id;
@@ -80,35 +100,44 @@ pub fn client_request(pid_tgid: u64, head: &HeadScratch, inject: bool) -> SpanCo
         context.origin = context_origin::ADOPTED;
         // The SDK span current now may be this very call's (its instrumentation made it
         // current before sending): not its own parent; the SDK's report brings the parent.
-        if let Some(parent) = parent.filter(|p| p.trace_id == own.trace_id && p.span_id != own.span_id) {
-            context.parent_span_id = parent.span_id;
+        if found && parent.context.trace_id == own.trace_id && parent.context.span_id != own.span_id {
+            context.parent_span_id = parent.context.span_id;
         }
-        return context;
+        return;
     }
     context.span_id = random_id();
-    match parent {
-        Some(parent) => {
-            child_of(&mut context, &parent.trace_id, &parent.span_id, parent.flags, context_origin::LOCAL_PARENT)
-        }
-        None => start_trace(&mut context),
+    if found {
+        child_of(
+            context,
+            &parent.context.trace_id,
+            &parent.context.span_id,
+            parent.context.flags,
+            context_origin::LOCAL_PARENT,
+        );
+    } else {
+        start_trace(context);
     }
     if !inject {
-        return context;
+        return;
     }
     // Only a head known to be complete is known to carry no traceparent further on.
     if head.head_end == 0 || head.line_end == 0 {
         count(counter::HEAD_NOT_SCANNED);
-        return context;
+        return;
     }
-    let mut pending = PendingInjection {
-        line: [0; traceparent::LINE_LEN],
-        state: injection_state::READY,
-        _pad: 0,
-        offset: head.line_end,
-    };
+    prepare_injection(pid_tgid, head.line_end, context);
+}
+
+/// Files the `traceparent` line carrying `context` for the sk_msg program to insert at
+/// `offset` of the thread's write.
+#[inline(never)]
+fn prepare_injection(pid_tgid: u64, offset: u32, context: &SpanContext) {
+    let Some(pending) = scratch(&PENDING_SCRATCH) else { return };
+    pending.state = injection_state::READY;
+    pending._pad = 0;
+    pending.offset = offset;
     traceparent::write_line(&context.trace_id, &context.span_id, context.flags, &mut pending.line);
-    let _ = PENDING_INJECTIONS.insert(&pid_tgid, &pending, 0);
-    context
+    let _ = PENDING_INJECTIONS.insert(&pid_tgid, pending, 0);
 }
 
 /// Makes `context` a child of the span `span_id` of trace `trace_id`; `origin` says where that
@@ -142,23 +171,27 @@ pub fn take_injection(pid_tgid: u64) -> bool {
     state == injection_state::DONE
 }
 
-/// A selected Python function starts (or a generator's first resume): its span, a child of
-/// what the code works for right now, or the root of a new trace.
+/// A selected Python function starts (or a generator's first resume): its span, written into
+/// `span`, a child of what the code works for right now, or the root of a new trace.
 #[inline(always)]
-pub fn function_started(pid_tgid: u64) -> ServedRequest {
-    let mut context = SpanContext { span_id: random_id(), ..SpanContext::default() };
+pub fn function_started(pid_tgid: u64, span: &mut ServedRequest) {
+    span.context = SpanContext::default();
+    span.context.span_id = random_id();
+    // SAFETY: helper with no preconditions.
+    span.started_ns = unsafe { bpf_ktime_get_ns() };
+    span.fd = u32::MAX;
+    span.fresh = 0;
+    span._pad = [0; 3];
     match current_parent(pid_tgid) {
         Some(parent) => child_of(
-            &mut context,
+            &mut span.context,
             &parent.context.trace_id,
             &parent.context.span_id,
             parent.context.flags,
             context_origin::LOCAL_PARENT,
         ),
-        None => start_trace(&mut context),
+        None => start_trace(&mut span.context),
     }
-    // SAFETY: helper with no preconditions.
-    ServedRequest { context, started_ns: unsafe { bpf_ktime_get_ns() }, fd: u32::MAX, fresh: 0, _pad: [0; 3] }
 }
 
 /// Where [`find_parent`] found the parent.
@@ -180,11 +213,12 @@ pub mod parent_source {
 /// ([`super::python_call`]), else its asyncio task's request when a task is running (even
 /// none: the thread's latest request belongs to another task), else the request of the
 /// context the thread entered (a pool thread running `asyncio.to_thread`'s call), else its
-/// thread's; an SDK span made current later than that one is inside it and wins.
+/// thread's; an SDK span made current later than that one is inside it and wins. Kept in this
+/// CPU's parent scratch.
 #[inline(always)]
-fn current_parent(pid_tgid: u64) -> Option<ServedRequest> {
-    let mut parent = ServedRequest { context: SpanContext::default(), started_ns: 0, fd: 0, fresh: 0, _pad: [0; 3] };
-    (find_parent(pid_tgid, &mut parent) != parent_source::NONE).then_some(parent)
+fn current_parent(pid_tgid: u64) -> Option<&'static ServedRequest> {
+    let parent = scratch(&PARENT_SCRATCH)?;
+    (find_parent(pid_tgid, parent) != parent_source::NONE).then_some(parent)
 }
 
 /// [`current_parent`], written into `parent`; returns a [`parent_source`]. Not inlined, and
@@ -264,13 +298,13 @@ fn within_transaction(served: &ServedRequest) -> bool {
 
 /// The request a callback without a running task is handling: the one it just read.
 #[inline(always)]
-fn fresh_request(pid_tgid: u64) -> Option<ServedRequest> {
+fn fresh_request(pid_tgid: u64) -> Option<&'static ServedRequest> {
     if running_task(pid_tgid).is_some() {
         return current_parent(pid_tgid);
     }
-    // SAFETY: copied out.
-    let served = unsafe { SERVED_REQUESTS.get(&pid_tgid) }.copied()?;
-    (served.fresh != 0 && within_transaction(&served)).then_some(served)
+    // SAFETY: read in place.
+    let served = unsafe { SERVED_REQUESTS.get(&pid_tgid) }?;
+    (served.fresh != 0 && within_transaction(served)).then_some(served)
 }
 
 /// Another socket event, a task step or the next callback on the thread: the request read last
@@ -289,9 +323,9 @@ pub fn thread_moved_on(pid_tgid: u64) {
 pub fn task_created(pid_tgid: u64, task: u64) {
     task_inherits(pid_tgid, task);
     let key = object(pid_tgid, task);
-    match fresh_request(pid_tgid).map(|served| latest_on_connection(pid_tgid, served)) {
+    match fresh_request(pid_tgid).and_then(|served| latest_on_connection(pid_tgid, served)) {
         Some(served) => {
-            let _ = TASK_CONTEXTS.insert(&key, &served, 0);
+            let _ = TASK_CONTEXTS.insert(&key, served, 0);
         }
         None => {
             let _ = TASK_CONTEXTS.remove(&key);
@@ -306,7 +340,7 @@ pub fn future_resolved(pid_tgid: u64, future: u64) {
     let fresh = if running_task(pid_tgid).is_some() { None } else { fresh_request(pid_tgid) };
     match fresh {
         Some(served) => {
-            let _ = FUTURE_CONTEXTS.insert(&key, &served, 0);
+            let _ = FUTURE_CONTEXTS.insert(&key, served, 0);
         }
         None => {
             let _ = FUTURE_CONTEXTS.remove(&key);
@@ -322,14 +356,14 @@ pub fn future_resolved(pid_tgid: u64, future: u64) {
 #[inline(always)]
 pub fn task_woken(pid_tgid: u64, task: u64, future: u64) {
     let key = object(pid_tgid, future);
-    // SAFETY: copied out before removal.
-    let Some(served) = (unsafe { FUTURE_CONTEXTS.get(&key) }).copied() else { return };
-    let _ = FUTURE_CONTEXTS.remove(&key);
+    let Some(served) = FUTURE_CONTEXTS.get_ptr(&key) else { return };
     let task = object(pid_tgid, task);
     // SAFETY: presence check only.
     if unsafe { TASK_CONTEXTS.get(&task) }.is_none() {
-        let _ = TASK_CONTEXTS.insert(&task, &served, 0);
+        // SAFETY: the future's entry, read before it is removed below.
+        let _ = TASK_CONTEXTS.insert(&task, unsafe { &*served }, 0);
     }
+    let _ = FUTURE_CONTEXTS.remove(&key);
 }
 
 /// A `contextvars.Context` was copied: it carries the request the copying code works for (or
@@ -339,7 +373,7 @@ pub fn context_copied(pid_tgid: u64, copy: u64) {
     let key = object(pid_tgid, copy);
     match current_parent(pid_tgid) {
         Some(served) => {
-            let _ = CONTEXT_REQUESTS.insert(&key, &served, 0);
+            let _ = CONTEXT_REQUESTS.insert(&key, served, 0);
         }
         None => {
             let _ = CONTEXT_REQUESTS.remove(&key);
@@ -354,10 +388,13 @@ pub fn context_copied(pid_tgid: u64, copy: u64) {
 #[inline(always)]
 pub fn context_entered(pid_tgid: u64, entered: u64) {
     thread_moved_on(pid_tgid);
-    // SAFETY: copied out.
-    match unsafe { CONTEXT_REQUESTS.get(&object(pid_tgid, entered)) }.copied() {
+    // SAFETY: read in place.
+    match unsafe { CONTEXT_REQUESTS.get(&object(pid_tgid, entered)) } {
         Some(request) => {
-            let _ = ENTERED_CONTEXTS.insert(&pid_tgid, &EnteredContext { address: entered, request }, 0);
+            let Some(record) = scratch(&ENTERED_SCRATCH) else { return };
+            record.address = entered;
+            record.request = *request;
+            let _ = ENTERED_CONTEXTS.insert(&pid_tgid, record, 0);
         }
         // Most callbacks run in untagged contexts: a lookup is cheaper than an LRU delete.
         // SAFETY: presence check only.
@@ -368,14 +405,20 @@ pub fn context_entered(pid_tgid: u64, entered: u64) {
     }
 }
 
-/// `served`, unless its connection has started a newer request since: then that one.
+/// `served`, unless its connection has started a newer request since: then that one (not
+/// fresh), in this CPU's served scratch.
 #[inline(always)]
-fn latest_on_connection(pid_tgid: u64, served: ServedRequest) -> ServedRequest {
-    // SAFETY: copied out.
-    match unsafe { CONNECTION_REQUESTS.get(&connection(pid_tgid, served.fd)) }.copied() {
-        Some(latest) if latest.started_ns > served.started_ns => ServedRequest { fresh: 0, ..latest },
-        _ => served,
+fn latest_on_connection(pid_tgid: u64, served: &ServedRequest) -> Option<&'static ServedRequest> {
+    let out = scratch(&SERVED_SCRATCH)?;
+    // SAFETY: read in place.
+    match unsafe { CONNECTION_REQUESTS.get(&connection(pid_tgid, served.fd)) } {
+        Some(latest) if latest.started_ns > served.started_ns => {
+            *out = *latest;
+            out.fresh = 0;
+        }
+        _ => *out = *served,
     }
+    Some(out)
 }
 
 /// The connection ended: its requests are over (and its descriptor may be reused).
@@ -397,30 +440,40 @@ pub fn object(pid_tgid: u64, address: u64) -> ObjectKey {
 
 /// The caller's context: `traceparent` first, else the Scouter SDK's headers.
 #[inline(always)]
-fn remote_parent(head: &HeadScratch) -> Option<traceparent::TraceParent> {
+fn remote_parent(head: &HeadScratch) -> Option<&'static TraceParent> {
     header_traceparent(head).or_else(|| scouter_headers(head))
 }
 
-#[inline(always)]
-fn header_traceparent(head: &HeadScratch) -> Option<traceparent::TraceParent> {
+/// The head's own `traceparent`, in this CPU's remote-context scratch. Not inlined: parsing
+/// is register-hungry, and its spills would land in the caller's frame.
+#[inline(never)]
+fn header_traceparent(head: &HeadScratch) -> Option<&'static TraceParent> {
     if head.traceparent_at == NOT_FOUND {
         return None;
     }
+    let out = scratch(&REMOTE_SCRATCH)?;
+    let after = byte_at(head, head.traceparent_at as usize + traceparent::VALUE_LEN);
     let value = bytes_at::<{ traceparent::VALUE_LEN }>(head, head.traceparent_at)?;
-    traceparent::parse(&value, byte_at(head, head.traceparent_at as usize + traceparent::VALUE_LEN))
+    traceparent::parse_into(value, after, out).then_some(out)
 }
 
-#[inline(always)]
-fn scouter_headers(head: &HeadScratch) -> Option<traceparent::TraceParent> {
+#[inline(never)]
+fn scouter_headers(head: &HeadScratch) -> Option<&'static TraceParent> {
     if head.trace_id_at == NOT_FOUND || head.span_id_at == NOT_FOUND {
         return None;
     }
-    let trace_id = traceparent::parse_hex::<16, 32>(&bytes_at::<32>(head, head.trace_id_at)?)?;
-    let span_id = traceparent::parse_hex::<8, 16>(&bytes_at::<16>(head, head.span_id_at)?)?;
+    let out = scratch(&REMOTE_SCRATCH)?;
+    if !traceparent::parse_hex_into(bytes_at::<32>(head, head.trace_id_at)?, &mut out.trace_id) {
+        return None;
+    }
+    if !traceparent::parse_hex_into(bytes_at::<16>(head, head.span_id_at)?, &mut out.span_id) {
+        return None;
+    }
     // The SDK sends "true"/"false"; absent means sampled.
     let unsampled =
         head.is_sampled_at != NOT_FOUND && matches!(byte_at(head, head.is_sampled_at as usize), b'f' | b'F');
-    Some(traceparent::TraceParent { trace_id, span_id, flags: if unsampled { 0 } else { SAMPLED } })
+    out.flags = if unsampled { 0 } else { SAMPLED };
+    Some(out)
 }
 
 /// A random id that is never all zero (invalid in W3C trace context).

@@ -7,10 +7,14 @@
 
 use core::ffi::c_void;
 
-use aya_ebpf::helpers::{bpf_probe_read_user, generated};
+use aya_ebpf::{
+    helpers::{bpf_probe_read_user, generated},
+    macros::map,
+    maps::PerCpuArray,
+};
 use scouter_ebpf::HEAD_SCAN;
 
-use crate::maps::{HeadScratch, HEAD_SCRATCH, NOT_FOUND};
+use crate::maps::{scratch, HeadScratch, HEAD_SCRATCH, NOT_FOUND};
 
 /// Longest byte run compared at one position (`traceparent:` plus two bytes of slack).
 const WINDOW: usize = 16;
@@ -118,21 +122,32 @@ fn value_after<const N: usize>(s: &HeadScratch, at: usize, name: &[u8; N]) -> Op
     Some((value + skip) as u32)
 }
 
-/// Copies `N` bytes of the head from `at` (a recorded offset), or `None` when they run past
-/// the bytes scanned.
+/// Longest header value the kernel reads (a `traceparent`'s, rounded up).
+const VALUE_BYTES: usize = 64;
+
+/// A header value copied out of the head to be parsed (too large for the stack).
+#[map]
+static VALUE_SCRATCH: PerCpuArray<[u8; VALUE_BYTES]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Copies `N` bytes of the head from `at` (a recorded offset) into this CPU's value buffer,
+/// or `None` when they run past the bytes scanned.
 #[inline(always)]
-pub fn bytes_at<const N: usize>(s: &HeadScratch, at: u32) -> Option<[u8; N]> {
+pub fn bytes_at<const N: usize>(s: &HeadScratch, at: u32) -> Option<&'static [u8; N]> {
+    const { assert!(N <= VALUE_BYTES) };
     let at = at as usize;
     if at >= HEAD_SCAN || at + N > s.len as usize || at + N > HEAD_SCAN {
         return None;
     }
-    let mut out = [0u8; N];
+    let out = scratch(&VALUE_SCRATCH)?;
     // Masked so the verifier sees the bound it needs.
     let start = at & (HEAD_SCAN - 1);
-    for (k, byte) in out.iter_mut().enumerate() {
-        *byte = s.bytes[(start + k) & (HEAD_SCAN - 1)];
+    let mut k = 0;
+    while k < N {
+        out[k] = s.bytes[(start + k) & (HEAD_SCAN - 1)];
+        k += 1;
     }
-    Some(out)
+    // SAFETY: `N <= VALUE_BYTES`: the first `N` bytes of the buffer, as an array.
+    Some(unsafe { &*(out.as_ptr() as *const [u8; N]) })
 }
 
 /// The byte at `at`, or 0 past the bytes scanned.

@@ -28,10 +28,10 @@ use aya_ebpf::{
     macros::{sk_msg, sock_ops},
     programs::{SkMsgContext, SockOpsContext},
 };
-use scouter_ebpf::{traceparent::LINE_LEN, HEAD_SCAN};
+use scouter_ebpf::{traceparent::LINE_LEN, tracked_flags, HEAD_SCAN};
 
 use super::{current_ids, trace_option};
-use crate::maps::{injection_state, is_tracked, CLIENT_SOCKETS, CONNECTING_SOCKETS, PENDING_INJECTIONS};
+use crate::maps::{injection_state, process_flags, CLIENT_SOCKETS, CONNECTING_SOCKETS, PENDING_INJECTIONS};
 
 #[sock_ops]
 pub fn follow_client_socket(ctx: SockOpsContext) -> u32 {
@@ -41,10 +41,12 @@ pub fn follow_client_socket(ctx: SockOpsContext) -> u32 {
         BPF_SOCK_OPS_TCP_CONNECT_CB => {
             let pid_tgid = bpf_get_current_pid_tgid();
             let (pid, _) = current_ids(pid_tgid);
-            if is_tracked(pid) {
-                let cookie = cookie();
-                let _ = CONNECTING_SOCKETS.insert(&cookie, &pid, 0);
-                trace_option::connecting(pid_tgid, cookie);
+            let flags = process_flags(pid).unwrap_or(0);
+            if flags & tracked_flags::INSERT_TRACEPARENT != 0 {
+                let _ = CONNECTING_SOCKETS.insert(&cookie(), &pid, 0);
+            }
+            if flags & tracked_flags::TCP_OPTION != 0 {
+                trace_option::connecting(pid_tgid, cookie());
             }
         }
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {

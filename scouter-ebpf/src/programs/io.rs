@@ -15,12 +15,12 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use scouter_ebpf::{
-    context_origin, counter, DataEvent, Direction, EventKind, SocketInfo, SocketKey, SocketRole, SpanContext,
-    MAX_CAPTURE,
+    context_origin, counter, tracked_flags, DataEvent, Direction, EventKind, SocketInfo, SocketKey, SocketRole,
+    SpanContext, MAX_CAPTURE,
 };
 
 use super::{context, current_ids, head, header, python_stack, syscall_arg, syscall_ret, tls, trace_option};
-use crate::maps::{count, is_tracked, BufferShape, InFlightIo, EVENTS, IN_FLIGHT_IO, SOCKETS};
+use crate::maps::{count, process_flags, scratch, BufferShape, InFlightIo, EVENTS, IN_FLIGHT_IO, IO_SCRATCH, SOCKETS};
 
 /// `struct msghdr.msg_iov` offset (after `msg_name` and `msg_namelen` + padding).
 const MSGHDR_IOV_OFFSET: u64 = 16;
@@ -29,36 +29,34 @@ const MSGHDR_IOV_OFFSET: u64 = 16;
 fn enter(ctx: &TracePointContext, shape: BufferShape, direction: Direction) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let (pid, _) = current_ids(pid_tgid);
-    if !is_tracked(pid) {
-        return 0;
-    }
+    let Some(flags) = process_flags(pid) else { return 0 };
     let fd = syscall_arg(ctx, 0) as u32;
     let Some(socket) = socket_info(pid_tgid, fd) else { return 0 };
-    let mut call = InFlightIo {
-        buf: syscall_arg(ctx, 1),
-        // SAFETY: helper with no preconditions.
-        enter_ns: unsafe { bpf_ktime_get_ns() },
-        fd,
-        shape: shape as u8,
-        direction: direction as u8,
-        in_tls_call: tls::syscall_entered(pid_tgid, fd, direction, socket) as u8,
-        _pad: 0,
-        context: SpanContext::default(),
-    };
+    let Some(call) = scratch(&IO_SCRATCH) else { return 0 };
+    call.buf = syscall_arg(ctx, 1);
+    // SAFETY: helper with no preconditions.
+    call.enter_ns = unsafe { bpf_ktime_get_ns() };
+    call.fd = fd;
+    call.shape = shape as u8;
+    call.direction = direction as u8;
+    call.in_tls_call = tls::syscall_entered(pid_tgid, fd, direction, socket) as u8;
+    call._pad = 0;
+    call.context = SpanContext::default();
     if direction == Direction::Egress && socket.tls == 0 && starts_request(socket, SocketRole::Client) {
         // write/sendto pass the length third; writev/sendmsg pass a count or flags there, and
         // their first iovec's own length is the bound.
         let length = if shape == BufferShape::Plain { syscall_arg(ctx, 2) } else { u64::MAX };
-        if let Some((src, len)) = first_segment(&call, length) {
+        if let Some((src, len)) = first_segment(call, length) {
             if head::starts_request(src, len) {
-                call.context = client_request(pid_tgid, src, len, true);
+                let inject = flags & tracked_flags::INSERT_TRACEPARENT != 0;
+                client_request(pid_tgid, src, len, inject, &mut call.context);
                 trace_option::client_transport(pid_tgid, fd, false);
             } else if tls::is_handshake(src, len) {
                 tls::mark_tls(pid_tgid, fd, socket);
             }
         }
     }
-    let _ = IN_FLIGHT_IO.insert(&pid_tgid, &call, 0);
+    let _ = IN_FLIGHT_IO.insert(&pid_tgid, call, 0);
     0
 }
 
@@ -69,13 +67,13 @@ pub fn starts_request(socket: &SocketInfo, role: SocketRole) -> bool {
 }
 
 /// The identity of the client request whose head starts at `src` (the caller checked the
-/// method); `inject` asks for a `traceparent` line to insert (plain HTTP only). No identity
-/// when the head cannot be copied.
+/// method), written into `context`; `inject` asks for a `traceparent` line to insert (plain
+/// HTTP only). No identity when the head cannot be copied.
 #[inline(always)]
-pub fn client_request(pid_tgid: u64, src: u64, len: u64, inject: bool) -> SpanContext {
+pub fn client_request(pid_tgid: u64, src: u64, len: u64, inject: bool, context: &mut SpanContext) {
     match head::load(src, len) {
-        Some(scanned) => context::client_request(pid_tgid, scanned, inject),
-        None => SpanContext::default(),
+        Some(scanned) => context::client_request(pid_tgid, scanned, inject, context),
+        None => *context = SpanContext::default(),
     }
 }
 
@@ -149,8 +147,10 @@ fn first_segment(call: &InFlightIo, moved: u64) -> Option<(u64, u64)> {
 #[tracepoint]
 pub fn io_exit(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: copied out before removal.
-    let Some(mut call) = (unsafe { IN_FLIGHT_IO.get(&pid_tgid) }).copied() else { return 0 };
+    let Some(saved) = IN_FLIGHT_IO.get_ptr(&pid_tgid) else { return 0 };
+    let Some(call) = scratch(&IO_SCRATCH) else { return 0 };
+    // SAFETY: this thread's entry, copied before its removal.
+    *call = unsafe { *saved };
     let _ = IN_FLIGHT_IO.remove(&pid_tgid);
     let ret = syscall_ret(&ctx);
     if call.context.origin != context_origin::NONE {
@@ -163,16 +163,16 @@ pub fn io_exit(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let moved = ret as u64;
-    let segment = moved_segment(&call, moved);
+    let segment = moved_segment(call, moved);
     let mut socket = socket_info(pid_tgid, call.fd);
     if let Some(socket) = socket.as_deref_mut() {
-        if tls::carries_ciphertext(pid_tgid, socket, &call, segment) {
-            tls::ciphertext_moved(pid_tgid, &call);
+        if tls::carries_ciphertext(pid_tgid, socket, call, segment) {
+            tls::ciphertext_moved(pid_tgid, call);
             return 0;
         }
     }
     // The stack, if wanted, is read by the program attached after this one.
-    let _ = data_moved(pid_tgid, &mut call, socket, moved, segment, 0);
+    let _ = data_moved(pid_tgid, call, socket, moved, segment, 0);
     0
 }
 
@@ -239,7 +239,7 @@ fn follow_exchange(socket: &mut SocketInfo, call: &mut InFlightIo, pid_tgid: u64
                 if let Some(scanned) = head::load(src, len) {
                     // Over TLS the caller's context may have come in a TCP header option.
                     let client = if socket.tls != 0 { Some(&socket.peer) } else { None };
-                    call.context = context::server_request(pid_tgid, call.fd, scanned, client);
+                    context::server_request(pid_tgid, call.fd, scanned, client, &mut call.context);
                 }
             }
         }

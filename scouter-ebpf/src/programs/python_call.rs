@@ -33,8 +33,8 @@ use super::context::{function_started, object};
 use super::python_stack::{read_pointer, read_u64, thread_state};
 use super::{current_ids, header, tracked_thread};
 use crate::maps::{
-    count, GeneratorSpan, OpenCall, OpenCalls, ServedRequest, CALL_LAYOUTS, CALL_SCRATCH, CODE_VERDICTS, EVENTS,
-    GENERATOR_SPANS, NO_OPEN_CALLS, OPEN_CALLS, PYTHON_LAYOUTS,
+    count, scratch, OpenCall, OpenCalls, ServedRequest, CALL_LAYOUTS, CALL_SCRATCH, CODE_VERDICTS, EVENTS,
+    GENERATOR_SCRATCH, GENERATOR_SPANS, NO_OPEN_CALLS, OPEN_CALLS, PYTHON_LAYOUTS, SPAN_SCRATCH,
 };
 
 /// `_PyEval_EvalFrameDefault(frame, throwflag)` (3.8).
@@ -88,68 +88,70 @@ fn frame_starts(ctx: &ProbeContext, frame: Option<u64>) {
     let Some(pid_tgid) = tracked_thread() else { return };
     let Some(frame) = frame else { return };
     let pid = current_ids(pid_tgid).0;
-    // SAFETY: copied out.
-    let Some(layout) = (unsafe { CALL_LAYOUTS.get(&pid) }).copied() else { return };
+    // SAFETY: read in place.
+    let Some(layout) = (unsafe { CALL_LAYOUTS.get(&pid) }) else { return };
     let Some(code) = read_pointer(frame + layout.frame_code as u64) else { return };
-    let identity = identity_of(&layout, code);
+    let identity = identity_of(layout, code);
     let (chosen, tentative) = match verdict_of(pid_tgid, code, identity) {
         Some(chosen) if chosen.verdict == verdict::IGNORED => return,
         Some(chosen) => (chosen, chosen.verdict != verdict::SELECTED),
         None => (FunctionVerdict::default(), true),
     };
-    let generator = is_generator(&layout, code);
-    if generator && !is_generators_own_frame(&layout, frame) {
+    let generator = is_generator(layout, code);
+    if generator && !is_generators_own_frame(layout, frame) {
         // 3.11+ runs a generator function's call only to create the generator.
         return;
     }
     let entry_sp = stack_pointer(ctx);
+    let tentative = tentative as u8;
     if generator {
-        // SAFETY: copied out.
-        if let Some(started) = unsafe { GENERATOR_SPANS.get(&object(pid_tgid, frame)) }.copied() {
+        // SAFETY: read in place.
+        if let Some(started) = unsafe { GENERATOR_SPANS.get(&object(pid_tgid, frame)) } {
             if started.code == code {
-                let call = OpenCall {
-                    entry_sp,
-                    frame,
-                    span: started.span,
-                    generator: 1,
-                    current: started.current,
-                    tentative: tentative as u8,
-                    _pad: [0; 5],
-                };
-                push(pid_tgid, call);
+                if let Some(call) = push(pid_tgid) {
+                    call.entry_sp = entry_sp;
+                    call.frame = frame;
+                    call.span = started.span;
+                    call.generator = 1;
+                    call.current = started.current;
+                    call.tentative = tentative;
+                    call._pad = [0; 5];
+                }
                 return;
             }
         }
     }
-    let span = function_started(pid_tgid);
+    let Some(span) = scratch(&SPAN_SCRATCH) else { return };
+    function_started(pid_tgid, span);
     // Undecided code entered outside any span is most likely a server loop's frame, entered
     // before the request it is about to read: it must not make that request's work a trace of
     // its own. Selected code always parents its work.
-    let current = (!tentative || span.context.origin != context_origin::NEW_TRACE) as u8;
-    let call = OpenCall {
-        entry_sp,
-        frame,
-        span,
-        generator: generator as u8,
-        current,
-        tentative: tentative as u8,
-        _pad: [0; 5],
-    };
-    if !push(pid_tgid, call) {
-        return;
-    }
+    let current = (tentative == 0 || span.context.origin != context_origin::NEW_TRACE) as u8;
+    let Some(call) = push(pid_tgid) else { return };
+    call.entry_sp = entry_sp;
+    call.frame = frame;
+    call.span = *span;
+    call.generator = generator as u8;
+    call.current = current;
+    call.tentative = tentative;
+    call._pad = [0; 5];
     if generator {
-        let started = GeneratorSpan { span, code, current, _pad: [0; 7] };
-        let _ = GENERATOR_SPANS.insert(&object(pid_tgid, frame), &started, 0);
+        if let Some(started) = scratch(&GENERATOR_SCRATCH) {
+            started.span = *span;
+            started.code = code;
+            started.current = current;
+            started._pad = [0; 7];
+            let _ = GENERATOR_SPANS.insert(&object(pid_tgid, frame), started, 0);
+        }
     }
     let mut flags = 0;
-    if tentative {
+    if tentative != 0 {
         flags |= function_flags::TENTATIVE;
     }
     if generator {
         flags |= function_flags::GENERATOR;
     }
-    report_entry(pid_tgid, &layout, frame, code, identity, &span, flags, &chosen);
+    report_entry(pid_tgid, layout, frame, code, identity, span, flags, &chosen);
 }
 
 /// The code object's verdict; a code object not seen before (or only a freed one at its
@@ -207,34 +209,33 @@ fn stack_pointer<C: EbpfContext>(ctx: &C) -> u64 {
     unsafe { (*regs).rsp }
 }
 
-/// Pushes `call` on the thread's open calls. When they are full, the outermost tentative call
-/// gives way (the innermost calls are the ones that parent what runs now); false (counted)
-/// when every open call is selected.
-#[inline(always)]
-fn push(pid_tgid: u64, call: OpenCall) -> bool {
+/// A new slot on top of the thread's open calls, for the caller to fill. When they are full,
+/// the outermost tentative call gives way (the innermost calls are the ones that parent what
+/// runs now); `None` (counted) when every open call is selected.
+#[inline(never)]
+fn push(pid_tgid: u64) -> Option<&'static mut OpenCall> {
     let open = match OPEN_CALLS.get_ptr_mut(&pid_tgid) {
         Some(open) => open,
         None => {
-            let Some(empty) = NO_OPEN_CALLS.get_ptr(0) else { return false };
+            let empty = NO_OPEN_CALLS.get_ptr(0)?;
             // SAFETY: a map value used as the initial value.
             let _ = OPEN_CALLS.insert(&pid_tgid, unsafe { &*empty }, 0);
-            let Some(open) = OPEN_CALLS.get_ptr_mut(&pid_tgid) else { return false };
-            open
+            OPEN_CALLS.get_ptr_mut(&pid_tgid)?
         }
     };
     // SAFETY: this thread's own entry.
     let open = unsafe { &mut *open };
     if open.depth as usize >= CALL_NESTING && !evict_outermost_tentative(pid_tgid, open) {
         count(counter::CALL_TOO_DEEP);
-        return false;
+        return None;
     }
-    let Some(slot) = open.calls.get_mut(open.depth as usize) else {
+    let depth = open.depth as usize;
+    let Some(slot) = open.calls.get_mut(depth) else {
         count(counter::CALL_TOO_DEEP);
-        return false;
+        return None;
     };
-    *slot = call;
     open.depth += 1;
-    true
+    Some(slot)
 }
 
 /// Removes the outermost tentative call from the full `open` calls and tells the agent its
@@ -251,7 +252,12 @@ fn evict_outermost_tentative(pid_tgid: u64, open: &mut OpenCalls) -> bool {
     if outermost == CALL_NESTING {
         return false;
     }
-    let evicted = open.calls[outermost & (CALL_NESTING - 1)];
+    let evicted = &open.calls[outermost & (CALL_NESTING - 1)];
+    if evicted.generator != 0 {
+        // Its later resumes must not continue a span the agent has dropped.
+        let _ = GENERATOR_SPANS.remove(&object(pid_tgid, evicted.frame));
+    }
+    report_end(pid_tgid, &evicted.span.context.span_id, call_outcome::EVICTED, 0);
     for index in 0..CALL_NESTING - 1 {
         if index >= outermost {
             open.calls[index] = open.calls[index + 1];
@@ -259,11 +265,6 @@ fn evict_outermost_tentative(pid_tgid: u64, open: &mut OpenCalls) -> bool {
     }
     open.depth = CALL_NESTING as u32 - 1;
     count(counter::CALL_TOO_DEEP);
-    if evicted.generator != 0 {
-        // Its later resumes must not continue a span the agent has dropped.
-        let _ = GENERATOR_SPANS.remove(&object(pid_tgid, evicted.frame));
-    }
-    report_end(pid_tgid, &evicted, call_outcome::EVICTED, 0);
     true
 }
 
@@ -329,47 +330,47 @@ fn frame_ends(ctx: &RetProbeContext) {
     let open = unsafe { &mut *open };
     // After `ret` the stack pointer is one slot above where the return address was.
     let return_sp = stack_pointer(ctx).wrapping_sub(8);
-    let mut call = None;
+    let mut ended = None;
     // Calls below the top whose return was never probed are over too: a return further out
-    // than the top call passes them.
+    // than the top call passes them. A popped slot stays as it was until the next push.
     for _ in 0..CALL_NESTING {
         let depth = open.depth as usize;
         if depth == 0 || depth > CALL_NESTING {
             return;
         }
-        let Some(top) = open.calls.get(depth - 1).copied() else { return };
+        let Some(top) = open.calls.get(depth - 1) else { return };
         if top.entry_sp > return_sp {
             // A frame deeper than every open call returned (an unselected one).
             return;
         }
         open.depth -= 1;
         if top.entry_sp == return_sp {
-            call = Some(top);
+            ended = Some(top);
             break;
         }
         count(counter::CALL_RETURN_MISSED);
     }
-    let Some(call) = call else { return };
+    let Some(call) = ended else { return };
     let pid = current_ids(pid_tgid).0;
-    // SAFETY: copied out.
-    let Some(layout) = (unsafe { CALL_LAYOUTS.get(&pid) }).copied() else { return };
+    // SAFETY: read in place.
+    let Some(layout) = (unsafe { CALL_LAYOUTS.get(&pid) }) else { return };
     if call.generator != 0 {
-        if !generator_finished(&layout, call.frame) {
+        if !generator_finished(layout, call.frame) {
             return;
         }
         let _ = GENERATOR_SPANS.remove(&object(pid_tgid, call.frame));
     }
     let failed = ctx.ret::<u64>() == 0;
     let (outcome, exception) =
-        if failed { (call_outcome::RAISED, exception_type(pid, &layout)) } else { (call_outcome::RETURNED, 0) };
-    report_end(pid_tgid, &call, outcome, exception);
+        if failed { (call_outcome::RAISED, exception_type(pid, layout)) } else { (call_outcome::RETURNED, 0) };
+    report_end(pid_tgid, &call.span.context.span_id, outcome, exception);
 }
 
 #[inline(always)]
-fn report_end(pid_tgid: u64, call: &OpenCall, outcome: u8, exception_type: u64) {
+fn report_end(pid_tgid: u64, span_id: &[u8; 8], outcome: u8, exception_type: u64) {
     let event = FunctionReturnedEvent {
         header: header(EventKind::FunctionReturned, pid_tgid),
-        span_id: call.span.context.span_id,
+        span_id: *span_id,
         exception_type,
         outcome,
         _pad: [0; 7],

@@ -29,7 +29,9 @@
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
+    macros::map,
     macros::uprobe,
+    maps::PerCpuArray,
     programs::ProbeContext,
 };
 use scouter_ebpf::{
@@ -43,7 +45,8 @@ use super::python_objects::{attribute, dict_item, int_u128, is_dict, string_star
 use super::python_stack::{read_pointer, read_u64};
 use super::{current_ids, header, tracked_thread};
 use crate::maps::{
-    count, ExecutionUnit, SdkSpan, ServedRequest, EVENTS, NATIVE_SPAN_LAYOUTS, OBJECT_LAYOUTS, SDK_SCRATCH, SDK_SPANS,
+    count, scratch, ExecutionUnit, SdkSpan, ServedRequest, EVENTS, NATIVE_SPAN_LAYOUTS, OBJECT_LAYOUTS, PARENT_SCRATCH,
+    SDK_SCRATCH, SDK_SPANS,
 };
 
 /// `PyContextVar.var_name`, the same in every supported version.
@@ -74,11 +77,18 @@ pub fn sdk_context_set(ctx: ProbeContext) -> u32 {
     let (Some(var), Some(value)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else { return 0 };
     // SAFETY: read in place.
     let Some(layout) = (unsafe { OBJECT_LAYOUTS.get(&current_ids(pid_tgid).0) }) else { return 0 };
+    let Some(span) = scratch(&ACTIVATED_SCRATCH) else { return 0 };
     match sdk_of(layout, var) {
-        Sdk::OpenTelemetry => activated(pid_tgid, value, otel_span(layout, value)),
+        Sdk::OpenTelemetry => {
+            let read = otel_span(layout, value, span);
+            activated(pid_tgid, value, read);
+        }
         Sdk::Scouter => match native_layout(pid_tgid) {
-            Some(native) => activated(pid_tgid, value, native_span(native, value)),
-            None => activated_opaque(pid_tgid, value),
+            Some(native) => {
+                let read = native_span(native, value, span);
+                activated(pid_tgid, value, read);
+            }
+            None => activated(pid_tgid, value, Read::Opaque),
         },
         Sdk::None => {}
     }
@@ -140,102 +150,125 @@ fn native_layout(pid_tgid: u64) -> Option<&'static NativeSpanLayout> {
 }
 
 /// The ids of the span an SDK made current, as read from its objects.
-struct ActivatedSpan {
+#[repr(C, align(8))]
+pub struct ActivatedSpan {
     trace_id: [u8; 16],
     span_id: [u8; 8],
     server: bool,
 }
 
-/// The span an OpenTelemetry `Context` holds; `Ok(None)`: none (or the invalid span).
-#[inline(always)]
-fn otel_span(layout: &ObjectLayout, context: u64) -> Result<Option<ActivatedSpan>, ()> {
+/// The span being activated (too large for the stack next to the object reads).
+#[map]
+static ACTIVATED_SCRATCH: PerCpuArray<ActivatedSpan> = PerCpuArray::with_max_entries(1, 0);
+
+/// The record of the context being activated, before it joins its unit's stack.
+#[map]
+static ENTRY_SCRATCH: PerCpuArray<SdkSpan> = PerCpuArray::with_max_entries(1, 0);
+
+/// What reading the span an SDK made current gave.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Read {
+    /// Its ids are in this CPU's [`ActivatedSpan`] scratch.
+    Span,
+    /// No span (or the invalid one): a context without a span.
+    NoSpan,
+    /// Memory that is not laid out as expected.
+    Unreadable,
+    /// A native span whose build's layout is not known yet.
+    Opaque,
+}
+
+/// The span an OpenTelemetry `Context` holds, read into `out`. Not inlined: the object walk
+/// is long, and its spills would otherwise land in the probe's own frame.
+#[inline(never)]
+fn otel_span(layout: &ObjectLayout, context: u64, out: &mut ActivatedSpan) -> Read {
     if !is_dict(context) {
-        return Err(());
+        return Read::Unreadable;
     }
-    let Some(span) = dict_item(layout, context, &OTEL_SPAN_KEY) else { return Ok(None) };
-    let span_context = attribute(layout, span, &SPAN_CONTEXT).ok_or(())?;
-    let trace = tuple_item(span_context, 0).and_then(|id| int_u128(layout, id)).ok_or(())?;
-    let span_id = tuple_item(span_context, 1).and_then(|id| int_u128(layout, id)).ok_or(())?;
+    let Some(span) = dict_item(layout, context, &OTEL_SPAN_KEY) else { return Read::NoSpan };
+    let Some(span_context) = attribute(layout, span, &SPAN_CONTEXT) else { return Read::Unreadable };
+    let Some(trace) = tuple_item(span_context, 0).and_then(|id| int_u128(layout, id)) else { return Read::Unreadable };
+    let Some(span_id) = tuple_item(span_context, 1).and_then(|id| int_u128(layout, id)) else {
+        return Read::Unreadable;
+    };
     if (trace.0 | trace.1) == 0 || span_id.1 == 0 {
         // The invalid span (all zero ids): no span.
-        return Ok(None);
+        return Read::NoSpan;
     }
-    let mut trace_id = [0u8; 16];
-    trace_id[..8].copy_from_slice(&trace.0.to_be_bytes());
-    trace_id[8..].copy_from_slice(&trace.1.to_be_bytes());
-    let server = attribute(layout, span, &SPAN_KIND)
+    out.trace_id[..8].copy_from_slice(&trace.0.to_be_bytes());
+    out.trace_id[8..].copy_from_slice(&trace.1.to_be_bytes());
+    out.span_id = span_id.1.to_be_bytes();
+    out.server = attribute(layout, span, &SPAN_KIND)
         .and_then(|kind| attribute(layout, kind, &ENUM_VALUE))
         .and_then(|value| int_u128(layout, value))
         .is_some_and(|value| value == (0, SERVER_KIND));
-    Ok(Some(ActivatedSpan { trace_id, span_id: span_id.1.to_be_bytes(), server }))
+    Read::Span
 }
 
-/// The span a native SDK's span object holds, read as `native` says; only from a span of the
-/// type the layout describes (its trait object's vtable), so a span of another type, or an
-/// object that is not a span, reads as unreadable rather than as ids.
-#[inline(always)]
-fn native_span(native: &NativeSpanLayout, object: u64) -> Result<Option<ActivatedSpan>, ()> {
-    let state = read_pointer(object + native.state as u64).ok_or(())?;
+/// The span a native SDK's span object holds, read into `out` as `native` says; only from a
+/// span of the type the layout describes (its trait object's vtable), so a span of another
+/// type, or an object that is not a span, reads as unreadable rather than as ids.
+#[inline(never)]
+fn native_span(native: &NativeSpanLayout, object: u64, out: &mut ActivatedSpan) -> Read {
+    let Some(state) = read_pointer(object + native.state as u64) else { return Read::Unreadable };
     if read_u64(state + native.span_vtable_at as u64) != Some(native.span_vtable) {
-        return Err(());
+        return Read::Unreadable;
     }
-    let span = read_pointer(state + native.span as u64).ok_or(())?;
-    // SAFETY: reads of the process's memory through the helper.
-    let trace = unsafe { bpf_probe_read_user((span + native.trace_id as u64) as *const [u8; 16]) }.map_err(|_| ())?;
-    // SAFETY: as above.
-    let id = unsafe { bpf_probe_read_user((span + native.span_id as u64) as *const [u8; 8]) }.map_err(|_| ())?;
-    if trace == [0; 16] || id == [0; 8] {
-        return Ok(None);
-    }
+    let Some(span) = read_pointer(state + native.span as u64) else { return Read::Unreadable };
     // Little-endian integers in memory; ids travel big-endian (as their hex reads).
-    let mut trace_id = trace;
-    trace_id.reverse();
-    let mut span_id = id;
-    span_id.reverse();
+    // SAFETY: reads of the process's memory through the helper.
+    let Ok(trace) = (unsafe { bpf_probe_read_user((span + native.trace_id as u64) as *const [u64; 2]) }) else {
+        return Read::Unreadable;
+    };
+    // SAFETY: as above.
+    let Ok(id) = (unsafe { bpf_probe_read_user((span + native.span_id as u64) as *const u64) }) else {
+        return Read::Unreadable;
+    };
+    if (trace[0] | trace[1]) == 0 || id == 0 {
+        return Read::NoSpan;
+    }
+    out.trace_id[..8].copy_from_slice(&trace[1].swap_bytes().to_le_bytes());
+    out.trace_id[8..].copy_from_slice(&trace[0].swap_bytes().to_le_bytes());
+    out.span_id = id.swap_bytes().to_le_bytes();
     // The span's kind lies in data whose layout is not known: never taken for the request's own.
-    Ok(Some(ActivatedSpan { trace_id, span_id, server: false }))
+    out.server = false;
+    Read::Span
 }
 
-/// The SDK made `object` (holding `span`, as read) current on this thread (or task).
+/// The SDK made `object` current on this thread (or task); `read` says what its span is (in
+/// this CPU's [`ACTIVATED_SCRATCH`] when read). A span the kernel cannot read (opaque), and the
+/// SDK spans made current under it, stay as the SDK made them.
 #[inline(always)]
-fn activated(pid_tgid: u64, object: u64, span: Result<Option<ActivatedSpan>, ()>) {
+fn activated(pid_tgid: u64, object: u64, read: Read) {
     let unit = current_unit(pid_tgid);
-    let mut entry = unplaced(object);
-    if under_opaque(&unit) {
+    let Some(entry) = scratch(&ENTRY_SCRATCH) else { return };
+    unplaced(object, entry);
+    if read == Read::Opaque || under_opaque(&unit) {
         count(counter::SDK_CONTEXT_OPAQUE);
         entry.opaque = 1;
-    } else {
-        match span {
-            Ok(Some(span)) => settle(pid_tgid, &unit, &span, &mut entry),
-            Ok(None) => {}
-            Err(()) => count(counter::SDK_CONTEXT_UNREADABLE),
+    } else if read == Read::Span {
+        if let Some(span) = scratch(&ACTIVATED_SCRATCH) {
+            settle(pid_tgid, &unit, span, entry);
         }
+    } else if read == Read::Unreadable {
+        count(counter::SDK_CONTEXT_UNREADABLE);
     }
-    push(&unit, &entry);
+    push(&unit, entry);
 }
 
-/// The SDK made `object` current, a span the kernel cannot read: it and the SDK spans made
-/// current under it stay as the SDK made them.
+/// `entry` becomes the record of `object` made current now, not (yet) placed in any trace.
 #[inline(always)]
-fn activated_opaque(pid_tgid: u64, object: u64) {
-    count(counter::SDK_CONTEXT_OPAQUE);
-    let mut entry = unplaced(object);
-    entry.opaque = 1;
-    push(&current_unit(pid_tgid), &entry);
-}
-
-/// An entry for `object` made current now, not (yet) placed in any trace.
-#[inline(always)]
-fn unplaced(object: u64) -> SdkSpan {
+fn unplaced(object: u64, entry: &mut SdkSpan) {
+    entry.span.context = SpanContext::default();
     // SAFETY: helper with no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    SdkSpan {
-        span: ServedRequest { context: SpanContext::default(), started_ns: now, fd: u32::MAX, fresh: 0, _pad: [0; 3] },
-        sdk_trace_id: [0; 16],
-        context_object: object,
-        opaque: 0,
-        _pad: [0; 7],
-    }
+    entry.span.started_ns = unsafe { bpf_ktime_get_ns() };
+    entry.span.fd = u32::MAX;
+    entry.span.fresh = 0;
+    entry.span._pad = [0; 3];
+    entry.sdk_trace_id = [0; 16];
+    entry.context_object = object;
+    entry.opaque = 0;
+    entry._pad = [0; 7];
 }
 
 /// Whether a span the kernel could not read is current on `unit`, under whatever is innermost.
@@ -255,16 +288,17 @@ fn under_opaque(unit: &ExecutionUnit) -> bool {
 }
 
 /// Where the SDK span goes relative to the agent's current span; fills `entry` and tells
-/// userspace when spans must be rewritten.
-#[inline(always)]
+/// userspace when spans must be rewritten. Not inlined: a frame of its own, apart from the
+/// object reads'.
+#[inline(never)]
 fn settle(pid_tgid: u64, unit: &ExecutionUnit, span: &ActivatedSpan, entry: &mut SdkSpan) {
     entry.sdk_trace_id = span.trace_id;
     entry.span.context.trace_id = span.trace_id;
     entry.span.context.span_id = span.span_id;
     entry.span.context.flags = SAMPLED;
     entry.span.context.origin = context_origin::LOCAL_PARENT;
-    let mut parent = ServedRequest { context: SpanContext::default(), started_ns: 0, fd: 0, fresh: 0, _pad: [0; 3] };
-    let source = find_parent(pid_tgid, &mut parent);
+    let Some(parent) = scratch(&PARENT_SCRATCH) else { return };
+    let source = find_parent(pid_tgid, parent);
     if source == parent_source::NONE {
         return;
     }
@@ -285,31 +319,35 @@ fn settle(pid_tgid: u64, unit: &ExecutionUnit, span: &ActivatedSpan, entry: &mut
     let relation = if parent.context.trace_id == span.trace_id {
         twin
     } else if request_level && parent.context.origin == context_origin::NEW_TRACE {
-        update_served_trace(pid_tgid, source, &parent, &span.trace_id);
+        update_served_trace(pid_tgid, source, parent, &span.trace_id);
         sdk_relation::JOINED | twin
     } else {
         entry.span.context.trace_id = parent.context.trace_id;
         sdk_relation::MOVED
     };
     if relation != 0 {
-        report(pid_tgid, span, &parent, relation);
+        report(pid_tgid, span, parent, relation);
     }
 }
 
 #[inline(always)]
 fn report(pid_tgid: u64, span: &ActivatedSpan, parent: &ServedRequest, relation: u8) {
-    let event = SdkSpanEvent {
-        header: header(EventKind::SdkSpanActivated, pid_tgid),
-        sdk_trace_id: span.trace_id,
-        sdk_span_id: span.span_id,
-        agent_trace_id: parent.context.trace_id,
-        agent_span_id: parent.context.span_id,
-        relation,
-        _pad: [0; 7],
-    };
-    if EVENTS.output::<SdkSpanEvent>(&event, 0).is_err() {
+    let Some(mut entry) = EVENTS.reserve::<SdkSpanEvent>(0) else {
         count(counter::RING_FULL);
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points at a reserved, exclusively owned ring-buffer record.
+    unsafe {
+        (*event).header = header(EventKind::SdkSpanActivated, pid_tgid);
+        (*event).sdk_trace_id = span.trace_id;
+        (*event).sdk_span_id = span.span_id;
+        (*event).agent_trace_id = parent.context.trace_id;
+        (*event).agent_span_id = parent.context.span_id;
+        (*event).relation = relation;
+        (*event)._pad = [0; 7];
     }
+    entry.submit(0);
 }
 
 /// The task the thread is running, else the thread.
@@ -341,7 +379,7 @@ fn push(unit: &ExecutionUnit, entry: &SdkSpan) {
     let scratch = unsafe { &mut *scratch };
     scratch.spans[0] = *entry;
     scratch.depth = 1;
-    let _ = SDK_SPANS.insert(unit, scratch, 0);
+    let _ = SDK_SPANS.insert(unit, &*scratch, 0);
 }
 
 /// A reset made `restored` current again: the spans made current after it are over.

@@ -45,10 +45,15 @@ use aya_ebpf::{
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
-use scouter_ebpf::{context_origin, counter, data_flags, Direction, SocketInfo, SocketRole, SpanContext};
+use scouter_ebpf::{
+    context_origin, counter, data_flags, tracked_flags, Direction, SocketInfo, SocketRole, SpanContext,
+};
 
-use super::{context, head, io, python_stack, trace_option, tracked_thread};
-use crate::maps::{count, tls_call, BufferShape, InFlightIo, TlsCall, NO_FD, TLS_CALLS, TLS_LAST_READS, TLS_SOCKETS};
+use super::{context, current_ids, head, io, python_stack, trace_option, tracked_thread};
+use crate::maps::{
+    count, process_flags, scratch, tls_call, BufferShape, InFlightIo, TlsCall, NO_FD, TLS_CALLS, TLS_LAST_READS,
+    TLS_SCRATCH, TLS_SOCKETS,
+};
 
 /// TLS record type of a handshake message.
 const RECORD_HANDSHAKE: u8 = 0x16;
@@ -82,71 +87,83 @@ pub fn ssl_read_ex(ctx: ProbeContext) -> u32 {
 pub fn ssl_do_handshake(ctx: ProbeContext) -> u32 {
     let Some(pid_tgid) = tracked_thread() else { return 0 };
     let Some(ssl) = ctx.arg::<u64>(0) else { return 0 };
-    let mut call = new_call(ssl, 0, Direction::Ingress, 0, socket_of(pid_tgid, ssl, true));
+    let fd = socket_of(pid_tgid, ssl, true);
+    let Some(call) = new_call(ssl, 0, Direction::Ingress, 0, fd) else { return 0 };
     call.kind = tls_call::HANDSHAKE;
-    let _ = TLS_CALLS.insert(&pid_tgid, &call, 0);
+    let _ = TLS_CALLS.insert(&pid_tgid, call, 0);
     0
 }
 
 #[inline(always)]
 fn enter(ctx: &ProbeContext, direction: Direction, ex: bool) -> u32 {
-    let Some(pid_tgid) = tracked_thread() else { return 0 };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(flags) = process_flags(current_ids(pid_tgid).0) else { return 0 };
     let (Some(ssl), Some(buf)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else { return 0 };
     // The plain forms take an `int`: a negative one moves nothing.
     let num = if ex { ctx.arg::<u64>(2).unwrap_or(0) } else { ctx.arg::<i32>(2).unwrap_or(0).max(0) as u64 };
     let count_ptr = if ex { ctx.arg::<u64>(3).unwrap_or(0) } else { 0 };
     let fd = socket_of(pid_tgid, ssl, direction == Direction::Ingress);
-    let mut call = new_call(ssl, buf, direction, count_ptr, fd);
+    let Some(call) = new_call(ssl, buf, direction, count_ptr, fd) else { return 0 };
     if direction == Direction::Egress && fd != NO_FD {
         if let Some(socket) = io::socket_info(pid_tgid, fd) {
-            call.io.context = client_request(pid_tgid, socket, fd, buf, num);
+            let option = flags & tracked_flags::TCP_OPTION != 0;
+            client_request(pid_tgid, socket, fd, buf, num, option, &mut call.io.context);
         }
     }
-    let _ = TLS_CALLS.insert(&pid_tgid, &call, 0);
+    let _ = TLS_CALLS.insert(&pid_tgid, call, 0);
     0
 }
 
+/// This CPU's libssl call record, filled for a call starting now.
 #[inline(always)]
-fn new_call(ssl: u64, buf: u64, direction: Direction, count_ptr: u64, fd: u32) -> TlsCall {
-    TlsCall {
-        io: InFlightIo {
-            buf,
-            // SAFETY: helper with no preconditions.
-            enter_ns: unsafe { bpf_ktime_get_ns() },
-            fd,
-            shape: BufferShape::Plain as u8,
-            direction: direction as u8,
-            in_tls_call: 0,
-            _pad: 0,
-            context: SpanContext::default(),
-        },
-        ssl,
-        count_ptr,
-        kind: tls_call::DATA,
-        _pad: [0; 7],
-    }
+fn new_call(ssl: u64, buf: u64, direction: Direction, count_ptr: u64, fd: u32) -> Option<&'static mut TlsCall> {
+    let call = scratch(&TLS_SCRATCH)?;
+    call.io.buf = buf;
+    // SAFETY: helper with no preconditions.
+    call.io.enter_ns = unsafe { bpf_ktime_get_ns() };
+    call.io.fd = fd;
+    call.io.shape = BufferShape::Plain as u8;
+    call.io.direction = direction as u8;
+    call.io.in_tls_call = 0;
+    call.io._pad = 0;
+    call.io.context = SpanContext::default();
+    call.ssl = ssl;
+    call.count_ptr = count_ptr;
+    call.kind = tls_call::DATA;
+    call._pad = [0; 7];
+    Some(call)
 }
 
-/// The identity of a client request starting in this `SSL_write`, and its TCP option.
+/// The identity of a client request starting in this `SSL_write`, written into `context`,
+/// and its TCP option when `option`.
 #[inline(always)]
-fn client_request(pid_tgid: u64, socket: &SocketInfo, fd: u32, buf: u64, num: u64) -> SpanContext {
+fn client_request(
+    pid_tgid: u64,
+    socket: &SocketInfo,
+    fd: u32,
+    buf: u64,
+    num: u64,
+    option: bool,
+    context: &mut SpanContext,
+) {
     if !io::starts_request(socket, SocketRole::Client) || !head::starts_request(buf, num) {
-        return SpanContext::default();
+        return;
     }
-    let context = io::client_request(pid_tgid, buf, num, false);
+    io::client_request(pid_tgid, buf, num, false, context);
     // A request that carries its own traceparent (an SDK's) tells the server itself.
-    if context.origin != context_origin::NONE && context.origin != context_origin::ADOPTED {
-        trace_option::prepare(pid_tgid, fd, &context);
+    if option && context.origin != context_origin::NONE && context.origin != context_origin::ADOPTED {
+        trace_option::prepare(pid_tgid, fd, context);
     }
-    context
 }
 
 /// Return of every probed call: emits the plaintext a read or write moved.
 #[uretprobe]
 pub fn ssl_return(ctx: RetProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: copied out before removal.
-    let Some(mut call) = (unsafe { TLS_CALLS.get(&pid_tgid) }).copied() else { return 0 };
+    let Some(saved) = TLS_CALLS.get_ptr(&pid_tgid) else { return 0 };
+    let Some(call) = scratch(&TLS_SCRATCH) else { return 0 };
+    // SAFETY: this thread's entry, copied before its removal.
+    *call = unsafe { *saved };
     let _ = TLS_CALLS.remove(&pid_tgid);
     if call.kind != tls_call::DATA {
         return 0;

@@ -58,8 +58,8 @@ use scouter_ebpf::{
 
 use super::{context, current_ids};
 use crate::maps::{
-    count, trace_option_state, transport, PendingTraceOption, CLIENT_TRANSPORTS, CONNECT_COOKIES,
-    IN_FLIGHT_CONNECTIONS, PEER_CONTEXTS, PENDING_TRACE_OPTIONS, TLS_SERVER_PEERS,
+    count, scratch, trace_option_state, transport, PendingTraceOption, CLIENT_TRANSPORTS, CONNECT_COOKIES,
+    IN_FLIGHT_CONNECTIONS, OPTION_SCRATCH, PEER_CONTEXTS, PENDING_TRACE_OPTIONS, TLS_SERVER_PEERS,
 };
 
 /// `args[0]` of `HDR_OPT_LEN_CB` when the kernel computes the MSS (uapi
@@ -69,19 +69,18 @@ const WRITE_HDR_TCP_CURRENT_MSS: u32 = 1;
 /// How long a prepared option waits for its segment.
 const MAX_PENDING_NS: u64 = 1_000_000_000;
 
-/// A TLS client request starts on `fd`: its first data segment must carry `context`.
+/// A TLS client request starts on `fd`: its first data segment must carry `context`. Runs in
+/// tracing programs only (`SSL_write` entry), so it may build the record in their scratch.
 #[inline(always)]
 pub fn prepare(pid_tgid: u64, fd: u32, context: &SpanContext) {
-    let parent = TraceParent { trace_id: context.trace_id, span_id: context.span_id, flags: context.flags };
-    let pending = PendingTraceOption {
-        option: trace_option::encode(&parent),
-        fd,
-        state: trace_option_state::READY,
-        _pad: [0; 3],
-        // SAFETY: helper with no preconditions.
-        created_ns: unsafe { bpf_ktime_get_ns() },
-    };
-    let _ = PENDING_TRACE_OPTIONS.insert(&pid_tgid, &pending, 0);
+    let Some(pending) = scratch(&OPTION_SCRATCH) else { return };
+    trace_option::encode_into(&context.trace_id, &context.span_id, context.flags & 1 == 1, &mut pending.option);
+    pending.fd = fd;
+    pending.state = trace_option_state::READY;
+    pending._pad = [0; 3];
+    // SAFETY: helper with no preconditions.
+    pending.created_ns = unsafe { bpf_ktime_get_ns() };
+    let _ = PENDING_TRACE_OPTIONS.insert(&pid_tgid, &*pending, 0);
 }
 
 /// The request was not written after all (the call failed): its option must not ride on
