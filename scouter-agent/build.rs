@@ -44,9 +44,21 @@ fn main() -> anyhow::Result<()> {
         bail!("bpf-linker not found in {} or on PATH: run `cargo xtask setup` first", tools_bin.display());
     }
 
+    let pin = ebpf_dir.join("rust-toolchain.toml");
+    println!("cargo:rerun-if-changed={}", pin.display());
+    let channel = pinned_channel(&pin)?;
     let ebpf_dir = ebpf_dir.to_str().context("non-UTF-8 path")?;
     let package = aya_build::Package { name: "scouter-ebpf", root_dir: ebpf_dir, ..Default::default() };
-    aya_build::build_ebpf([package], aya_build::Toolchain::default())
+    aya_build::build_ebpf([package], aya_build::Toolchain::Custom(&channel))
+}
+
+/// The nightly the eBPF crate is pinned to (its rust-toolchain.toml), which `cargo xtask
+/// setup` installs.
+fn pinned_channel(pin: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(pin).with_context(|| format!("cannot read {}", pin.display()))?;
+    let table: toml::Table = text.parse().with_context(|| format!("cannot parse {}", pin.display()))?;
+    let channel = table.get("toolchain").and_then(|toolchain| toolchain.get("channel")).and_then(|c| c.as_str());
+    channel.map(str::to_owned).with_context(|| format!("{} has no [toolchain] channel", pin.display()))
 }
 
 fn prepend_to_path(dir: &Path) -> anyhow::Result<()> {

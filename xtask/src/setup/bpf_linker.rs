@@ -27,12 +27,22 @@ pub fn ensure(ws: &Workspace, report: &mut Report) -> Result<()> {
     let tools = ws.tools_dir();
     let binary = tools.join("bin/bpf-linker");
     let what = format!("bpf-linker {VERSION} in {}", tools.display());
-    if installed_version(&binary).as_deref() == Some(VERSION) {
+    let llvm_major = toolchain::nightly_llvm_major()?;
+    let library = nightly_llvm_library(&toolchain::nightly_sysroot()?, llvm_major)?;
+    let prefix = tools.join("llvm");
+    let linked_to_pin = std::fs::read_link(prefix.join("lib/libLLVM.so")).is_ok_and(|target| target == library);
+    if linked_to_pin && installed_version(&binary).as_deref() == Some(VERSION) {
         report.already(&what);
         return Ok(());
     }
+    // The pinned toolchain moved but kept its LLVM: pointing the prefix at it is enough.
+    link_llvm_prefix(&prefix, &library)?;
+    if installed_version(&binary).as_deref() == Some(VERSION) {
+        report.installing(&format!("{what} (now linked to the pinned toolchain's LLVM)"));
+        return Ok(());
+    }
     report.installing(&what);
-    install(&tools)
+    install(&tools, &prefix, llvm_major)
 }
 
 /// The version the binary reports, or `None` if it is missing or cannot run.
@@ -50,14 +60,10 @@ fn parse_version(output: &str) -> Option<String> {
     words.next().map(str::to_owned)
 }
 
-fn install(tools: &Path) -> Result<()> {
-    let llvm_major = toolchain::nightly_llvm_major()?;
-    let library = nightly_llvm_library(&toolchain::nightly_sysroot()?, llvm_major)?;
-    let prefix = tools.join("llvm");
-    link_llvm_prefix(&prefix, &library)?;
+fn install(tools: &Path, prefix: &Path, llvm_major: u32) -> Result<()> {
     cmd::run(
         Command::new("cargo")
-            .env("LLVM_PREFIX", &prefix)
+            .env("LLVM_PREFIX", prefix)
             .args(["install", "bpf-linker", "--version", VERSION, "--locked", "--force"])
             .args(["--no-default-features", "--features", &format!("llvm-{llvm_major}")])
             .arg("--root")
