@@ -130,6 +130,7 @@ async fn run_until_signal(config: AgentConfig) -> anyhow::Result<()> {
         propagate: config.propagate,
         max_transaction: config.max_transaction,
         function_spans: !config.functions.rules.is_empty(),
+        io_capture: config.io_capture,
     };
     let (probes, ring) = Probes::attach(options).context("attaching the eBPF probes")?;
     status.set_features(probes.features());
@@ -321,9 +322,12 @@ impl Agent {
             }
             KernelEvent::ProcessFork { parent, child } => self.on_fork(parent, child),
             KernelEvent::ProcessExit { pid } => self.on_exit(pid),
-            KernelEvent::Accepted { socket, listen_fd, peer, time } => {
-                let port = self.listener_port(socket.pid, listen_fd);
+            KernelEvent::Accepted { socket, listener, peer, time } => {
+                let port = self.listener_port(socket.pid, listener);
                 self.assembler.on_accept(socket, peer, port, time);
+            }
+            KernelEvent::Followed { socket, server, peer, local_port, time } => {
+                self.assembler.on_followed(socket, server, peer, local_port, time);
             }
             KernelEvent::Connected { socket, peer, time, result } => match connect_failure(result) {
                 None => self.assembler.on_connect(socket, peer, time, result == -libc::EINPROGRESS),
@@ -764,8 +768,9 @@ impl Agent {
         self.probes.forget_stacks(pid);
     }
 
-    fn listener_port(&mut self, pid: u32, listen_fd: u32) -> Option<u16> {
-        *self.listener_ports.entry((pid, listen_fd)).or_insert_with(|| discovery::sockets::local_port(pid, listen_fd))
+    fn listener_port(&mut self, pid: u32, listener: u64) -> Option<u16> {
+        let fd = u32::try_from(listener).ok()?;
+        *self.listener_ports.entry((pid, fd)).or_insert_with(|| discovery::sockets::local_port(pid, fd))
     }
 
     fn export(&mut self, done: Vec<CompletedExchange>) {

@@ -1,5 +1,6 @@
 //! Command-line interface. Every flag also names its environment variable in `--help`.
 
+use crate::probes::IoCaptureChoice;
 use std::path::PathBuf;
 #[cfg(test)]
 use std::time::Duration;
@@ -48,6 +49,9 @@ pub enum Command {
         /// instructions the verifier processed and the time it took.
         #[arg(long)]
         verifier: bool,
+        /// The socket I/O capture to load, as `run --io-capture` takes it.
+        #[arg(long, value_enum, default_value_t = IoCaptureChoice::Auto)]
+        io_capture: IoCaptureChoice,
     },
     /// Show the configuration `run` would use with the same options: flags, then environment
     /// variables, then the `--config` file, then defaults; secrets masked.

@@ -257,7 +257,7 @@ mod tests {
         SinkCounters::add(&sink.exported, 7);
         let status = AgentStatus::new(pipeline, vec![("otlp-grpc", sink)], Arc::default());
         *status.kernel_drops.lock().unwrap() = vec![("ring_full", 2)];
-        let mut features = crate::probes::FeatureStates::default();
+        let mut features = crate::probes::FeatureStates::new(crate::probes::IoCapture::SocketTracepoints);
         features.set(crate::probes::Feature::Tls, crate::probes::FeatureState::Unavailable("refused".into()));
         status.set_features(&features);
         let text = status.metrics();

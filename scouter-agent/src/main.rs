@@ -54,7 +54,7 @@ fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         None => agent::run(cli.run.to_config()?),
         Some(Command::Run(args)) => agent::run(args.to_config()?),
-        Some(Command::Check { verifier }) => check::run(verifier),
+        Some(Command::Check { verifier, io_capture }) => check::run(verifier, io_capture),
         Some(Command::Config { print, settings }) => {
             anyhow::ensure!(print, "`scouter-agent config` needs --print (the only action so far)");
             print!("{}", settings.printable()?);

@@ -35,8 +35,6 @@ pub mod map_names {
     pub const CLIENT_SOCKETS: &str = "CLIENT_SOCKETS";
     /// How to read each traced process's Python stack ([`PythonLayout`]), by tgid.
     pub const PYTHON_LAYOUTS: &str = "PYTHON_LAYOUTS";
-    /// The stack-capture program the libssl return probe tail-calls ([`stack_programs`](super::stack_programs)).
-    pub const STACK_PROGRAMS: &str = "STACK_PROGRAMS";
     /// How to read each function-traced process's Python calls ([`CallLayout`]), by tgid.
     pub const CALL_LAYOUTS: &str = "CALL_LAYOUTS";
     /// Whether each code object seen entering the interpreter is selected ([`FunctionVerdict`]),
@@ -50,14 +48,6 @@ pub mod map_names {
     pub const NATIVE_SPAN_LAYOUTS: &str = "NATIVE_SPAN_LAYOUTS";
 }
 
-/// Slots of the stack-capture program array.
-pub mod stack_programs {
-    /// Tail-called from the libssl return probe (the syscall path has a program of its own,
-    /// attached after the I/O exit program).
-    pub const FROM_LIBSSL: u32 = 0;
-    pub const COUNT: u32 = 1;
-}
-
 /// Names of the globals the agent sets before load (`EbpfLoader::set_global`).
 pub mod global_names {
     /// Offset of `child_pid` in the `sched_process_fork` tracepoint record (varies by kernel).
@@ -69,6 +59,13 @@ pub mod global_names {
     /// Offset of `thread.fsbase` in the kernel's `task_struct` (from its BTF), or `u32::MAX`:
     /// Python stacks are then not read.
     pub const TASK_FSBASE_OFFSET: &str = "TASK_FSBASE_OFFSET";
+    /// One of [`capture`](super::capture): what a socket id is, and which programs run.
+    pub const CAPTURE: &str = "CAPTURE";
+    /// The [`KernelLayout`](super::KernelLayout) the socket-layer programs read with.
+    pub const KERNEL_LAYOUT: &str = "KERNEL_LAYOUT";
+    /// 1 when sockops programs may call `bpf_get_current_pid_tgid` on this kernel (6.1's may
+    /// not), else 0.
+    pub const SOCKOPS_THREADS: &str = "SOCKOPS_THREADS";
 }
 
 /// Discriminant in [`EventHeader::kind`].
@@ -89,6 +86,9 @@ pub enum EventKind {
     /// A traced process made a span of a native SDK current and the kernel has no
     /// [`NativeSpanLayout`] for it: userspace looks for one (once per process). Header only.
     NativeSpanSeen = 12,
+    /// The kernel learned a socket's role from its bytes ([`SocketFollowedEvent`]): its
+    /// first request went out (client) or came in (server). Precedes that request's data.
+    SocketFollowed = 13,
 }
 
 impl EventKind {
@@ -106,6 +106,7 @@ impl EventKind {
             10 => Self::FunctionReturned,
             11 => Self::SdkSpanActivated,
             12 => Self::NativeSpanSeen,
+            13 => Self::SocketFollowed,
             _ => return None,
         })
     }
@@ -155,19 +156,37 @@ pub struct SocketAddress {
     pub addr: [u8; 16],
 }
 
-/// `SocketAccept` (server side) and `SocketConnect` (client side).
+/// `SocketAccept` (server side, syscall capture only) and `SocketConnect` (client side).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ConnectionEvent {
     pub header: EventHeader,
-    /// The connection's file descriptor in the process.
-    pub fd: u32,
-    /// For accept: the listening socket's descriptor; for connect: the syscall's return value
-    /// (0, `-EINPROGRESS`, or a failure such as `-ECONNREFUSED`: then the socket is not followed).
-    pub listen_fd_or_ret: i32,
+    /// The connection ([`SocketKey::id`]).
+    pub socket: u64,
+    /// For accept: the listening socket's descriptor (its local port is the server's port).
+    pub listener: u64,
+    /// For connect: `connect()`'s result (0, `-EINPROGRESS`, or a failure such as
+    /// `-ECONNREFUSED`: then the socket is not followed).
+    pub result: i32,
     /// The peer: the client for accept, the server for connect.
     pub peer: SocketAddress,
-    pub _pad: u32,
+}
+
+/// `SocketFollowed`: a socket of a traced process whose role the kernel just learned from
+/// its bytes, with both ends' addresses as the socket holds them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SocketFollowedEvent {
+    pub header: EventHeader,
+    pub socket: u64,
+    /// A [`SocketRole`] as `u8`.
+    pub role: u8,
+    pub _pad: [u8; 3],
+    /// The process's end (a server's listening port); family 0 when unknown.
+    pub local: SocketAddress,
+    /// The other end (family [`address_family::UNIX`] for a unix socket, 0 when unknown).
+    pub peer: SocketAddress,
+    pub _pad2: [u8; 4],
 }
 
 /// Direction of a [`DataEvent`].
@@ -185,12 +204,13 @@ pub enum Direction {
 #[derive(Clone, Copy)]
 pub struct DataEvent {
     pub header: EventHeader,
-    pub fd: u32,
+    /// The socket ([`SocketKey::id`]).
+    pub socket: u64,
     /// A [`Direction`] as `u8`.
     pub direction: u8,
     /// [`data_flags`] bits.
     pub flags: u8,
-    pub _pad: [u8; 2],
+    pub _pad: [u8; 6],
     /// Bytes the syscall moved (its return value); may exceed `captured_len`.
     pub total_len: u64,
     /// When the syscall was entered; `header.timestamp_ns` is when it returned.
@@ -253,16 +273,66 @@ pub struct SpanContext {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CloseEvent {
     pub header: EventHeader,
-    pub fd: u32,
-    pub _pad: u32,
+    pub socket: u64,
 }
 
-/// Key of the kernel's socket map: a descriptor in a process.
+/// Key of the kernel's socket map: a socket of a process. What `id` is depends on how the
+/// agent captures socket I/O ([`capture`]): the kernel's `struct sock` address on the socket
+/// layer, the descriptor with syscall tracepoints. Events carry the same id, and userspace
+/// treats it as opaque.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SocketKey {
     pub pid: u32,
-    pub fd: u32,
+    pub _pad: u32,
+    pub id: u64,
+}
+
+/// How the kernel sees socket I/O (global [`global_names::CAPTURE`]).
+pub mod capture {
+    /// fentry/fexit on the kernel's socket functions: only socket I/O runs a program.
+    pub const SOCKET_FUNCTIONS: u32 = 1;
+    /// The socket layer's own tracepoints (`sock:sock_send_length`, `sock:sock_recv_length`),
+    /// where fentry is not available: only socket I/O runs a program, after the call.
+    pub const SOCKET_TRACEPOINTS: u32 = 2;
+    /// Tracepoints on the read/write syscall families: every such syscall on the host runs
+    /// the programs. The last resort.
+    pub const SYSCALLS: u32 = 3;
+}
+
+/// Where the socket-layer programs find what they read in the kernel's structures, from the
+/// running kernel's BTF (the programs have no CO-RE). Offsets in bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelLayout {
+    /// `struct socket`: `sk`, `type`.
+    pub socket_sk: u16,
+    pub socket_type: u16,
+    /// `struct msghdr.msg_iter`.
+    pub msghdr_iter: u16,
+    /// `struct iov_iter`: `iter_type` (a byte), `iov_offset`, `count`, and the union holding
+    /// the user buffer (`ubuf`) or the iovec array (`__iov`, `iov` before 6.4).
+    pub iter_type: u16,
+    pub iter_offset: u16,
+    pub iter_count: u16,
+    pub iter_pointer: u16,
+    /// `iter_type` values of a user buffer and of an iovec array (the enum was reordered).
+    pub iter_ubuf: u8,
+    pub iter_iovec: u8,
+    /// `struct sock_common`: family, local port (host order), peer port (network order),
+    /// IPv4 addresses, IPv6 addresses.
+    pub skc_family: u16,
+    pub skc_num: u16,
+    pub skc_dport: u16,
+    pub skc_daddr: u16,
+    pub skc_rcv_saddr: u16,
+    pub skc_v6_daddr: u16,
+    pub skc_v6_rcv_saddr: u16,
+    /// `struct file.private_data` (a socket file's `struct socket`).
+    pub file_private_data: u16,
+    /// `struct sock`: `sk_type` (`SOCK_STREAM`...), `sk_err` (a failed connect's error).
+    pub sk_type: u16,
+    pub sk_err: u16,
 }
 
 /// Role of a followed socket.
@@ -279,7 +349,9 @@ pub enum SocketRole {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SocketInfo {
-    /// A [`SocketRole`] as `u8`.
+    /// A [`SocketRole`] as `u8`, or 0 until the socket's bytes tell it: the first request-shaped
+    /// bytes it moves say which end the process is (written: client; read: server). Nothing is
+    /// emitted for a socket whose role is unknown.
     pub role: u8,
     /// 1 while the next bytes in the request direction may start a new request: set when the
     /// socket is followed and whenever bytes move in the response direction, cleared when a
@@ -294,8 +366,9 @@ pub struct SocketInfo {
     /// inside it); at most one per request.
     pub stack_taken: u8,
     pub _pad: [u8; 4],
-    /// Server sockets: the client's address as `accept()` returned it, under which the kernel
-    /// files a trace context received in a TCP header option ([`trace_option`]).
+    /// Server sockets: the client's address (as `accept()` returned it, or as the socket holds
+    /// it), under which the kernel files a trace context received in a TCP header option
+    /// ([`trace_option`]).
     pub peer: SocketAddress,
     pub _pad2: [u8; 4],
 }
@@ -421,18 +494,18 @@ pub struct FrameRef {
     pub instruction: u64,
 }
 
-/// `PythonStack`: the Python stack of the thread that just moved bytes on `fd` (a client request
-/// it started, or a body it read while serving a request). Follows that data event.
+/// `PythonStack`: the Python stack of the thread that just moved bytes on `socket` (a client
+/// request it started, or a body it read while serving a request). Follows that data event.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct StackEvent {
     pub header: EventHeader,
-    pub fd: u32,
+    pub socket: u64,
     /// Frames filled in `frames`.
     pub depth: u16,
     /// The socket's [`SocketRole`] as `u8`: a client request's write, or a server's body read.
     pub role: u8,
-    pub _pad: u8,
+    pub _pad: [u8; 5],
     pub frames: [FrameRef; MAX_FRAMES],
 }
 
@@ -698,6 +771,7 @@ mod pod {
     unsafe impl aya::Pod for super::FunctionVerdict {}
     unsafe impl aya::Pod for super::ObjectLayout {}
     unsafe impl aya::Pod for super::NativeSpanLayout {}
+    unsafe impl aya::Pod for super::KernelLayout {}
 }
 
 #[cfg(test)]
@@ -710,15 +784,17 @@ mod layout {
         assert_eq!(size_of::<EventHeader>(), 24);
         assert_eq!(size_of::<ProcessEvent>(), 32);
         assert_eq!(size_of::<SocketAddress>(), 20);
-        assert_eq!(size_of::<ConnectionEvent>(), 56);
+        assert_eq!(size_of::<ConnectionEvent>(), 24 + 8 + 8 + 4 + 20);
+        assert_eq!(size_of::<SocketFollowedEvent>(), 24 + 8 + 4 + 20 + 20 + 4);
         assert_eq!(size_of::<SpanContext>(), 40);
-        assert_eq!(size_of::<DataEvent>(), 24 + 8 + 8 + 8 + 8 + 40 + MAX_CAPTURE);
+        assert_eq!(size_of::<DataEvent>(), 24 + 8 + 8 + 8 + 8 + 8 + 40 + MAX_CAPTURE);
         assert_eq!(size_of::<CloseEvent>(), 32);
-        assert_eq!(size_of::<SocketKey>(), 8);
+        assert_eq!(size_of::<SocketKey>(), 16);
+        assert_eq!(size_of::<KernelLayout>(), 36);
         assert_eq!(size_of::<SocketInfo>(), 32);
         assert_eq!(size_of::<TrackedProcess>(), 8);
         assert_eq!(size_of::<PythonLayout>(), 20);
-        assert_eq!(size_of::<StackEvent>(), 24 + 8 + 16 * MAX_FRAMES);
+        assert_eq!(size_of::<StackEvent>(), 24 + 16 + 16 * MAX_FRAMES);
         assert_eq!(size_of::<ObjectKey>(), 16);
         assert_eq!(size_of::<CallLayout>(), 20);
         assert_eq!(size_of::<FunctionVerdict>(), 16);
@@ -735,10 +811,10 @@ mod layout {
 
     #[test]
     fn event_kinds_round_trip() {
-        for k in 1..=12 {
+        for k in 1..=13 {
             assert_eq!(EventKind::from_u32(k).map(|k| k as u32), Some(k));
         }
         assert!(EventKind::from_u32(0).is_none());
-        assert!(EventKind::from_u32(13).is_none());
+        assert!(EventKind::from_u32(14).is_none());
     }
 }

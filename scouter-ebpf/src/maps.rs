@@ -2,13 +2,13 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf, SockHash},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, SockHash},
 };
 use scouter_ebpf::{
-    counter, stack_programs, trace_option, traceparent, CallLayout, FunctionEnteredEvent, FunctionVerdict,
-    NativeSpanLayout, ObjectLayout, PythonLayout, SocketAddress, SocketInfo, SocketKey, SpanContext, StackEvent,
-    TrackedProcess, CALL_NESTING, EVENTS_RING_BYTES, HEAD_SCAN, MAX_IN_FLIGHT_SYSCALLS, MAX_TRACKED_PROCESSES,
-    MAX_TRACKED_SOCKETS, SDK_NESTING,
+    counter, trace_option, traceparent, CallLayout, FunctionEnteredEvent, FunctionVerdict, NativeSpanLayout,
+    ObjectLayout, PythonLayout, SocketAddress, SocketInfo, SocketKey, SpanContext, StackEvent, TrackedProcess,
+    CALL_NESTING, EVENTS_RING_BYTES, HEAD_SCAN, MAX_IN_FLIGHT_SYSCALLS, MAX_TRACKED_PROCESSES, MAX_TRACKED_SOCKETS,
+    SDK_NESTING,
 };
 
 /// Processes the agent traces, by tgid. Filled by the agent and by `sched_process_fork`.
@@ -27,30 +27,38 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
-/// How a read/write syscall names its buffer.
+/// How an I/O call names its buffer.
 #[derive(Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum BufferShape {
     /// `buf` points at the bytes.
     Plain = 0,
-    /// `buf` points at an array of `struct iovec` (the first one is captured).
+    /// `buf` points at an array of `struct iovec` in user memory (the first one is captured).
     IoVec = 1,
-    /// `buf` points at a `struct msghdr` (its first iovec is captured).
+    /// `buf` points at a `struct msghdr` in user memory (its first iovec is captured).
     MsgHdr = 2,
+    /// `buf` points at an array of `struct iovec` the kernel copied (its first is captured,
+    /// from `offset` on): a socket-layer call's iterator.
+    KernelIoVec = 3,
+    /// No user buffer (pages or kernel memory, e.g. `sendfile`): only the length is known.
+    Opaque = 4,
 }
 
-/// A read/write syscall on a followed socket, between enter and exit.
+/// An I/O call on a followed socket, between its entry and its return.
 #[derive(Clone, Copy)]
 #[repr(C)]
 pub struct InFlightIo {
     pub buf: u64,
     pub enter_ns: u64,
-    pub fd: u32,
+    /// The socket ([`SocketKey::id`]).
+    pub socket: u64,
+    /// Bytes of the first segment to skip ([`BufferShape::KernelIoVec`]).
+    pub offset: u64,
     pub shape: u8,
     pub direction: u8,
     /// 1 when the syscall was made inside a libssl call (its bytes are that call's ciphertext).
     pub in_tls_call: u8,
-    pub _pad: u8,
+    pub _pad: [u8; 5],
     /// Set at enter when a client request starts (its ids must exist before the bytes leave).
     pub context: SpanContext,
 }
@@ -85,28 +93,6 @@ pub fn count(index: u32) {
 /// the layout against the running process. Processes without an entry get no stacks.
 #[map]
 pub static PYTHON_LAYOUTS: HashMap<u32, PythonLayout> = HashMap::with_max_entries(MAX_TRACKED_PROCESSES, 0);
-
-/// The stack-capture program the libssl return probe tail-calls ([`stack_programs`] slot):
-/// a frame of its own for the walk, the probe's stack being nearly full.
-#[map]
-pub static STACK_PROGRAMS: ProgramArray = ProgramArray::with_max_entries(stack_programs::COUNT, 0);
-
-/// A stack an I/O program asked for, read by the capture program that runs right after it on
-/// the same CPU (attached after it, or tail-called).
-#[derive(Clone, Copy)]
-#[repr(C)]
-pub struct StackRequest {
-    pub pid_tgid: u64,
-    pub fd: u32,
-    /// 1 until the capture program has taken it.
-    pub armed: u8,
-    /// The socket's role.
-    pub role: u8,
-    pub _pad: u16,
-}
-
-#[map]
-pub static STACK_REQUESTS: PerCpuArray<StackRequest> = PerCpuArray::with_max_entries(1, 0);
 
 /// A stack being walked (one per CPU): the walk runs under `bpf_loop`, one frame per call,
 /// so its verification cost does not grow with the depth.
@@ -164,13 +150,14 @@ pub static HEAD_SCRATCH: PerCpuArray<HeadScratch> = PerCpuArray::with_max_entrie
 pub struct ServedRequest {
     pub context: SpanContext,
     pub started_ns: u64,
-    /// The server socket it arrived on; its response ends the thread's service.
-    pub fd: u32,
+    /// The server socket it arrived on ([`SocketKey::id`]); its response ends the thread's
+    /// service.
+    pub socket: u64,
     /// 1 while the request's read is the thread's latest socket event and no other callback or
     /// task step has started since: an event loop still runs the callback that read it, so a
     /// task created or a future resolved now is the request's doing.
     pub fresh: u8,
-    pub _pad: [u8; 3],
+    pub _pad: [u8; 7],
 }
 
 /// Keyed by `pid_tgid`.
@@ -211,10 +198,11 @@ pub struct PendingInjection {
 pub static PENDING_INJECTIONS: LruHashMap<u64, PendingInjection> =
     LruHashMap::with_max_entries(MAX_IN_FLIGHT_SYSCALLS, 0);
 
-/// Socket cookies of connections tracked processes are opening, between `connect()` (where the
-/// process is known) and the established callback (where the socket can join the sockhash).
+/// Connections tracked processes are opening, by `struct sock` address, with the thread that
+/// connects: between `connect()` (where the process is known) and the established callback
+/// (where the socket can join the sockhash) or the connection's failure.
 #[map]
-pub static CONNECTING_SOCKETS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(MAX_IN_FLIGHT_SYSCALLS, 0);
+pub static CONNECTING_SOCKETS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(MAX_IN_FLIGHT_SYSCALLS, 0);
 
 /// Outgoing TCP connections of tracked processes, by socket cookie: the sk_msg program runs on
 /// these and on nothing else.
@@ -272,8 +260,8 @@ pub struct RunningTasks {
 #[map]
 pub static RUNNING_TASKS: LruHashMap<u64, RunningTasks> = LruHashMap::with_max_entries(MAX_IN_FLIGHT_SYSCALLS, 0);
 
-/// No descriptor known yet (a libssl call whose socket is still unknown).
-pub const NO_FD: u32 = u32::MAX;
+/// No socket known yet (a libssl call whose socket is still unknown).
+pub const NO_SOCKET: u64 = u64::MAX;
 
 /// Values of [`TlsCall::kind`].
 pub mod tls_call {
@@ -287,8 +275,8 @@ pub mod tls_call {
 #[derive(Clone, Copy)]
 #[repr(C)]
 pub struct TlsCall {
-    /// The plaintext transfer as if it were a syscall on the TLS socket: user buffer, entry
-    /// time, descriptor ([`NO_FD`] until known), direction, and the request's identity.
+    /// The plaintext transfer as if it were an I/O call on the TLS socket: user buffer, entry
+    /// time, socket ([`NO_SOCKET`] until known), direction, and the request's identity.
     pub io: InFlightIo,
     /// The `SSL*`.
     pub ssl: u64,
@@ -305,17 +293,17 @@ pub struct TlsCall {
 #[map]
 pub static TLS_CALLS: LruHashMap<u64, TlsCall> = LruHashMap::with_max_entries(MAX_IN_FLIGHT_SYSCALLS, 0);
 
-/// The descriptor of each `SSL*` of a process (key: pid and the `SSL*`), learnt from the
-/// syscalls a libssl call makes, or for memory-BIO connections (asyncio) from the ciphertext
-/// read that just preceded the call. Overwritten by every new piece of evidence, so an `SSL*`
+/// The socket of each `SSL*` of a process (key: pid and the `SSL*`), learnt from the socket
+/// I/O a libssl call makes, or for memory-BIO connections (asyncio) from the ciphertext read
+/// that just preceded the call. Overwritten by every new piece of evidence, so an `SSL*`
 /// address reused for another connection is remapped at its handshake.
 #[map]
-pub static TLS_SOCKETS: LruHashMap<ObjectKey, u32> = LruHashMap::with_max_entries(MAX_TRACKED_SOCKETS, 0);
+pub static TLS_SOCKETS: LruHashMap<ObjectKey, u64> = LruHashMap::with_max_entries(MAX_TRACKED_SOCKETS, 0);
 
 /// Keyed by `pid_tgid`: the TLS socket a thread last read ciphertext from outside any libssl
 /// call (an asyncio transport feeding a memory BIO). Taken by the thread's next libssl call.
 #[map]
-pub static TLS_LAST_READS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(MAX_IN_FLIGHT_SYSCALLS, 0);
+pub static TLS_LAST_READS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(MAX_IN_FLIGHT_SYSCALLS, 0);
 
 /// Values of [`PendingTraceOption::state`].
 pub mod trace_option_state {
@@ -332,14 +320,15 @@ pub mod trace_option_state {
 #[repr(C)]
 pub struct PendingTraceOption {
     pub option: [u8; trace_option::LEN],
-    /// The TLS socket the option is for: another socket's write drops it.
-    pub fd: u32,
     pub state: u8,
     pub _pad: [u8; 3],
+    /// The TLS socket the option is for: another socket's write drops it.
+    pub socket: u64,
     pub created_ns: u64,
 }
 
-/// Keyed by `pid_tgid`.
+/// Keyed by socket (its `struct sock` address) on the socket layer, by `pid_tgid` with syscall
+/// capture (see `trace_option`).
 #[map]
 pub static PENDING_TRACE_OPTIONS: LruHashMap<u64, PendingTraceOption> =
     LruHashMap::with_max_entries(MAX_IN_FLIGHT_SYSCALLS, 0);
@@ -348,12 +337,12 @@ pub static PENDING_TRACE_OPTIONS: LruHashMap<u64, PendingTraceOption> =
 #[map]
 pub static OPTION_SCRATCH: PerCpuArray<PendingTraceOption> = PerCpuArray::with_max_entries(1, 0);
 
-/// Socket cookies of the connections tracked processes open, by descriptor: noted in the
-/// sockops connect callback (which runs inside `connect()`, whose descriptor the syscall
-/// tracepoint left in [`IN_FLIGHT_CONNECTIONS`]), taken when the first bytes tell whether the
-/// connection is TLS.
+/// The `struct sock` address of each connection a process with the TCP option opens, by its
+/// socket id: noted inside `connect()` (the id is the descriptor the syscall tracepoint left in
+/// [`IN_FLIGHT_CONNECTIONS`], or the socket itself on the socket layer), taken when the first
+/// bytes tell whether the connection is TLS.
 #[map]
-pub static CONNECT_COOKIES: LruHashMap<SocketKey, u64> = LruHashMap::with_max_entries(MAX_TRACKED_SOCKETS, 0);
+pub static CLIENT_SOCKS: LruHashMap<SocketKey, u64> = LruHashMap::with_max_entries(MAX_TRACKED_SOCKETS, 0);
 
 /// Values of [`CLIENT_TRANSPORTS`].
 pub mod transport {
@@ -361,8 +350,8 @@ pub mod transport {
     pub const PLAIN: u8 = 2;
 }
 
-/// What tracked processes' outgoing connections carry, by socket cookie, until the sockops
-/// program acts on it.
+/// What tracked processes' outgoing connections carry, by `struct sock` address, until the
+/// sockops program acts on it.
 #[map]
 pub static CLIENT_TRANSPORTS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(MAX_IN_FLIGHT_SYSCALLS, 0);
 
@@ -531,6 +520,18 @@ pub static PARENT_SCRATCH: PerCpuArray<ServedRequest> = PerCpuArray::with_max_en
 #[map]
 pub static SERVED_SCRATCH: PerCpuArray<ServedRequest> = PerCpuArray::with_max_entries(1, 0);
 
+/// A search of a thread's open calls by `bpf_loop` callbacks (see `python_call`): the thread,
+/// how deep its stack is, and the index found (the first index to overwrite, for a shift).
+#[repr(C)]
+pub struct CallSearch {
+    pub pid_tgid: u64,
+    pub depth: u64,
+    pub found: u64,
+}
+
+#[map]
+pub static CALL_SEARCH: PerCpuArray<CallSearch> = PerCpuArray::with_max_entries(1, 0);
+
 /// A function span being started.
 #[map]
 pub static SPAN_SCRATCH: PerCpuArray<ServedRequest> = PerCpuArray::with_max_entries(1, 0);
@@ -538,6 +539,23 @@ pub static SPAN_SCRATCH: PerCpuArray<ServedRequest> = PerCpuArray::with_max_entr
 /// A generator's span being recorded.
 #[map]
 pub static GENERATOR_SCRATCH: PerCpuArray<GeneratorSpan> = PerCpuArray::with_max_entries(1, 0);
+
+/// The identity the sk_msg program gave a request a thread is sending (socket tracepoints:
+/// nothing else runs before the bytes leave), for the send's tracepoint to take.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct SentContext {
+    pub socket: u64,
+    pub context: SpanContext,
+}
+
+/// Keyed by `pid_tgid`.
+#[map]
+pub static SENT_CONTEXTS: LruHashMap<u64, SentContext> = LruHashMap::with_max_entries(MAX_IN_FLIGHT_SYSCALLS, 0);
+
+/// A [`SentContext`] being decided.
+#[map]
+pub static SENT_SCRATCH: PerCpuArray<SentContext> = PerCpuArray::with_max_entries(1, 0);
 
 /// A context a thread entered, being recorded.
 #[map]

@@ -89,17 +89,9 @@ pub fn write_line(trace_id: &[u8; 16], span_id: &[u8; 8], flags: u8, line: &mut 
         line[k] = PREFIX[k];
         k += 1;
     }
-    let mut k = 0;
-    while k < 16 {
-        put_hex(trace_id[k], line, TRACE_AT + 2 * k);
-        k += 1;
-    }
+    put_hex_at::<TRACE_AT, 16>(trace_id, line);
     line[SPAN_AT - 1] = b'-';
-    let mut k = 0;
-    while k < 8 {
-        put_hex(span_id[k], line, SPAN_AT + 2 * k);
-        k += 1;
-    }
+    put_hex_at::<SPAN_AT, 8>(span_id, line);
     line[FLAGS_AT - 1] = b'-';
     put_hex(flags, line, FLAGS_AT);
     line[FLAGS_AT + 2] = b'\r';
@@ -113,8 +105,9 @@ pub fn parse_hex<const N: usize, const D: usize>(digits: &[u8; D]) -> Option<[u8
     parse_hex_into(digits, &mut out).then_some(out)
 }
 
-/// [`parse_hex`], written into `out` (unspecified when it returns false).
-#[inline(always)]
+/// [`parse_hex`], written into `out` (unspecified when it returns false). Not inlined: in
+/// the kernel its unrolled loop is a frame of its own rather than spills in its caller's.
+#[inline(never)]
 pub fn parse_hex_into<const N: usize, const D: usize>(digits: &[u8; D], out: &mut [u8; N]) -> bool {
     let mut i = 0;
     while i < N {
@@ -126,6 +119,17 @@ pub fn parse_hex_into<const N: usize, const D: usize>(digits: &[u8; D], out: &mu
         i += 1;
     }
     !is_zero(out)
+}
+
+/// Writes `bytes` as lowercase hex into `line` from `AT` on. Not inlined, for the same reason
+/// as [`parse_hex_into`].
+#[inline(never)]
+fn put_hex_at<const AT: usize, const N: usize>(bytes: &[u8; N], line: &mut [u8; LINE_LEN]) {
+    let mut k = 0;
+    while k < N {
+        put_hex(bytes[k], line, AT + 2 * k);
+        k += 1;
+    }
 }
 
 #[inline(always)]

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context as _};
 
 use crate::probes::verifier::{self, ProgramStats};
-use crate::probes::{tracefs, Feature, FeatureState, FeatureStates, ProbeOptions, Probes};
+use crate::probes::{tracefs, Feature, FeatureState, FeatureStates, IoCapture, IoCaptureChoice, ProbeOptions, Probes};
 
 const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 
@@ -91,21 +91,22 @@ impl fmt::Display for Finding {
 /// prints one line per feature; with `verifier`, the verifier's figures for every program too.
 /// Fails exactly when `run` would (privileges, or a core program the kernel refuses), or when
 /// a program is over the verifier budget.
-pub fn run(verifier: bool) -> anyhow::Result<()> {
+pub fn run(verifier: bool, io_capture: IoCaptureChoice) -> anyhow::Result<()> {
     for finding in inspect_host() {
         println!("{finding}");
     }
-    let options = ProbeOptions::default();
+    let options = ProbeOptions { io_capture, ..ProbeOptions::default() };
     let loaded = require_privileges().and_then(|()| {
         let (probes, _events) = Probes::attach(options).context("attaching the eBPF probes")?;
-        Ok(probes.features().clone())
+        Ok((probes.capture(), probes.features().clone()))
     });
     println!();
     match &loaded {
-        Ok(features) => print_features(features),
+        Ok((capture, features)) => print_features(*capture, features),
         Err(error) => println!("{:<12} {:<20} {error:#}", "unavailable", Feature::Core.name()),
     }
-    let within_budget = if verifier { print_verifier_budget(options)? } else { true };
+    let capture = loaded.as_ref().map_or(IoCapture::candidates(io_capture)[0], |(capture, _)| *capture);
+    let within_budget = if verifier { print_verifier_budget(options, capture)? } else { true };
     if let Err(error) = loaded {
         return Err(error.context("scouter-agent cannot run on this host"));
     }
@@ -113,9 +114,10 @@ pub fn run(verifier: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_features(features: &FeatureStates) {
+fn print_features(capture: IoCapture, features: &FeatureStates) {
     for (feature, state) in features.iter() {
         let (status, detail) = match state {
+            FeatureState::Enabled if feature == Feature::Core => ("ok", format!("socket I/O on the {capture}")),
             FeatureState::Enabled => ("ok", String::new()),
             FeatureState::Degraded(why) => ("degraded", why.clone()),
             FeatureState::Off(why) => ("off", why.clone()),
@@ -126,9 +128,9 @@ fn print_features(features: &FeatureStates) {
 }
 
 /// Prints the verifier's figures for every program; returns whether all are within budget.
-fn print_verifier_budget(options: ProbeOptions) -> anyhow::Result<bool> {
-    let stats =
-        crate::probes::verifier_stats(options).context("loading the programs with the verifier's statistics")?;
+fn print_verifier_budget(options: ProbeOptions, capture: IoCapture) -> anyhow::Result<bool> {
+    let stats = crate::probes::verifier_stats(options, capture)
+        .context("loading the programs with the verifier's statistics")?;
     println!();
     println!(
         "verifier budget: stack of the deepest call chain <= {} B (frames rounded up to 32 B), \
@@ -136,7 +138,7 @@ fn print_verifier_budget(options: ProbeOptions) -> anyhow::Result<bool> {
         verifier::STACK_BUDGET,
         verifier::INSTRUCTION_BUDGET
     );
-    println!("{:<32} {:>6} {:>9} {:>9}  {:<8} frames", "program", "stack", "insns", "time", "budget");
+    println!("{:<32} {:>6} {:>9} {:>9}  {:<8} deepest call chain", "program", "stack", "insns", "time", "budget");
     for program in &stats {
         println!("{}", budget_line(program));
     }
@@ -147,7 +149,7 @@ fn budget_line(program: &ProgramStats) -> String {
     if let Some(why) = &program.not_applicable {
         return format!("{:<32} {:>6} {:>9} {:>9}  {:<8} {why}", program.program, "-", "-", "-", "n/a");
     }
-    let frames: Vec<String> = program.frames.iter().map(u32::to_string).collect();
+    let frames: Vec<String> = program.deepest.iter().map(|(name, size)| format!("{name} {size}")).collect();
     let verdict = match (&program.rejection, program.within_budget()) {
         (Some(_), _) => "REFUSED",
         (None, true) => "ok",
@@ -160,7 +162,7 @@ fn budget_line(program: &ProgramStats) -> String {
         program.processed,
         program.time.as_millis(),
         verdict,
-        frames.join("+")
+        frames.join(" > ")
     );
     if let Some(reason) = &program.rejection {
         line.push_str(&format!("\n    the verifier: {}", reason.replace('\n', "\n    ")));
@@ -261,11 +263,12 @@ mod tests {
             time: std::time::Duration::from_millis(923),
             rejection: Some("combined stack size of 2 calls is 528. Too large".into()),
             not_applicable: None,
+            deepest: vec![("io_enter_write".into(), 448), ("find_parent".into(), 80)],
         };
         let line = budget_line(&refused);
         assert!(line.starts_with("io_enter_write"), "{line}");
         assert!(line.contains("544") && line.contains("130481") && line.contains("REFUSED"), "{line}");
-        assert!(line.contains("448+80"), "{line}");
+        assert!(line.contains("io_enter_write 448 > find_parent 80"), "{line}");
         assert!(line.ends_with("the verifier: combined stack size of 2 calls is 528. Too large"), "{line}");
         let fine = ProgramStats { rejection: None, combined: 320, ..refused };
         assert!(budget_line(&fine).contains(" ok "));

@@ -6,15 +6,16 @@
 use std::path::Path;
 
 use super::Finding;
+use crate::probes::capture::{PROCESS_TRACEPOINTS, SYSCALL_TRACEPOINTS};
 use crate::probes::tracefs::{self, TracefsError};
-use crate::probes::ATTACHMENTS;
 
 const PMU_DIR: &str = "/sys/bus/event_source/devices";
 
 /// The tracepoints of `category` in the attachment table, each once, in table order.
 fn attached_tracepoints(category: &str) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
-    let in_category = ATTACHMENTS.iter().filter(|(_, attached_category, _)| *attached_category == category);
+    let attachments = PROCESS_TRACEPOINTS.iter().chain(SYSCALL_TRACEPOINTS);
+    let in_category = attachments.filter(|(_, attached_category, _)| *attached_category == category);
     for name in in_category.flat_map(|(_, _, names)| names.iter()) {
         if !names.iter().any(|known| known == name) {
             names.push(name.to_string());

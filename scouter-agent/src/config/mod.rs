@@ -26,6 +26,7 @@
 
 pub mod settings;
 
+use crate::probes::IoCaptureChoice;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -61,6 +62,8 @@ pub struct AgentConfig {
     pub housekeeping_interval: Duration,
     /// Insert a W3C `traceparent` into outgoing plain-HTTP requests of traced processes.
     pub propagate: bool,
+    /// How socket I/O may be captured.
+    pub io_capture: IoCaptureChoice,
     /// A request being served parents its thread's client calls for at most this long.
     pub max_transaction: Duration,
     /// The Python functions whose calls become spans (none by default).
@@ -258,6 +261,7 @@ pub fn defaults() -> Settings {
         keep_local_store: Some(false),
         stdout: Some(false),
         no_propagate: Some(false),
+        io_capture: Some(IoCaptureChoice::Auto),
         max_transaction_secs: Some(300),
         sample_ratio: Some(1.0),
         honor_sampled_flag: Some(true),
@@ -388,6 +392,7 @@ pub fn resolve_with_file(
         pids: s.pids.clone(),
         housekeeping_interval: Duration::from_secs(30),
         propagate: s.no_propagate != Some(true),
+        io_capture: s.io_capture.unwrap_or_default(),
         max_transaction: Duration::from_secs(s.max_transaction_secs.unwrap_or_default()),
         functions: function_selection(&flags.function_patterns, file, &file_path)?,
         routes: routes(&flags.route_templates, file, &file_path)?,

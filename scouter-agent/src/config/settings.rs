@@ -7,6 +7,8 @@ use std::path::PathBuf;
 
 use clap::builder::BoolishValueParser;
 use clap::{Args, ValueEnum};
+
+use crate::probes::IoCaptureChoice;
 use serde::{Deserialize, Serialize};
 use serde_json::{to_value, Value};
 
@@ -76,6 +78,13 @@ pub struct Settings {
     /// when the request already has one) so downstream services join the caller's trace.
     #[arg(long, env = "SCOUTER_AGENT_NO_PROPAGATE", num_args = 0..=1, default_missing_value = "true", value_parser = boolish())]
     pub no_propagate: Option<bool>,
+
+    /// How socket I/O is seen: `socket` (fentry/fexit on the kernel's socket functions: other
+    /// processes' file and pipe I/O run nothing), `syscalls` (tracepoints on the read/write
+    /// syscalls: every such syscall on the host runs a program), or `auto` (the socket layer
+    /// where the kernel allows it, else the syscalls; `check` says which) [default: auto].
+    #[arg(long, value_enum, value_name = "CAPTURE", env = "SCOUTER_AGENT_IO_CAPTURE")]
+    pub io_capture: Option<IoCaptureChoice>,
 
     /// A request being served stops parenting its thread's outgoing calls after this many
     /// seconds (guards against a thread that keeps working after its request) [default: 300].

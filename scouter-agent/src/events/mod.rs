@@ -12,17 +12,18 @@ use std::ptr;
 use scouter_ebpf::{
     call_outcome, context_origin, data_flags, function_flags, sdk_relation, CloseEvent, ConnectionEvent, DataEvent,
     Direction, EventHeader, EventKind, FrameRef, FunctionEnteredEvent, FunctionReturnedEvent, ProcessEvent,
-    SdkSpanEvent, SocketAddress, SocketRole, SpanContext, StackEvent, ARGUMENT_BYTES, MAX_CAPTURE,
+    SdkSpanEvent, SocketAddress, SocketFollowedEvent, SocketRole, SpanContext, StackEvent, ARGUMENT_BYTES, MAX_CAPTURE,
     MAX_CAPTURED_ARGUMENTS, MAX_FRAMES,
 };
 
 pub use clock::WallClock;
 
-/// A socket of a process: the unit connection state is kept per.
+/// A socket of a process: the unit connection state is kept per. `id` is opaque (the
+/// kernel's socket address on the socket-layer capture, the descriptor on the syscall one).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SocketId {
     pub pid: u32,
-    pub fd: u32,
+    pub id: u64,
 }
 
 /// A peer as userspace reasons about it.
@@ -45,10 +46,20 @@ pub enum KernelEvent {
         parent: u32,
         child: u32,
     },
+    /// The syscall capture saw `accept()`: `listener` is the listening descriptor.
     Accepted {
         socket: SocketId,
-        listen_fd: u32,
+        listener: u64,
         peer: Peer,
+        time: u64,
+    },
+    /// The kernel learned the socket's role from its first request, and reads its ends'
+    /// addresses (unknown on the syscall capture: `Peer::Unknown`, no local port).
+    Followed {
+        socket: SocketId,
+        server: bool,
+        peer: Peer,
+        local_port: Option<u16>,
         time: u64,
     },
     /// `result` is `connect()`'s return value: 0, `-EINPROGRESS` (the handshake goes on), or a
@@ -194,7 +205,7 @@ pub enum DecodeError {
 pub fn decode(record: &[u8], clock: &WallClock) -> Result<KernelEvent, DecodeError> {
     let header: EventHeader = read_record(record, None)?;
     let kind = EventKind::from_u32(header.kind).ok_or(DecodeError::UnknownKind(header.kind))?;
-    let socket = |fd: u32| SocketId { pid: header.pid, fd };
+    let socket = |id: u64| SocketId { pid: header.pid, id };
     let time = clock.to_unix_nanos(header.timestamp_ns);
     Ok(match kind {
         EventKind::ProcessExec => KernelEvent::ProcessExec { pid: header.pid },
@@ -206,21 +217,31 @@ pub fn decode(record: &[u8], clock: &WallClock) -> Result<KernelEvent, DecodeErr
         EventKind::SocketAccept => {
             let event: ConnectionEvent = read_record(record, Some(kind))?;
             KernelEvent::Accepted {
-                socket: socket(event.fd),
-                listen_fd: event.listen_fd_or_ret as u32,
+                socket: socket(event.socket),
+                listener: event.listener,
                 peer: peer(&event.peer),
                 time,
             }
         }
         EventKind::SocketConnect => {
             let event: ConnectionEvent = read_record(record, Some(kind))?;
-            let result = event.listen_fd_or_ret;
-            KernelEvent::Connected { socket: socket(event.fd), peer: peer(&event.peer), time, result }
+            KernelEvent::Connected { socket: socket(event.socket), peer: peer(&event.peer), time, result: event.result }
+        }
+        EventKind::SocketFollowed => {
+            let event: SocketFollowedEvent = read_record(record, Some(kind))?;
+            let local_port = matches!(peer(&event.local), Peer::Ip { .. }).then_some(event.local.port);
+            KernelEvent::Followed {
+                socket: socket(event.socket),
+                server: event.role == SocketRole::Server as u8,
+                peer: peer(&event.peer),
+                local_port,
+                time,
+            }
         }
         EventKind::SocketData => decode_data(record, &header, clock)?,
         EventKind::SocketClose => {
             let event: CloseEvent = read_record(record, Some(kind))?;
-            KernelEvent::Closed { socket: socket(event.fd), time }
+            KernelEvent::Closed { socket: socket(event.socket), time }
         }
         EventKind::PythonStack => {
             let event: StackEvent = read_record(record, Some(kind))?;
@@ -229,7 +250,7 @@ pub fn decode(record: &[u8], clock: &WallClock) -> Result<KernelEvent, DecodeErr
                 return Err(DecodeError::BadStackDepth(event.depth));
             }
             KernelEvent::Stack {
-                socket: socket(event.fd),
+                socket: socket(event.socket),
                 server: event.role == SocketRole::Server as u8,
                 frames: event.frames[..depth].to_vec(),
             }
@@ -313,7 +334,7 @@ fn decode_data(record: &[u8], header: &EventHeader, clock: &WallClock) -> Result
     }
     let direction = if event.direction == Direction::Egress as u8 { Direction::Egress } else { Direction::Ingress };
     Ok(KernelEvent::Data(DataChunk {
-        socket: SocketId { pid: header.pid, fd: event.fd },
+        socket: SocketId { pid: header.pid, id: event.socket },
         tid: header.tid,
         direction,
         enter_time: clock.to_unix_nanos(event.enter_ns),
@@ -377,20 +398,48 @@ mod tests {
         addr[12..].copy_from_slice(&[127, 0, 0, 1]);
         let event = ConnectionEvent {
             header: header(EventKind::SocketAccept),
-            fd: 7,
-            listen_fd_or_ret: 3,
+            socket: 7,
+            listener: 3,
+            result: 0,
             peer: SocketAddress { family: 10, port: 5555, addr },
-            _pad: 0,
         };
         let clock = WallClock::with_offset(10);
         let decoded = decode(&bytes_of(&event), &clock).unwrap();
         assert_eq!(
             decoded,
             KernelEvent::Accepted {
-                socket: SocketId { pid: 42, fd: 7 },
-                listen_fd: 3,
+                socket: SocketId { pid: 42, id: 7 },
+                listener: 3,
                 peer: Peer::Ip { addr: "127.0.0.1".parse().unwrap(), port: 5555 },
                 time: 1_010,
+            }
+        );
+    }
+
+    #[test]
+    fn decodes_a_socket_whose_role_the_kernel_learned() {
+        let mut local = SocketAddress { family: 2, port: 8080, addr: [0; 16] };
+        local.addr[..4].copy_from_slice(&[10, 0, 0, 1]);
+        let mut peer_address = SocketAddress { family: 2, port: 40000, addr: [0; 16] };
+        peer_address.addr[..4].copy_from_slice(&[10, 0, 0, 2]);
+        let event = SocketFollowedEvent {
+            header: header(EventKind::SocketFollowed),
+            socket: 0xffff_8880_0000_1000,
+            role: SocketRole::Server as u8,
+            _pad: [0; 3],
+            local,
+            peer: peer_address,
+            _pad2: [0; 4],
+        };
+        let decoded = decode(&bytes_of(&event), &WallClock::with_offset(0)).unwrap();
+        assert_eq!(
+            decoded,
+            KernelEvent::Followed {
+                socket: SocketId { pid: 42, id: 0xffff_8880_0000_1000 },
+                server: true,
+                peer: Peer::Ip { addr: "10.0.0.2".parse().unwrap(), port: 40000 },
+                local_port: Some(8080),
+                time: 1_000,
             }
         );
     }
@@ -399,10 +448,10 @@ mod tests {
     fn decodes_data_and_checks_capture_length() {
         let mut event = DataEvent {
             header: header(EventKind::SocketData),
-            fd: 5,
+            socket: 5,
             direction: Direction::Egress as u8,
             flags: 0,
-            _pad: [0; 2],
+            _pad: [0; 6],
             total_len: 10_000,
             enter_ns: 900,
             captured_len: 4,

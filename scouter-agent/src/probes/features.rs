@@ -11,6 +11,8 @@
 
 use std::fmt;
 
+use super::IoCapture;
+
 /// A capability of the agent that has programs of its own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Feature {
@@ -62,16 +64,18 @@ impl Feature {
         }
     }
 
-    /// The programs it needs: a feature works when they all load (and attach).
-    pub fn programs(self) -> Vec<&'static str> {
-        use super::{asyncio, contextvars, propagation, python_calls, python_stacks, sdk_context, tls};
+    /// The programs it needs with socket I/O captured by `capture`: a feature works when they
+    /// all load (and attach). Python stacks are read by the I/O programs themselves (a
+    /// subprogram of theirs), and only need the kernel's thread-pointer offset.
+    pub fn programs(self, capture: IoCapture) -> Vec<&'static str> {
+        use super::{asyncio, contextvars, propagation, python_calls, sdk_context, tls};
         match self {
-            Feature::Core => super::ATTACHMENTS.iter().map(|(program, _, _)| *program).collect(),
+            Feature::Core => capture.core_programs(),
             Feature::FunctionSpans => python_calls::PROGRAMS.to_vec(),
             Feature::SdkContexts => sdk_context::PROGRAMS.to_vec(),
             Feature::AsyncioTasks => asyncio::PROGRAMS.to_vec(),
             Feature::ContextThreads => contextvars::PROGRAMS.to_vec(),
-            Feature::PythonStacks => python_stacks::PROGRAMS.to_vec(),
+            Feature::PythonStacks => Vec::new(),
             Feature::Tls => tls::PROGRAMS.to_vec(),
             Feature::HeaderInsertion => propagation::HEADER_PROGRAMS.to_vec(),
             Feature::TcpOption => propagation::OPTION_PROGRAMS.to_vec(),
@@ -130,19 +134,25 @@ impl FeatureState {
     }
 }
 
-/// The state of every feature, as found when the programs were loaded.
+/// The state of every feature, as found when the programs were loaded with socket I/O
+/// captured by `capture`.
 #[derive(Clone, Debug)]
 pub struct FeatureStates {
+    capture: IoCapture,
     states: Vec<(Feature, FeatureState)>,
 }
 
-impl Default for FeatureStates {
-    fn default() -> Self {
-        Self { states: Feature::ALL.iter().map(|feature| (*feature, FeatureState::Enabled)).collect() }
-    }
-}
-
 impl FeatureStates {
+    /// Every feature enabled, until loading says otherwise.
+    pub fn new(capture: IoCapture) -> Self {
+        Self { capture, states: Feature::ALL.iter().map(|feature| (*feature, FeatureState::Enabled)).collect() }
+    }
+
+    /// [`Feature::programs`] with this capture.
+    pub fn programs_of(&self, feature: Feature) -> Vec<&'static str> {
+        feature.programs(self.capture)
+    }
+
     pub fn get(&self, feature: Feature) -> &FeatureState {
         &self.states.iter().find(|(known, _)| *known == feature).expect("every feature has a state").1
     }
@@ -191,7 +201,7 @@ impl FeatureStates {
         let mut wanted: Vec<&'static str> = Vec::new();
         for (feature, state) in &self.states {
             if state.is_enabled() {
-                for program in feature.programs() {
+                for program in feature.programs(self.capture) {
                     if !wanted.contains(&program) {
                         wanted.push(program);
                     }
@@ -216,7 +226,7 @@ mod tests {
 
     #[test]
     fn a_refused_program_turns_off_its_feature_and_no_other() {
-        let mut states = FeatureStates::default();
+        let mut states = FeatureStates::new(IoCapture::SocketFunctions);
         let loaded: Option<()> = states.load(Feature::Tls, || Err(Refused));
         assert!(loaded.is_none());
         assert_eq!(
@@ -228,7 +238,7 @@ mod tests {
 
     #[test]
     fn a_feature_turned_off_is_not_loaded() {
-        let mut states = FeatureStates::default();
+        let mut states = FeatureStates::new(IoCapture::SocketFunctions);
         states.set(Feature::HeaderInsertion, FeatureState::Off("--no-propagate".into()));
         let loaded = states.load(Feature::HeaderInsertion, || -> Result<(), Refused> { panic!("loaded anyway") });
         assert!(loaded.is_none());

@@ -99,6 +99,9 @@ pub enum BtfError {
     #[error("no struct or union named `{0}` with members in BTF")]
     StructNotFound(String),
 
+    #[error("enumerator `{name}` of enum `{enumeration}` not found in BTF")]
+    EnumeratorNotFound { enumeration: String, name: String },
+
     #[error("member `{member}` not found in `{within}`")]
     MemberNotFound { within: String, member: String },
 
@@ -124,6 +127,7 @@ pub enum BtfError {
     Overflow(String),
 }
 
+#[cfg(test)]
 /// Byte offset of a (possibly nested) member: `member_offset(&btf_bytes, "task_struct",
 /// &["thread", "fsbase"])`.
 ///
@@ -133,36 +137,101 @@ pub enum BtfError {
 /// are not whole bytes are errors: a byte offset is what the eBPF program reads from.
 /// Pointers are not followed (that would take a second read in the program).
 pub fn member_offset(btf: &[u8], structure: &str, path: &[&str]) -> Result<u32, BtfError> {
-    if path.is_empty() {
-        return Err(BtfError::EmptyPath);
-    }
-    let btf = Btf::parse(btf)?;
-    let mut container = btf.find_composite(structure)?;
-    let mut within = structure.to_string();
-    let mut bits: u64 = 0;
-    let mut member_type = 0;
-    for (i, name) in path.iter().enumerate() {
-        if i > 0 {
-            container = btf.composite_of(member_type, &within, name)?;
-        }
-        let found = btf.find_member(container, name, &within)?;
-        let (member_bits, found_type) =
-            found.ok_or_else(|| BtfError::MemberNotFound { within: within.clone(), member: name.to_string() })?;
-        within = format!("{within}.{name}");
-        bits += u64::from(member_bits);
-        member_type = found_type;
-    }
-    btf.reject_int_bitfield(member_type, &within)?;
-    // Every step is byte-aligned (checked in find_member), so the sum is too.
-    u32::try_from(bits / 8).map_err(|_| BtfError::Overflow(within))
+    Btf::parse(btf)?.member_offset(structure, path)
 }
 
-/// The offset of `thread.fsbase` in `task_struct` of the running kernel (x86-64 only: other
-/// architectures have no `fsbase`, and the lookup fails with `MemberNotFound`).
-pub fn task_fsbase_offset() -> Result<u32, BtfError> {
-    let bytes = std::fs::read(VMLINUX_BTF_PATH)
-        .map_err(|source| BtfError::Io { path: PathBuf::from(VMLINUX_BTF_PATH), source })?;
-    member_offset(&bytes, "task_struct", &["thread", "fsbase"])
+/// The running kernel's BTF, read once for the several lookups of [`KernelLayout`](scouter_ebpf::KernelLayout).
+pub struct KernelBtf {
+    bytes: Vec<u8>,
+}
+
+impl KernelBtf {
+    pub fn read() -> Result<Self, BtfError> {
+        let bytes = std::fs::read(VMLINUX_BTF_PATH)
+            .map_err(|source| BtfError::Io { path: PathBuf::from(VMLINUX_BTF_PATH), source })?;
+        Ok(Self { bytes })
+    }
+
+    /// The parsed view lookups run on (parsing indexes every type, so it is done once).
+    pub fn view(&self) -> Result<BtfView<'_>, BtfError> {
+        Ok(BtfView(Btf::parse(&self.bytes)?))
+    }
+}
+
+/// Lookups on a parsed BTF blob.
+pub struct BtfView<'a>(Btf<'a>);
+
+impl BtfView<'_> {
+    /// [`member_offset`], on this blob.
+    pub fn member_offset(&self, structure: &str, path: &[&str]) -> Result<u32, BtfError> {
+        self.0.member_offset(structure, path)
+    }
+
+    /// The offset of `thread.fsbase` in `task_struct` (x86-64 only: other architectures have
+    /// no `fsbase`, and the lookup fails with `MemberNotFound`).
+    pub fn task_fsbase_offset(&self) -> Result<u32, BtfError> {
+        self.member_offset("task_struct", &["thread", "fsbase"])
+    }
+
+    /// The value of enumerator `name` of enum `enumeration`.
+    pub fn enum_value(&self, enumeration: &str, name: &str) -> Result<u64, BtfError> {
+        self.0.enum_value(enumeration, name)
+    }
+}
+
+impl Btf<'_> {
+    fn member_offset(&self, structure: &str, path: &[&str]) -> Result<u32, BtfError> {
+        if path.is_empty() {
+            return Err(BtfError::EmptyPath);
+        }
+        let btf = self;
+        let mut container = btf.find_composite(structure)?;
+        let mut within = structure.to_string();
+        let mut bits: u64 = 0;
+        let mut member_type = 0;
+        for (i, name) in path.iter().enumerate() {
+            if i > 0 {
+                container = btf.composite_of(member_type, &within, name)?;
+            }
+            let found = btf.find_member(container, name, &within)?;
+            let (member_bits, found_type) =
+                found.ok_or_else(|| BtfError::MemberNotFound { within: within.clone(), member: name.to_string() })?;
+            within = format!("{within}.{name}");
+            bits += u64::from(member_bits);
+            member_type = found_type;
+        }
+        btf.reject_int_bitfield(member_type, &within)?;
+        // Every step is byte-aligned (checked in find_member), so the sum is too.
+        u32::try_from(bits / 8).map_err(|_| BtfError::Overflow(within))
+    }
+
+    fn enum_value(&self, enumeration: &str, name: &str) -> Result<u64, BtfError> {
+        let not_found = || BtfError::EnumeratorNotFound { enumeration: enumeration.into(), name: name.into() };
+        for id in self.ids() {
+            let record = self.record(id)?;
+            let width = match record.kind() {
+                kind::ENUM => 8,
+                kind::ENUM64 => 12,
+                _ => continue,
+            };
+            if self.name(record.name_off)? != enumeration.as_bytes() {
+                continue;
+            }
+            for i in 0..record.vlen() {
+                let at = record.data + i * width;
+                let truncated = || BtfError::Truncated { type_id: id, offset: at, len: self.types.len() };
+                let name_off = read_u32(self.types, at).ok_or_else(truncated)?;
+                if self.name(name_off)? != name.as_bytes() {
+                    continue;
+                }
+                let low = read_u32(self.types, at + 4).ok_or_else(truncated)?;
+                let high = if width == 12 { read_u32(self.types, at + 8).ok_or_else(truncated)? } else { 0 };
+                return Ok(u64::from(high) << 32 | u64::from(low));
+            }
+            return Err(not_found());
+        }
+        Err(not_found())
+    }
 }
 
 /// A parsed view of a BTF blob: the two sections and where each type's record starts.
@@ -857,7 +926,8 @@ mod tests {
 
     #[test]
     fn running_kernel_task_fsbase_offset_matches_bpftool() {
-        let offset = task_fsbase_offset().expect("thread.fsbase offset from /sys/kernel/btf/vmlinux");
+        let btf = KernelBtf::read().expect("/sys/kernel/btf/vmlinux");
+        let offset = btf.view().unwrap().task_fsbase_offset().expect("thread.fsbase offset");
         assert!(offset > 1000 && offset < 16384 && offset.is_multiple_of(8), "implausible offset {offset}");
 
         // bpftool is part of this machine's set-up, so its absence is a failure, not a skip.

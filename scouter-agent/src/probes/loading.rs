@@ -12,9 +12,9 @@
 use std::sync::Mutex;
 
 use aya::programs::{Program, ProgramError};
-use aya::Ebpf;
+use aya::{Btf, Ebpf};
 
-use super::ProbeError;
+use super::{capture, verifier, ProbeError};
 
 /// How many programs are verified at once, at most.
 const MAX_LOADERS: usize = 4;
@@ -22,7 +22,13 @@ const MAX_LOADERS: usize = 4;
 const VERIFIER_LOG_TAIL: usize = 25;
 
 /// Loads each of `wanted` that the object holds; returns every wanted program's result.
-pub fn load_programs(ebpf: &mut Ebpf, wanted: &[&'static str]) -> Vec<(&'static str, Result<(), ProbeError>)> {
+/// fentry/fexit programs are loaded for their kernel function ([`capture::socket_function`]),
+/// BTF tracepoints for their tracepoint, as `kernel_btf` describes them.
+pub fn load_programs(
+    ebpf: &mut Ebpf,
+    wanted: &[&'static str],
+    kernel_btf: &Btf,
+) -> Vec<(&'static str, Result<(), ProbeError>)> {
     let mut results: Vec<(&'static str, Result<(), ProbeError>)> = Vec::with_capacity(wanted.len());
     let mut queue: Vec<(&'static str, &mut Program)> = Vec::with_capacity(wanted.len());
     for (name, program) in ebpf.programs_mut() {
@@ -40,7 +46,7 @@ pub fn load_programs(ebpf: &mut Ebpf, wanted: &[&'static str]) -> Vec<(&'static 
         for _ in 0..loaders {
             scope.spawn(|| loop {
                 let Some((name, program)) = lock(&queue).pop() else { break };
-                let result = load_program(name, program);
+                let result = load_program(name, program, kernel_btf);
                 lock(&loaded).push((name, result));
             });
         }
@@ -53,12 +59,28 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn load_program(name: &'static str, program: &mut Program) -> Result<(), ProbeError> {
+fn load_program(name: &'static str, program: &mut Program, kernel_btf: &Btf) -> Result<(), ProbeError> {
+    let traced = || -> Result<(&'static str, &Btf), ProbeError> {
+        let function = capture::socket_function(name).ok_or(ProbeError::UnsupportedProgram(name))?;
+        Ok((function.function, kernel_btf))
+    };
     let result = match program {
         Program::TracePoint(program) => program.load(),
         Program::UProbe(program) => program.load(),
         Program::SockOps(program) => program.load(),
         Program::SkMsg(program) => program.load(),
+        Program::FEntry(program) => {
+            let (function, btf) = traced()?;
+            program.load(function, btf)
+        }
+        Program::FExit(program) => {
+            let (function, btf) = traced()?;
+            program.load(function, btf)
+        }
+        Program::BtfTracePoint(program) => {
+            let tracepoint = capture::btf_tracepoint(name).ok_or(ProbeError::UnsupportedProgram(name))?;
+            program.load(tracepoint, kernel_btf)
+        }
         _ => return Err(ProbeError::UnsupportedProgram(name)),
     };
     result.map_err(|source| load_error(name, source))
@@ -67,9 +89,16 @@ fn load_program(name: &'static str, program: &mut Program) -> Result<(), ProbeEr
 /// A verifier rejection shows the end of the verifier's log, where it explains itself.
 pub fn load_error(program: &'static str, source: ProgramError) -> ProbeError {
     match &source {
-        ProgramError::LoadError { verifier_log, .. } => {
+        ProgramError::LoadError { verifier_log, io_error } => {
             let log = verifier_log.to_string();
-            let lines: Vec<&str> = log.lines().collect();
+            if log.trim().is_empty() {
+                // Refused before the verifier said anything (a hook the kernel does not allow).
+                return ProbeError::Refused {
+                    program,
+                    error: std::io::Error::from_raw_os_error(io_error.raw_os_error().unwrap_or(0)),
+                };
+            }
+            let lines: Vec<&str> = log.lines().filter(|line| !verifier::is_btf_note(line)).collect();
             let tail = lines[lines.len().saturating_sub(VERIFIER_LOG_TAIL)..].join("\n");
             ProbeError::Verifier { program, log_tail: tail }
         }

@@ -1,21 +1,27 @@
 //! Probes: loads the eBPF object, attaches its programs, and owns the maps the agent writes.
 //!
-//! The attachment table below is the single list of tracepoints the agent uses; `check`
-//! verifies the same hooks exist. Trace context propagation adds a sockops program on the
-//! cgroup v2 root and an sk_msg program on the client-socket sockhash ([`propagation`]); when
-//! they cannot attach, the agent says so and traces without inserting `traceparent` (the same
-//! sockops program carries TLS requests' contexts in a TCP option). Uprobes attach per library
-//! file as processes are found: `_asyncio` ([`asyncio`]), the interpreter's `contextvars`
-//! ([`contextvars`]) and libssl for HTTPS ([`tls`]); the interpreter's context variables also
-//! show which span an in-process SDK made current ([`sdk_context`]). Function spans attach per process, only
-//! where the user selected functions ([`python_calls`], with the 3.11+ [`eval_hook`]).
-//! Dropping [`Probes`] detaches everything (aya closes the links and the maps go with the last
-//! file descriptor), so SIGTERM leaves nothing behind.
+//! Socket I/O is captured on the kernel's socket layer, or at the syscalls where fentry is not
+//! available ([`capture`]). Only that core is required; every other feature is loaded beside
+//! it and turned off alone if the kernel refuses it ([`features`]). Programs are verified in
+//! parallel ([`loading`]) and attached feature by feature:
+//! - trace context propagation: a sockops program on the cgroup v2 root and an sk_msg program
+//!   on the client-socket sockhash ([`propagation`]); the same sockops program carries TLS
+//!   requests' contexts in a TCP option;
+//! - uprobes per library file, as processes are found: `_asyncio` ([`asyncio`]), the
+//!   interpreter's `contextvars` ([`contextvars`]) and libssl for HTTPS ([`tls`]); the
+//!   interpreter's context variables also show which span an in-process SDK made current
+//!   ([`sdk_context`]);
+//! - function spans, per process, only where the user selected functions ([`python_calls`],
+//!   with the 3.11+ [`eval_hook`]).
+//!
+//! Dropping [`Probes`] detaches everything, all links at once ([`links`]), so SIGTERM leaves
+//! nothing behind.
 
 // aya's ProgramError is large; these errors happen once, at start-up, so size does not matter.
 #![allow(clippy::result_large_err)]
 
 mod asyncio;
+pub mod capture;
 mod contextvars;
 pub mod eval_hook;
 pub mod features;
@@ -34,10 +40,11 @@ pub mod verifier;
 use std::time::Duration;
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
-use aya::programs::{ProgramError, TracePoint};
+use aya::programs::{BtfTracePoint, FEntry, FExit, ProgramError, TracePoint};
 use aya::{Ebpf, EbpfLoader};
 use scouter_ebpf::{counter, global_names, map_names, tracked_flags, TrackedProcess};
 
+pub use capture::{IoCapture, IoCaptureChoice};
 pub use features::{Feature, FeatureState, FeatureStates};
 use links::{Detacher, OwnedLink};
 
@@ -45,42 +52,6 @@ use crate::discovery::asyncio::AsyncioModule;
 
 /// The eBPF object built by build.rs (empty when built with AYA_BUILD_SKIP=1).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/scouter-ebpf"));
-
-/// The syscall exits of the I/O families.
-const IO_EXITS: &[&str] = &[
-    "sys_exit_read",
-    "sys_exit_recvfrom",
-    "sys_exit_readv",
-    "sys_exit_recvmsg",
-    "sys_exit_write",
-    "sys_exit_sendto",
-    "sys_exit_writev",
-    "sys_exit_sendmsg",
-];
-
-/// (program, tracepoint category, tracepoint names), attached in this order (programs on one
-/// tracepoint run in attach order): the core, without which the agent cannot run.
-pub const ATTACHMENTS: &[(&str, &str, &[&str])] = &[
-    ("sched_process_exec", "sched", &["sched_process_exec"]),
-    ("sched_process_fork", "sched", &["sched_process_fork"]),
-    ("sched_process_exit", "sched", &["sched_process_exit"]),
-    ("accept_enter", "syscalls", &["sys_enter_accept", "sys_enter_accept4"]),
-    ("accept_exit", "syscalls", &["sys_exit_accept", "sys_exit_accept4"]),
-    ("connect_enter", "syscalls", &["sys_enter_connect"]),
-    ("connect_exit", "syscalls", &["sys_exit_connect"]),
-    ("close_enter", "syscalls", &["sys_enter_close"]),
-    ("io_enter_read", "syscalls", &["sys_enter_read", "sys_enter_recvfrom"]),
-    ("io_enter_readv", "syscalls", &["sys_enter_readv"]),
-    ("io_enter_recvmsg", "syscalls", &["sys_enter_recvmsg"]),
-    ("io_enter_write", "syscalls", &["sys_enter_write", "sys_enter_sendto"]),
-    ("io_enter_writev", "syscalls", &["sys_enter_writev"]),
-    ("io_enter_sendmsg", "syscalls", &["sys_enter_sendmsg"]),
-    ("io_exit", "syscalls", IO_EXITS),
-];
-
-/// Attached after the core (after `io_exit` on the same exits): reads the Python stack
-/// `io_exit` asked for in the same syscall exit. Part of [`Feature::PythonStacks`].
-pub const STACK_ATTACHMENT: (&str, &str, &[&str]) = ("python_stack_after_io", "syscalls", IO_EXITS);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -96,6 +67,11 @@ pub enum ProbeError {
     MissingProgram(&'static str),
     #[error("the kernel verifier rejected program {program}:\n{log_tail}")]
     Verifier { program: &'static str, log_tail: String },
+    /// Not the verifier's doing (its log is empty): the kernel does not allow this kind of
+    /// program here. The error is in the message only, so a chain of sources does not say it twice.
+    #[error("the kernel refused program {program} before verifying it: {error}")]
+    Refused { program: &'static str, error: std::io::Error },
+
     #[error("loading program {program} failed: {source}")]
     ProgramLoad { program: &'static str, source: ProgramError },
     #[error("attaching {program} to tracepoint {category}/{name} failed: {source}")]
@@ -112,6 +88,10 @@ pub enum ProbeError {
     Cgroup { path: std::path::PathBuf, source: std::io::Error },
     #[error("the {0} feature is unavailable on this kernel")]
     FeatureUnavailable(Feature),
+    #[error("reading the kernel's BTF for fentry/fexit: {0}")]
+    KernelBtf(#[source] aya::BtfError),
+    #[error("reading the kernel's BTF: {0}")]
+    Btf(#[from] kernel_btf::BtfError),
     #[error("measuring the programs: {0}")]
     Stats(#[from] verifier::StatsError),
     #[error("attaching {program} failed: {source}")]
@@ -128,20 +108,28 @@ pub struct ProbeOptions {
     /// Load the function-span programs (some function is selected). They are the slowest to
     /// verify, and nothing runs them otherwise.
     pub function_spans: bool,
+    /// How socket I/O may be captured.
+    pub io_capture: IoCaptureChoice,
 }
 
 impl Default for ProbeOptions {
     /// Every feature on, as `check` loads the programs.
     fn default() -> Self {
-        Self { propagate: true, max_transaction: Duration::from_secs(300), function_spans: true }
+        Self {
+            propagate: true,
+            max_transaction: Duration::from_secs(300),
+            function_spans: true,
+            io_capture: IoCaptureChoice::Auto,
+        }
     }
 }
 
 /// The loaded, attached programs and the maps userspace uses. A feature the kernel refused
 /// has no probes here (`None`), and what would use it does nothing.
 pub struct Probes {
-    /// Holds the links: dropping it detaches every program.
+    /// Holds the programs and maps (the links are held apart, see [`links`]).
     ebpf: Ebpf,
+    capture: IoCapture,
     features: FeatureStates,
     asyncio: Option<asyncio::AsyncioProbes>,
     contexts: Option<contextvars::ContextProbes>,
@@ -164,8 +152,48 @@ impl Probes {
     /// Fails only when the core cannot run; any other feature the kernel refuses is left out
     /// (see [`features`]).
     pub fn attach(options: ProbeOptions) -> Result<(Self, RingBuf<MapData>), ProbeError> {
-        let (mut ebpf, fsbase_offset) = load_object(options)?;
-        let mut features = FeatureStates::default();
+        let candidates = IoCapture::candidates(options.io_capture);
+        let kernel_btf = aya::Btf::from_sys_fs().map_err(ProbeError::KernelBtf)?;
+        let mut refused: Option<(IoCapture, String)> = None;
+        for (index, capture) in candidates.iter().copied().enumerate() {
+            let last = index + 1 == candidates.len();
+            if let Some(why) = capture.unavailable(&kernel_btf).filter(|_| !last) {
+                tracing::warn!(capture = %capture, reason = %why, "socket I/O capture unavailable, falling back");
+                refused.get_or_insert((capture, why));
+                continue;
+            }
+            match Self::attach_with(options, capture, &kernel_btf) {
+                Ok((mut probes, events)) => {
+                    if let Some((preferred, why)) = refused {
+                        let cost = if capture.on_socket_layer() {
+                            ""
+                        } else {
+                            ": every read and write on the host runs a program"
+                        };
+                        let degraded = format!("{capture}, because {preferred} is unavailable ({why}){cost}");
+                        probes.features.set(Feature::Core, FeatureState::Degraded(degraded));
+                    }
+                    return Ok((probes, events));
+                }
+                Err(error) if !last => {
+                    let why = crate::errors::with_causes(&error);
+                    tracing::warn!(capture = %capture, reason = %why, "socket I/O capture unavailable, falling back");
+                    refused.get_or_insert((capture, why));
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        unreachable!("every choice has a capture")
+    }
+
+    /// Loads the object for `capture` and attaches its programs.
+    fn attach_with(
+        options: ProbeOptions,
+        capture: IoCapture,
+        kernel_btf: &aya::Btf,
+    ) -> Result<(Self, RingBuf<MapData>), ProbeError> {
+        let (mut ebpf, fsbase_offset) = load_object(options, capture)?;
+        let mut features = FeatureStates::new(capture);
         if !options.propagate {
             for feature in [Feature::HeaderInsertion, Feature::TcpOption] {
                 features.set(feature, FeatureState::Off("--no-propagate".into()));
@@ -177,9 +205,22 @@ impl Probes {
         if fsbase_offset == u32::MAX {
             features.unavailable(Feature::PythonStacks, "the kernel's BTF gives no thread-pointer offset".into());
         }
-        for (program, result) in loading::load_programs(&mut ebpf, &features.wanted_programs()) {
-            let Err(error) = result else { continue };
-            for feature in Feature::ALL.into_iter().filter(|feature| feature.programs().contains(&program)) {
+        let mut loaded = Vec::new();
+        for (program, result) in loading::load_programs(&mut ebpf, &features.wanted_programs(), kernel_btf) {
+            let error = match result {
+                Ok(()) => {
+                    loaded.push(program);
+                    continue;
+                }
+                Err(error) => error,
+            };
+            if IoCapture::is_optional(program) {
+                tracing::debug!(program, %error, "optional hook not on this kernel");
+                continue;
+            }
+            let needing: Vec<Feature> =
+                Feature::ALL.into_iter().filter(|feature| features.programs_of(*feature).contains(&program)).collect();
+            for feature in needing {
                 if feature == Feature::Core {
                     return Err(error);
                 }
@@ -187,11 +228,31 @@ impl Probes {
             }
         }
         let mut core_links = Vec::new();
-        for (program, category, names) in ATTACHMENTS {
+        for (program, category, names) in capture::PROCESS_TRACEPOINTS {
             core_links.extend(attach_tracepoint(&mut ebpf, program, category, names)?);
         }
+        for (program, _) in capture::CONNECTION_TRACEPOINTS {
+            core_links.push(attach_btf_tracepoint(&mut ebpf, program)?);
+        }
+        match capture {
+            IoCapture::SocketFunctions => {
+                for function in capture::SOCKET_FUNCTIONS.iter().filter(|function| loaded.contains(&function.program)) {
+                    core_links.push(attach_socket_function(&mut ebpf, function)?);
+                }
+            }
+            IoCapture::SocketTracepoints => {
+                for (program, _) in capture::SOCKET_TRACEPOINTS {
+                    core_links.push(attach_btf_tracepoint(&mut ebpf, program)?);
+                }
+            }
+            IoCapture::Syscalls => {
+                for (program, category, names) in capture::SYSCALL_TRACEPOINTS {
+                    core_links.extend(attach_tracepoint(&mut ebpf, program, category, names)?);
+                }
+            }
+        }
         let propagation = propagation::attach(&mut ebpf, &mut features);
-        let stacks = features.load(Feature::PythonStacks, || python_stacks::StackProbes::attach(&mut ebpf));
+        let stacks = features.load(Feature::PythonStacks, || python_stacks::StackProbes::new(&mut ebpf));
         let calls = features.load(Feature::FunctionSpans, || python_calls::CallProbes::new(&mut ebpf));
         let sdk_contexts = features.load(Feature::SdkContexts, || sdk_context::SdkContextProbes::new(&mut ebpf));
         let tracked = BpfHashMap::try_from(take_map(&mut ebpf, map_names::TRACKED_PROCESSES)?)
@@ -204,6 +265,7 @@ impl Probes {
             asyncio: features.is_enabled(Feature::AsyncioTasks).then(asyncio::AsyncioProbes::default),
             contexts: features.is_enabled(Feature::ContextThreads).then(contextvars::ContextProbes::default),
             tls: features.is_enabled(Feature::Tls).then(tls::TlsProbes::default),
+            capture,
             ebpf,
             features,
             sdk_contexts,
@@ -216,6 +278,11 @@ impl Probes {
             counters,
         };
         Ok((probes, events))
+    }
+
+    /// How socket I/O is captured here.
+    pub fn capture(&self) -> IoCapture {
+        self.capture
     }
 
     /// What works on this kernel, feature by feature.
@@ -356,9 +423,9 @@ impl Probes {
     }
 }
 
-/// Loads the object (maps created, programs not yet loaded) with the globals this kernel needs;
-/// returns it and the thread-pointer offset (`u32::MAX`: stacks are not read here).
-fn load_object(options: ProbeOptions) -> Result<(Ebpf, u32), ProbeError> {
+/// Loads the object (maps created, programs not yet loaded) with the globals this kernel and
+/// `capture` need; returns it and the thread-pointer offset (`u32::MAX`: stacks are not read).
+fn load_object(options: ProbeOptions, capture: IoCapture) -> Result<(Ebpf, u32), ProbeError> {
     if EBPF_OBJECT.is_empty() {
         return Err(ProbeError::NoObject);
     }
@@ -370,15 +437,21 @@ fn load_object(options: ProbeOptions) -> Result<(Ebpf, u32), ProbeError> {
         .field_offset("group_dead")
         .unwrap_or(u32::MAX);
     let max_transaction_ns = u64::try_from(options.max_transaction.as_nanos()).unwrap_or(u64::MAX);
-    let fsbase_offset = kernel_btf::task_fsbase_offset().unwrap_or_else(|error| {
+    let btf = kernel_btf::KernelBtf::read()?;
+    let view = btf.view()?;
+    let fsbase_offset = view.task_fsbase_offset().unwrap_or_else(|error| {
         tracing::warn!(%error, "Python stacks are not read on this kernel (no thread-pointer offset)");
         u32::MAX
     });
+    let layout = if capture.on_socket_layer() { capture::kernel_layout(&view)? } else { Default::default() };
     let ebpf = EbpfLoader::new()
         .override_global(global_names::FORK_CHILD_PID_OFFSET, &fork_child, true)
         .override_global(global_names::EXIT_GROUP_DEAD_OFFSET, &exit_group_dead, true)
         .override_global(global_names::MAX_TRANSACTION_NS, &max_transaction_ns, true)
         .override_global(global_names::TASK_FSBASE_OFFSET, &fsbase_offset, true)
+        .override_global(global_names::CAPTURE, &capture.global(), true)
+        .override_global(global_names::KERNEL_LAYOUT, &layout, true)
+        .override_global(global_names::SOCKOPS_THREADS, &u32::from(verifier::sock_ops_knows_thread()), true)
         .verifier_log_level(aya::VerifierLogLevel::STATS)
         .load(EBPF_OBJECT)
         .map_err(ProbeError::Load)?;
@@ -386,9 +459,12 @@ fn load_object(options: ProbeOptions) -> Result<(Ebpf, u32), ProbeError> {
 }
 
 /// The verifier's statistics for every program of the object, loaded as `run` loads it.
-pub fn verifier_stats(options: ProbeOptions) -> Result<Vec<verifier::ProgramStats>, ProbeError> {
-    let (ebpf, _) = load_object(options)?;
-    verifier::program_stats(EBPF_OBJECT, &ebpf, |_| None).map_err(ProbeError::Stats)
+pub fn verifier_stats(options: ProbeOptions, capture: IoCapture) -> Result<Vec<verifier::ProgramStats>, ProbeError> {
+    let (ebpf, _) = load_object(options, capture)?;
+    let target = |program: &str| {
+        capture::socket_function(program).map(|function| function.function).or_else(|| capture::btf_tracepoint(program))
+    };
+    verifier::program_stats(EBPF_OBJECT, &ebpf, target).map_err(ProbeError::Stats)
 }
 
 impl Drop for Probes {
@@ -403,7 +479,6 @@ impl Drop for Probes {
             self.calls.as_mut().map(|calls| calls.take_links()),
         ];
         links.extend(uprobe_links.into_iter().flatten().flatten().map(|link| Box::new(link) as OwnedLink));
-        links.extend(self.stacks.as_mut().map(|stacks| stacks.take_links()).unwrap_or_default());
         links.extend(self.propagation.as_mut().map(|propagation| propagation.take_links()).unwrap_or_default());
         self.detacher.detach(links);
         self.detacher.finish();
@@ -412,6 +487,31 @@ impl Drop for Probes {
 
 pub(crate) fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
     ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))
+}
+
+/// Attaches the loaded socket-layer program to its kernel function; returns the link.
+fn attach_socket_function(ebpf: &mut Ebpf, function: &capture::SocketFunction) -> Result<OwnedLink, ProbeError> {
+    let program = function.program;
+    let found = ebpf.program_mut(program).ok_or(ProbeError::MissingProgram(program))?;
+    let attach_error = |source| ProbeError::AttachProgram { program, source };
+    if function.on_return {
+        let fexit: &mut FExit = found.try_into().map_err(attach_error)?;
+        let id = fexit.attach().map_err(attach_error)?;
+        Ok(Box::new(fexit.take_link(id).map_err(attach_error)?))
+    } else {
+        let fentry: &mut FEntry = found.try_into().map_err(attach_error)?;
+        let id = fentry.attach().map_err(attach_error)?;
+        Ok(Box::new(fentry.take_link(id).map_err(attach_error)?))
+    }
+}
+
+/// Attaches a loaded BTF-tracepoint program; returns the link.
+fn attach_btf_tracepoint(ebpf: &mut Ebpf, program: &'static str) -> Result<OwnedLink, ProbeError> {
+    let found = ebpf.program_mut(program).ok_or(ProbeError::MissingProgram(program))?;
+    let attach_error = |source| ProbeError::AttachProgram { program, source };
+    let tracepoint: &mut BtfTracePoint = found.try_into().map_err(attach_error)?;
+    let id = tracepoint.attach().map_err(attach_error)?;
+    Ok(Box::new(tracepoint.take_link(id).map_err(attach_error)?))
 }
 
 /// Attaches the loaded `program` to each tracepoint `category/name`; returns the links.

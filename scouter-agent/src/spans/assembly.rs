@@ -167,6 +167,21 @@ impl Assembler {
         self.connections.len()
     }
 
+    /// The kernel learned `socket`'s role from its first request (it follows sockets without
+    /// having seen their `accept()` or `connect()`): a connection followed already in that
+    /// role (its connect was seen) keeps its state and learns what it lacked.
+    pub fn on_followed(&mut self, socket: SocketId, server: bool, peer: Peer, local_port: Option<u16>, time: u64) {
+        let role = if server { Role::Server } else { Role::Client };
+        if let Some(connection) = self.connections.get_mut(&socket).filter(|connection| connection.role == role) {
+            if connection.peer == Peer::Unknown {
+                connection.peer = peer;
+            }
+            connection.local_port = connection.local_port.or(local_port);
+            return;
+        }
+        self.replace_connection(socket, Connection::new(role, peer, local_port, time));
+    }
+
     pub fn on_accept(&mut self, socket: SocketId, peer: Peer, local_port: Option<u16>, time: u64) {
         self.replace_connection(socket, Connection::new(Role::Server, peer, local_port, time));
     }
@@ -462,7 +477,7 @@ fn finished(
 mod tests {
     use super::*;
 
-    const SOCKET: SocketId = SocketId { pid: 10, fd: 5 };
+    const SOCKET: SocketId = SocketId { pid: 10, id: 5 };
 
     fn chunk(direction: Direction, bytes: &[u8], time: u64) -> DataChunk {
         DataChunk {

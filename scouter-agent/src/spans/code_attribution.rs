@@ -135,7 +135,7 @@ mod tests {
     #[test]
     fn a_client_stack_names_the_call_and_its_local_parent_s_handler() {
         let mut code = CodeAttributions::default();
-        let socket = SocketId { pid: 5, fd: 9 };
+        let socket = SocketId { pid: 5, id: 9 };
         let context = SpanContext {
             span_id: [2; 8],
             parent_span_id: [1; 8],

@@ -257,7 +257,7 @@ mod tests {
 
     fn exchange(role: Role, request: &[u8], response: &[u8]) -> CompletedExchange {
         CompletedExchange {
-            socket: SocketId { pid: 1, fd: 3 },
+            socket: SocketId { pid: 1, id: 3 },
             role,
             peer: Peer::Ip { addr: "127.0.0.1".parse().unwrap(), port: 5000 },
             local_port: Some(8080),

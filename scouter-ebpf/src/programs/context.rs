@@ -28,8 +28,8 @@ use super::sdk_context::{current_sdk_span_of, task_inherits};
 use super::{current_ids, trace_option};
 use crate::maps::{
     count, injection_state, scratch, HeadScratch, ObjectKey, ServedRequest, CONNECTION_REQUESTS, CONTEXT_REQUESTS,
-    ENTERED_CONTEXTS, ENTERED_SCRATCH, FUTURE_CONTEXTS, NOT_FOUND, PARENT_SCRATCH, PENDING_INJECTIONS, PENDING_SCRATCH,
-    REMOTE_SCRATCH, SERVED_REQUESTS, SERVED_SCRATCH, TASK_CONTEXTS,
+    ENTERED_CONTEXTS, ENTERED_SCRATCH, FUTURE_CONTEXTS, NOT_FOUND, NO_SOCKET, PARENT_SCRATCH, PENDING_INJECTIONS,
+    PENDING_SCRATCH, REMOTE_SCRATCH, SERVED_REQUESTS, SERVED_SCRATCH, TASK_CONTEXTS,
 };
 
 /// Set by the agent before load: how long a request being served may parent client calls.
@@ -38,7 +38,7 @@ static MAX_TRANSACTION_NS: u64 = 5 * 60 * 1_000_000_000;
 
 const SAMPLED: u8 = 1;
 
-/// A server request starts on `fd`: its identity, written into `context`, is now also the
+/// A server request starts on `socket`: its identity, written into `context`, is now also the
 /// thread's served request. `client` (TLS connections) is the caller's address, under which a
 /// context it sent in a TCP header option may wait; used when the head carries none.
 /// Not inlined, like [`client_request`]: a frame of its own keeps the I/O programs' stacks
@@ -46,7 +46,7 @@ const SAMPLED: u8 = 1;
 #[inline(never)]
 pub fn server_request(
     pid_tgid: u64,
-    fd: u32,
+    socket: u64,
     head: &HeadScratch,
     client: Option<&SocketAddress>,
     context: &mut SpanContext,
@@ -67,19 +67,19 @@ pub fn server_request(
     served.context = *context;
     // SAFETY: helper with no preconditions.
     served.started_ns = unsafe { bpf_ktime_get_ns() };
-    served.fd = fd;
+    served.socket = socket;
     served.fresh = 1;
-    served._pad = [0; 3];
+    served._pad = [0; 7];
     let _ = SERVED_REQUESTS.insert(&pid_tgid, &*served, 0);
-    let _ = CONNECTION_REQUESTS.insert(&connection(pid_tgid, fd), served, 0);
+    let _ = CONNECTION_REQUESTS.insert(&connection(pid_tgid, socket), served, 0);
 }
 
-/// The thread wrote on server socket `fd`: if that answers the request it is serving, the
+/// The thread wrote on server socket `socket`: if that answers the request it is serving, the
 /// service is over and later client calls of the thread are not its children.
 #[inline(always)]
-pub fn server_responded(pid_tgid: u64, fd: u32) {
+pub fn server_responded(pid_tgid: u64, socket: u64) {
     // SAFETY: copied out before removal.
-    if unsafe { SERVED_REQUESTS.get(&pid_tgid) }.is_some_and(|served| served.fd == fd) {
+    if unsafe { SERVED_REQUESTS.get(&pid_tgid) }.is_some_and(|served| served.socket == socket) {
         let _ = SERVED_REQUESTS.remove(&pid_tgid);
     }
 }
@@ -179,9 +179,9 @@ pub fn function_started(pid_tgid: u64, span: &mut ServedRequest) {
     span.context.span_id = random_id();
     // SAFETY: helper with no preconditions.
     span.started_ns = unsafe { bpf_ktime_get_ns() };
-    span.fd = u32::MAX;
+    span.socket = NO_SOCKET;
     span.fresh = 0;
-    span._pad = [0; 3];
+    span._pad = [0; 7];
     match current_parent(pid_tgid) {
         Some(parent) => child_of(
             &mut span.context,
@@ -282,7 +282,7 @@ pub fn update_served_trace(pid_tgid: u64, source: u8, parent: &ServedRequest, tr
             }
         }
     }
-    if let Some(served) = CONNECTION_REQUESTS.get_ptr_mut(&connection(pid_tgid, parent.fd)) {
+    if let Some(served) = CONNECTION_REQUESTS.get_ptr_mut(&connection(pid_tgid, parent.socket)) {
         rewrite(served);
     }
 }
@@ -411,7 +411,7 @@ pub fn context_entered(pid_tgid: u64, entered: u64) {
 fn latest_on_connection(pid_tgid: u64, served: &ServedRequest) -> Option<&'static ServedRequest> {
     let out = scratch(&SERVED_SCRATCH)?;
     // SAFETY: read in place.
-    match unsafe { CONNECTION_REQUESTS.get(&connection(pid_tgid, served.fd)) } {
+    match unsafe { CONNECTION_REQUESTS.get(&connection(pid_tgid, served.socket)) } {
         Some(latest) if latest.started_ns > served.started_ns => {
             *out = *latest;
             out.fresh = 0;
@@ -423,13 +423,13 @@ fn latest_on_connection(pid_tgid: u64, served: &ServedRequest) -> Option<&'stati
 
 /// The connection ended: its requests are over (and its descriptor may be reused).
 #[inline(always)]
-pub fn connection_closed(pid_tgid: u64, fd: u32) {
-    let _ = CONNECTION_REQUESTS.remove(&connection(pid_tgid, fd));
+pub fn connection_closed(pid_tgid: u64, socket: u64) {
+    let _ = CONNECTION_REQUESTS.remove(&connection(pid_tgid, socket));
 }
 
 #[inline(always)]
-fn connection(pid_tgid: u64, fd: u32) -> SocketKey {
-    SocketKey { pid: current_ids(pid_tgid).0, fd }
+fn connection(pid_tgid: u64, socket: u64) -> SocketKey {
+    SocketKey { pid: current_ids(pid_tgid).0, _pad: 0, id: socket }
 }
 
 /// An object (asyncio task or future, `SSL*`) of the current process.

@@ -27,7 +27,12 @@ pub fn starts_request(src: u64, available: u64) -> bool {
         return false;
     }
     // SAFETY: the helper validates the user pointer.
-    let Ok(first) = (unsafe { bpf_probe_read_user(src as *const [u8; 8]) }) else { return false };
+    unsafe { bpf_probe_read_user(src as *const [u8; 8]) }.is_ok_and(|first| is_request_line(&first))
+}
+
+/// Whether `first` (a buffer's first 8 bytes) begin a request line: `METHOD SP`.
+#[inline(always)]
+pub fn is_request_line(first: &[u8; 8]) -> bool {
     let is = |method: &[u8]| first.starts_with(method) && first.get(method.len()) == Some(&b' ');
     is(b"GET") || is(b"POST") || is(b"PUT") || is(b"DELETE") || is(b"HEAD") || is(b"PATCH") || is(b"OPTIONS")
 }
@@ -35,6 +40,20 @@ pub fn starts_request(src: u64, available: u64) -> bool {
 /// Copies the head's first bytes from user memory and scans them. `None` when the copy fails.
 #[inline(always)]
 pub fn load(src: u64, available: u64) -> Option<&'static HeadScratch> {
+    load_from(src, available, false)
+}
+
+/// [`load`] from kernel memory (a message the sk_msg program sees). `None` when the copy
+/// fails or the bytes do not start a request line.
+#[inline(always)]
+pub fn load_request_from_kernel(src: u64, available: u64) -> Option<&'static HeadScratch> {
+    let head = load_from(src, available, true)?;
+    let first = bytes_at::<8>(head, 0)?;
+    is_request_line(first).then_some(head)
+}
+
+#[inline(always)]
+fn load_from(src: u64, available: u64, kernel: bool) -> Option<&'static HeadScratch> {
     let scratch = HEAD_SCRATCH.get_ptr_mut(0)?;
     let mut len = available as usize;
     if len > HEAD_SCAN {
@@ -43,9 +62,15 @@ pub fn load(src: u64, available: u64) -> Option<&'static HeadScratch> {
     if len == 0 {
         return None;
     }
-    // SAFETY: `len` is in 1..=HEAD_SCAN, the destination's size; the helper validates `src`.
-    let rc =
-        unsafe { generated::bpf_probe_read_user((*scratch).bytes.as_mut_ptr() as *mut _, len as u32, src as *const _) };
+    // SAFETY: `len` is in 1..=HEAD_SCAN, the destination's size; the helpers validate `src`.
+    let rc = unsafe {
+        let dst = (*scratch).bytes.as_mut_ptr() as *mut _;
+        if kernel {
+            generated::bpf_probe_read_kernel(dst, len as u32, src as *const _)
+        } else {
+            generated::bpf_probe_read_user(dst, len as u32, src as *const _)
+        }
+    };
     if rc != 0 {
         return None;
     }
@@ -150,8 +175,10 @@ pub fn bytes_at<const N: usize>(s: &HeadScratch, at: u32) -> Option<&'static [u8
     Some(unsafe { &*(out.as_ptr() as *const [u8; N]) })
 }
 
-/// The byte at `at`, or 0 past the bytes scanned.
-#[inline(always)]
+/// The byte at `at`, or 0 past the bytes scanned. Not inlined: inlined, the compiler checks a
+/// caller's `x + k` through `x` and indexes with the sum, whose bound older verifiers (6.1) do
+/// not derive; here the index checked is the index used.
+#[inline(never)]
 pub fn byte_at(s: &HeadScratch, at: usize) -> u8 {
     if at >= s.len as usize || at >= HEAD_SCAN {
         return 0;

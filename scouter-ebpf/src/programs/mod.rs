@@ -12,6 +12,10 @@ pub mod python_call;
 pub mod python_objects;
 pub mod python_stack;
 pub mod sdk_context;
+pub mod socket_tracepoints;
+pub mod sockets;
+pub mod syscalls;
+pub mod tcp_states;
 pub mod tls;
 pub mod trace_option;
 

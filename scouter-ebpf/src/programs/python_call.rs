@@ -17,8 +17,10 @@
 //! or coroutine's span lasts from its first resume until its frame finishes
 //! ([`GENERATOR_SPANS`]); each resume makes it the current span again.
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, bpf_probe_read_user_buf},
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, bpf_probe_read_user_buf, generated},
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
     EbpfContext,
@@ -33,7 +35,7 @@ use super::context::{function_started, object};
 use super::python_stack::{read_pointer, read_u64, thread_state};
 use super::{current_ids, header, tracked_thread};
 use crate::maps::{
-    count, scratch, OpenCall, OpenCalls, ServedRequest, CALL_LAYOUTS, CALL_SCRATCH, CODE_VERDICTS, EVENTS,
+    count, scratch, OpenCall, OpenCalls, ServedRequest, CALL_LAYOUTS, CALL_SCRATCH, CALL_SEARCH, CODE_VERDICTS, EVENTS,
     GENERATOR_SCRATCH, GENERATOR_SPANS, NO_OPEN_CALLS, OPEN_CALLS, PYTHON_LAYOUTS, SPAN_SCRATCH,
 };
 
@@ -58,29 +60,68 @@ pub fn python_call_return(ctx: RetProbeContext) -> u32 {
 }
 
 /// The span the thread's innermost open call that may parent stands for, copied into `span`;
-/// false when the thread is in none. Not inlined: the client-request paths that ask are near the
-/// verifier's limits, and a call of its own keeps this out of their state.
-#[inline(never)]
+/// false when the thread is in none. The open calls are searched with `bpf_loop`, whose body
+/// the verifier checks once rather than once per iteration and exit: older verifiers (6.1)
+/// could not afford the unrolled search in the many programs that look for a parent. Inlined,
+/// with its state in a per-CPU scratch, so the callback's frame is the only one it adds.
+#[inline(always)]
 pub fn innermost_call(pid_tgid: u64, span: &mut ServedRequest) -> bool {
     // SAFETY: read in place.
     let Some(open) = (unsafe { OPEN_CALLS.get(&pid_tgid) }) else { return false };
     let depth = open.depth as usize;
-    if depth > CALL_NESTING {
+    if depth == 0 || depth > CALL_NESTING {
         return false;
     }
-    for index in 0..CALL_NESTING {
-        if index >= depth {
-            return false;
-        }
-        // The mask keeps the index provably in bounds for the verifier (the nesting is a
-        // power of two).
-        let call = &open.calls[(depth - 1 - index) & (CALL_NESTING - 1)];
-        if call.current != 0 {
-            *span = call.span;
-            return true;
-        }
+    let Some(found) = search_calls(pid_tgid, depth, innermost_current, depth) else { return false };
+    *span = open.calls[found].span;
+    true
+}
+
+/// Runs `callback` for indices `0..count` over the thread's open calls (`depth` deep) with
+/// `bpf_loop`; the index it found, if any.
+#[inline(always)]
+fn search_calls(
+    pid_tgid: u64,
+    depth: usize,
+    callback: extern "C" fn(u64, *mut c_void) -> i64,
+    count: usize,
+) -> Option<usize> {
+    let search = scratch(&CALL_SEARCH)?;
+    search.pid_tgid = pid_tgid;
+    search.depth = depth as u64;
+    search.found = NOT_FOUND;
+    loop_over_calls(callback, count);
+    let found = scratch(&CALL_SEARCH)?.found as usize;
+    (found < CALL_NESTING).then_some(found)
+}
+
+/// [`CallSearch::found`] when nothing was found.
+const NOT_FOUND: u64 = u64::MAX;
+
+/// Runs `callback` for indices `0..count` with `bpf_loop`, on this CPU's [`CALL_SEARCH`].
+#[inline(always)]
+fn loop_over_calls(callback: extern "C" fn(u64, *mut c_void) -> i64, count: usize) {
+    // SAFETY: the callback takes no context pointer (its state is in the per-CPU scratch).
+    unsafe { generated::bpf_loop(count as u32, callback as *mut c_void, core::ptr::null_mut(), 0) };
+}
+
+/// `bpf_loop` callback of [`innermost_call`]: the `index`-th call from the top.
+#[inline(never)]
+extern "C" fn innermost_current(index: u64, _: *mut c_void) -> i64 {
+    let Some(search) = scratch(&CALL_SEARCH) else { return 1 };
+    let pid_tgid = search.pid_tgid;
+    // SAFETY: read in place.
+    let Some(open) = (unsafe { OPEN_CALLS.get(&pid_tgid) }) else { return 1 };
+    if index >= search.depth {
+        return 1;
     }
-    false
+    // Masked: the bound the verifier needs (the nesting is a power of two).
+    let at = (search.depth - 1 - index) as usize & (CALL_NESTING - 1);
+    if open.calls[at].current == 0 {
+        return 0;
+    }
+    search.found = at as u64;
+    1
 }
 
 #[inline(always)]
@@ -242,30 +283,56 @@ fn push(pid_tgid: u64) -> Option<&'static mut OpenCall> {
 /// span will never end; false if every call is selected.
 #[inline(never)]
 fn evict_outermost_tentative(pid_tgid: u64, open: &mut OpenCalls) -> bool {
-    let mut outermost = CALL_NESTING;
-    for index in 0..CALL_NESTING {
-        if open.calls[index].tentative != 0 {
-            outermost = index;
-            break;
-        }
-    }
-    if outermost == CALL_NESTING {
+    let Some(outermost) = search_calls(pid_tgid, CALL_NESTING, first_tentative, CALL_NESTING) else {
         return false;
-    }
-    let evicted = &open.calls[outermost & (CALL_NESTING - 1)];
+    };
+    let evicted = &open.calls[outermost];
     if evicted.generator != 0 {
         // Its later resumes must not continue a span the agent has dropped.
         let _ = GENERATOR_SPANS.remove(&object(pid_tgid, evicted.frame));
     }
     report_end(pid_tgid, &evicted.span.context.span_id, call_outcome::EVICTED, 0);
-    for index in 0..CALL_NESTING - 1 {
-        if index >= outermost {
-            open.calls[index] = open.calls[index + 1];
-        }
-    }
+    loop_over_calls(shift_down, CALL_NESTING - 1);
     open.depth = CALL_NESTING as u32 - 1;
     count(counter::CALL_TOO_DEEP);
     true
+}
+
+/// `bpf_loop` callback of [`evict_outermost_tentative`]: is call `index` (from the bottom)
+/// tentative?
+#[inline(never)]
+extern "C" fn first_tentative(index: u64, _: *mut c_void) -> i64 {
+    let Some(search) = scratch(&CALL_SEARCH) else { return 1 };
+    let pid_tgid = search.pid_tgid;
+    // SAFETY: read in place.
+    let Some(open) = (unsafe { OPEN_CALLS.get(&pid_tgid) }) else { return 1 };
+    let at = index as usize & (CALL_NESTING - 1);
+    if open.calls[at].tentative == 0 {
+        return 0;
+    }
+    search.found = at as u64;
+    1
+}
+
+/// `bpf_loop` callback of [`evict_outermost_tentative`]: call `index + 1` moves down to
+/// `index`, from the evicted call's slot up.
+#[inline(never)]
+extern "C" fn shift_down(index: u64, _: *mut c_void) -> i64 {
+    let Some(search) = scratch(&CALL_SEARCH) else { return 1 };
+    if index < search.found {
+        return 0;
+    }
+    let pid_tgid = search.pid_tgid;
+    let Some(open) = OPEN_CALLS.get_ptr_mut(&pid_tgid) else { return 1 };
+    // SAFETY: this thread's own entry.
+    let open = unsafe { &mut *open };
+    let at = index as usize & (CALL_NESTING - 1);
+    let next = (index as usize + 1) & (CALL_NESTING - 1);
+    if next == 0 {
+        return 1;
+    }
+    open.calls[at] = open.calls[next];
+    0
 }
 
 #[inline(always)]

@@ -10,79 +10,28 @@
 //! lines ([`PythonLayout`] says where the fields are for the process's version). Only processes
 //! whose layout the agent has checked have an entry in [`PYTHON_LAYOUTS`].
 //!
-//! The I/O programs only ask ([`wanted`]); the walk runs in a program of its own, with a stack
-//! frame of its own: attached to the syscall exits after the I/O program, or tail-called by the
-//! libssl return probe.
+//! The I/O programs call [`capture`] after emitting the event the stack belongs to: a
+//! subprogram of its own (its frame is not theirs), run only for tracked threads whose
+//! process's layout the agent has checked.
 
 use core::ffi::c_void;
 
-use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user, generated},
-    macros::{tracepoint, uretprobe},
-    programs::{RetProbeContext, TracePointContext},
-};
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user, generated};
 use scouter_ebpf::{
-    counter, stack_programs, EventKind, PythonLayout, StackEvent, FRAME_OWNED_BY_CSTACK, MAX_FRAMES, NO_OFFSET,
+    counter, EventKind, PythonLayout, SocketRole, StackEvent, FRAME_OWNED_BY_CSTACK, MAX_FRAMES, NO_OFFSET,
 };
 
 use super::{current_ids, header};
-use crate::maps::{count, StackRequest, EVENTS, PYTHON_LAYOUTS, STACK_PROGRAMS, STACK_REQUESTS, STACK_SCRATCH};
+use crate::maps::{count, EVENTS, PYTHON_LAYOUTS, STACK_SCRATCH};
 
 /// Set by the agent before load; `u32::MAX` leaves stacks unread.
 #[no_mangle]
 static TASK_FSBASE_OFFSET: u32 = u32::MAX;
 
-/// Asks for the current thread's stack for `fd`, to be read by the capture program that runs
-/// next on this CPU: [`python_stack_after_io`] (attached to the syscall exits after the I/O
-/// program) or [`python_stack_from_libssl`] (tail-called through [`capture_from_libssl`]).
-/// The capture checks whether the process's stacks are read at all: the I/O programs' stacks
-/// are nearly full, so they do as little as possible here.
-#[inline(always)]
-pub fn wanted(pid_tgid: u64, fd: u32, role: u8) -> bool {
-    let Some(request) = STACK_REQUESTS.get_ptr_mut(0) else { return false };
-    // SAFETY: this CPU's own slot.
-    unsafe { *request = StackRequest { pid_tgid, fd, armed: 1, role, _pad: 0 } };
-    true
-}
-
-/// Reads the stack an I/O program of this syscall exit asked for, if any.
-#[tracepoint]
-pub fn python_stack_after_io(_ctx: TracePointContext) -> u32 {
-    capture();
-    0
-}
-
-/// Hands over to [`python_stack_from_libssl`].
-#[inline(always)]
-pub fn capture_from_libssl(ctx: &RetProbeContext) {
-    // SAFETY: on success the call does not return; on failure (slot empty) nothing happened.
-    let _ = unsafe { STACK_PROGRAMS.tail_call(ctx, stack_programs::FROM_LIBSSL) };
-}
-
-/// Tail-called by the libssl return probe.
-#[uretprobe]
-pub fn python_stack_from_libssl(_ctx: RetProbeContext) -> u32 {
-    capture();
-    0
-}
-
-/// The armed request of the current thread, disarmed: (fd, role).
-#[inline(always)]
-fn take_request(pid_tgid: u64) -> Option<(u32, u8)> {
-    let request = STACK_REQUESTS.get_ptr_mut(0)?;
-    // SAFETY: this CPU's own slot.
-    let request = unsafe { &mut *request };
-    if request.armed == 0 || request.pid_tgid != pid_tgid {
-        return None;
-    }
-    request.armed = 0;
-    Some((request.fd, request.role))
-}
-
-#[inline(always)]
-fn capture() {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let Some((fd, role)) = take_request(pid_tgid) else { return };
+/// Reads the current thread's Python stack for the bytes it just moved on `socket` (in the
+/// `role` the socket has there) and emits it, when the process's stacks are read at all.
+#[inline(never)]
+pub fn capture(pid_tgid: u64, socket: u64, role: SocketRole) {
     // SAFETY: copied out.
     let Some(layout) = (unsafe { PYTHON_LAYOUTS.get(&current_ids(pid_tgid).0) }).copied() else { return };
     let Some(frame) = current_frame(&layout) else {
@@ -95,9 +44,9 @@ fn capture() {
     scratch.layout = layout;
     scratch.frame = frame;
     scratch.event.header = header(EventKind::PythonStack, pid_tgid);
-    scratch.event.fd = fd;
-    scratch.event.role = role;
-    scratch.event._pad = 0;
+    scratch.event.socket = socket;
+    scratch.event.role = role as u8;
+    scratch.event._pad = [0; 5];
     scratch.event.depth = 0;
     // SAFETY: the callback only touches the per-CPU scratch.
     unsafe { generated::bpf_loop(MAX_FRAMES as u32 * 2, walk_one as *mut c_void, core::ptr::null_mut(), 0) };

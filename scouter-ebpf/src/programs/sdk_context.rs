@@ -45,8 +45,8 @@ use super::python_objects::{attribute, dict_item, int_u128, is_dict, string_star
 use super::python_stack::{read_pointer, read_u64};
 use super::{current_ids, header, tracked_thread};
 use crate::maps::{
-    count, scratch, ExecutionUnit, SdkSpan, ServedRequest, EVENTS, NATIVE_SPAN_LAYOUTS, OBJECT_LAYOUTS, PARENT_SCRATCH,
-    SDK_SCRATCH, SDK_SPANS,
+    count, scratch, ExecutionUnit, SdkSpan, ServedRequest, EVENTS, NATIVE_SPAN_LAYOUTS, NO_SOCKET, OBJECT_LAYOUTS,
+    PARENT_SCRATCH, SDK_SCRATCH, SDK_SPANS,
 };
 
 /// `PyContextVar.var_name`, the same in every supported version.
@@ -262,9 +262,9 @@ fn unplaced(object: u64, entry: &mut SdkSpan) {
     entry.span.context = SpanContext::default();
     // SAFETY: helper with no preconditions.
     entry.span.started_ns = unsafe { bpf_ktime_get_ns() };
-    entry.span.fd = u32::MAX;
+    entry.span.socket = NO_SOCKET;
     entry.span.fresh = 0;
-    entry.span._pad = [0; 3];
+    entry.span._pad = [0; 7];
     entry.sdk_trace_id = [0; 16];
     entry.context_object = object;
     entry.opaque = 0;

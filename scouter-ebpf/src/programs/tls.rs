@@ -51,7 +51,7 @@ use scouter_ebpf::{
 
 use super::{context, current_ids, head, io, python_stack, trace_option, tracked_thread};
 use crate::maps::{
-    count, process_flags, scratch, tls_call, BufferShape, InFlightIo, TlsCall, NO_FD, TLS_CALLS, TLS_LAST_READS,
+    count, process_flags, scratch, tls_call, BufferShape, InFlightIo, TlsCall, NO_SOCKET, TLS_CALLS, TLS_LAST_READS,
     TLS_SCRATCH, TLS_SOCKETS,
 };
 
@@ -87,8 +87,8 @@ pub fn ssl_read_ex(ctx: ProbeContext) -> u32 {
 pub fn ssl_do_handshake(ctx: ProbeContext) -> u32 {
     let Some(pid_tgid) = tracked_thread() else { return 0 };
     let Some(ssl) = ctx.arg::<u64>(0) else { return 0 };
-    let fd = socket_of(pid_tgid, ssl, true);
-    let Some(call) = new_call(ssl, 0, Direction::Ingress, 0, fd) else { return 0 };
+    let socket = socket_of(pid_tgid, ssl, true);
+    let Some(call) = new_call(ssl, 0, Direction::Ingress, 0, socket) else { return 0 };
     call.kind = tls_call::HANDSHAKE;
     let _ = TLS_CALLS.insert(&pid_tgid, call, 0);
     0
@@ -102,12 +102,12 @@ fn enter(ctx: &ProbeContext, direction: Direction, ex: bool) -> u32 {
     // The plain forms take an `int`: a negative one moves nothing.
     let num = if ex { ctx.arg::<u64>(2).unwrap_or(0) } else { ctx.arg::<i32>(2).unwrap_or(0).max(0) as u64 };
     let count_ptr = if ex { ctx.arg::<u64>(3).unwrap_or(0) } else { 0 };
-    let fd = socket_of(pid_tgid, ssl, direction == Direction::Ingress);
-    let Some(call) = new_call(ssl, buf, direction, count_ptr, fd) else { return 0 };
-    if direction == Direction::Egress && fd != NO_FD {
-        if let Some(socket) = io::socket_info(pid_tgid, fd) {
+    let id = socket_of(pid_tgid, ssl, direction == Direction::Ingress);
+    let Some(call) = new_call(ssl, buf, direction, count_ptr, id) else { return 0 };
+    if direction == Direction::Egress && id != NO_SOCKET {
+        if let Some(socket) = io::socket_info(pid_tgid, id) {
             let option = flags & tracked_flags::TCP_OPTION != 0;
-            client_request(pid_tgid, socket, fd, buf, num, option, &mut call.io.context);
+            client_request(pid_tgid, socket, id, buf, num, option, &mut call.io.context);
         }
     }
     let _ = TLS_CALLS.insert(&pid_tgid, call, 0);
@@ -116,16 +116,17 @@ fn enter(ctx: &ProbeContext, direction: Direction, ex: bool) -> u32 {
 
 /// This CPU's libssl call record, filled for a call starting now.
 #[inline(always)]
-fn new_call(ssl: u64, buf: u64, direction: Direction, count_ptr: u64, fd: u32) -> Option<&'static mut TlsCall> {
+fn new_call(ssl: u64, buf: u64, direction: Direction, count_ptr: u64, socket: u64) -> Option<&'static mut TlsCall> {
     let call = scratch(&TLS_SCRATCH)?;
     call.io.buf = buf;
     // SAFETY: helper with no preconditions.
     call.io.enter_ns = unsafe { bpf_ktime_get_ns() };
-    call.io.fd = fd;
+    call.io.socket = socket;
+    call.io.offset = 0;
     call.io.shape = BufferShape::Plain as u8;
     call.io.direction = direction as u8;
     call.io.in_tls_call = 0;
-    call.io._pad = 0;
+    call.io._pad = [0; 5];
     call.io.context = SpanContext::default();
     call.ssl = ssl;
     call.count_ptr = count_ptr;
@@ -139,20 +140,21 @@ fn new_call(ssl: u64, buf: u64, direction: Direction, count_ptr: u64, fd: u32) -
 #[inline(always)]
 fn client_request(
     pid_tgid: u64,
-    socket: &SocketInfo,
-    fd: u32,
+    socket: &mut SocketInfo,
+    id: u64,
     buf: u64,
     num: u64,
     option: bool,
     context: &mut SpanContext,
 ) {
-    if !io::starts_request(socket, SocketRole::Client) || !head::starts_request(buf, num) {
+    if !io::may_start_request(socket, SocketRole::Client) || !head::starts_request(buf, num) {
         return;
     }
+    io::learn_role(pid_tgid, id, socket, SocketRole::Client);
     io::client_request(pid_tgid, buf, num, false, context);
     // A request that carries its own traceparent (an SDK's) tells the server itself.
     if option && context.origin != context_origin::NONE && context.origin != context_origin::ADOPTED {
-        trace_option::prepare(pid_tgid, fd, context);
+        trace_option::prepare(pid_tgid, id, context);
     }
 }
 
@@ -181,56 +183,57 @@ pub fn ssl_return(ctx: RetProbeContext) -> u32 {
     };
     if moved == 0 {
         if call.io.context.origin != context_origin::NONE {
-            trace_option::cancel(pid_tgid);
+            trace_option::cancel(pid_tgid, call.io.socket);
         }
         return 0;
     }
-    let mut socket = if call.io.fd == NO_FD { None } else { io::socket_info(pid_tgid, call.io.fd) };
-    // Only a followed TLS socket: a descriptor remembered for an `SSL*` whose address was reused
+    let socket = if call.io.socket == NO_SOCKET { None } else { io::socket_info(pid_tgid, call.io.socket) };
+    // Only a followed TLS socket: a socket remembered for an `SSL*` whose address was reused
     // must not feed plaintext into a plain connection's stream.
-    if !socket.as_deref_mut().is_some_and(|socket| socket.tls != 0) {
+    let Some(socket) = socket.filter(|socket| socket.tls != 0) else {
         count(counter::TLS_SOCKET_UNKNOWN);
         return 0;
-    }
+    };
     let segment = (call.io.buf, moved);
-    if io::data_moved(pid_tgid, &mut call.io, socket, moved, segment, data_flags::TLS) {
-        python_stack::capture_from_libssl(&ctx);
+    if let Some(role) = io::data_moved(pid_tgid, &mut call.io, socket, moved, segment, data_flags::TLS) {
+        python_stack::capture(pid_tgid, call.io.socket, role);
     }
     0
 }
 
-/// The descriptor `ssl` uses in the current process, [`NO_FD`] when unknown. Every libssl call
+/// The socket `ssl` uses in the current process, [`NO_SOCKET`] when unknown. Every libssl call
 /// takes the thread's pending ciphertext read; reads and handshakes adopt it (memory BIO).
 #[inline(always)]
-fn socket_of(pid_tgid: u64, ssl: u64, adopt_last_read: bool) -> u32 {
+fn socket_of(pid_tgid: u64, ssl: u64, adopt_last_read: bool) -> u64 {
     let key = context::object(pid_tgid, ssl);
     // SAFETY: copied out before removal.
-    if let Some(fd) = (unsafe { TLS_LAST_READS.get(&pid_tgid) }).copied() {
+    if let Some(socket) = (unsafe { TLS_LAST_READS.get(&pid_tgid) }).copied() {
         let _ = TLS_LAST_READS.remove(&pid_tgid);
         if adopt_last_read {
-            let _ = TLS_SOCKETS.insert(&key, &fd, 0);
-            return fd;
+            let _ = TLS_SOCKETS.insert(&key, &socket, 0);
+            return socket;
         }
     }
     // SAFETY: copied out.
-    unsafe { TLS_SOCKETS.get(&key) }.copied().unwrap_or(NO_FD)
+    unsafe { TLS_SOCKETS.get(&key) }.copied().unwrap_or(NO_SOCKET)
 }
 
-/// A syscall on followed socket `fd` begins; true when the thread is inside a libssl call,
-/// which makes `fd` that call's socket, and a TLS one.
-#[inline(always)]
-pub fn syscall_entered(pid_tgid: u64, fd: u32, direction: Direction, socket: &mut SocketInfo) -> bool {
+/// An I/O call on followed socket `id` begins; true when the thread is inside a libssl call,
+/// which makes `id` that call's socket, and a TLS one. Not inlined: its keys stay off the
+/// frame of [`super::io::call_starts`], which goes on to the deepest calls.
+#[inline(never)]
+pub fn io_entered(pid_tgid: u64, id: u64, direction: Direction, socket: &mut SocketInfo) -> bool {
     if direction == Direction::Egress {
-        trace_option::socket_write_starts(pid_tgid, fd);
+        trace_option::socket_write_starts(pid_tgid, id);
     }
     let Some(call) = TLS_CALLS.get_ptr_mut(&pid_tgid) else { return false };
     // SAFETY: this thread's own entry.
     let call = unsafe { &mut *call };
-    call.io.fd = fd;
+    call.io.socket = id;
     let key = context::object(pid_tgid, call.ssl);
-    let _ = TLS_SOCKETS.insert(&key, &fd, 0);
+    let _ = TLS_SOCKETS.insert(&key, &id, 0);
     if socket.tls == 0 {
-        mark_tls(pid_tgid, fd, socket);
+        mark_tls(pid_tgid, id, socket);
     }
     true
 }
@@ -244,35 +247,44 @@ pub fn is_handshake(src: u64, available: u64) -> bool {
     }
     // SAFETY: the helper validates the user pointer.
     let Ok(first) = (unsafe { bpf_probe_read_user(src as *const [u8; 3]) }) else { return false };
-    // Record type, then the record version: 3.1 (TLS 1.0, what ClientHellos use) to 3.4.
+    starts_handshake(first)
+}
+
+/// Whether a record starting with these bytes is a TLS handshake: the record type, then the
+/// record version, 3.1 (TLS 1.0, what ClientHellos use) to 3.4.
+#[inline(always)]
+pub fn starts_handshake(first: [u8; 3]) -> bool {
     first[0] == RECORD_HANDSHAKE && first[1] == 3 && first[2] <= 4
 }
 
-/// Whether a syscall's bytes on `socket` are ciphertext: it is known to be TLS, or a server
-/// reads a handshake where a request would start (a socket is marked from then on).
+/// Whether an I/O call's bytes on `socket` are ciphertext: it is known to be TLS, or a server
+/// reads a handshake where a request would start (a socket is marked from then on). A socket
+/// a libssl call marked TLS before its role was known (a server's handshake read inside
+/// `SSL_do_handshake`) learns it here, from the handshake it reads.
 #[inline(always)]
 pub fn carries_ciphertext(pid_tgid: u64, socket: &mut SocketInfo, call: &InFlightIo, (src, len): (u64, u64)) -> bool {
-    if socket.tls != 0 {
+    if socket.tls != 0 && socket.role != 0 {
         return true;
     }
-    if call.direction != Direction::Ingress as u8 || !io::starts_request(socket, SocketRole::Server) {
-        return false;
+    if call.direction != Direction::Ingress as u8 || !io::may_start_request(socket, SocketRole::Server) {
+        return socket.tls != 0;
     }
     if is_handshake(src, len) {
-        mark_tls(pid_tgid, call.fd, socket);
+        io::learn_role(pid_tgid, call.socket, socket, SocketRole::Server);
+        mark_tls(pid_tgid, call.socket, socket);
         return true;
     }
-    false
+    socket.tls != 0
 }
 
-/// `socket` (descriptor `fd`) turns out to carry TLS: its syscalls' bytes are ciphertext from
-/// now on, and the sockops program may let it carry our TCP option.
+/// `socket` (id `id`) turns out to carry TLS: its I/O moves ciphertext from now on, and the
+/// sockops program may let it carry our TCP option.
 #[inline(always)]
-pub fn mark_tls(pid_tgid: u64, fd: u32, socket: &mut SocketInfo) {
+pub fn mark_tls(pid_tgid: u64, id: u64, socket: &mut SocketInfo) {
     socket.tls = 1;
     if socket.role == SocketRole::Client as u8 {
-        trace_option::client_transport(pid_tgid, fd, true);
-    } else {
+        trace_option::client_transport(pid_tgid, id, true);
+    } else if socket.role == SocketRole::Server as u8 {
         trace_option::server_transport(&socket.peer);
     }
 }
@@ -283,8 +295,8 @@ pub fn mark_tls(pid_tgid: u64, fd: u32, socket: &mut SocketInfo) {
 #[inline(always)]
 pub fn ciphertext_moved(pid_tgid: u64, call: &InFlightIo) {
     if call.direction == Direction::Egress as u8 {
-        trace_option::write_done(pid_tgid, call.fd);
+        trace_option::write_done(pid_tgid, call.socket);
     } else if call.in_tls_call == 0 {
-        let _ = TLS_LAST_READS.insert(&pid_tgid, &call.fd, 0);
+        let _ = TLS_LAST_READS.insert(&pid_tgid, &call.socket, 0);
     }
 }

@@ -1,7 +1,9 @@
 //! Trace context across TLS hops, in a TCP header option (format: `scouter_ebpf::trace_option`).
 //!
 //! Sender (a tracked process's outgoing TLS connection): at `SSL_write` entry of a request
-//! start, [`prepare`] files the option under the writing thread (`pid_tgid`). The ciphertext
+//! start, [`prepare`] files the option under its socket (the `struct sock` the sockops program
+//! sees; with syscall capture, where socket ids are descriptors, under the writing thread,
+//! which needs a kernel whose sockops programs can ask for it: not 6.1). The ciphertext
 //! goes out in that thread's next write on the socket: inside the call for a socket BIO, right
 //! after it for a memory BIO (asyncio writes the BIO's output to the transport at once). The
 //! sockops program runs while the kernel builds that write's segments, in the same thread:
@@ -52,13 +54,11 @@ use aya_ebpf::{
     programs::SockOpsContext,
 };
 use scouter_ebpf::address_family::{INET as AF_INET, INET6 as AF_INET6};
-use scouter_ebpf::{
-    context_origin, counter, trace_option, traceparent::TraceParent, SocketAddress, SocketKey, SpanContext,
-};
+use scouter_ebpf::{context_origin, counter, trace_option, traceparent::TraceParent, SocketAddress, SpanContext};
 
-use super::{context, current_ids};
+use super::{context, inject, io};
 use crate::maps::{
-    count, scratch, trace_option_state, transport, PendingTraceOption, CLIENT_TRANSPORTS, CONNECT_COOKIES,
+    count, scratch, trace_option_state, transport, PendingTraceOption, CLIENT_SOCKS, CLIENT_TRANSPORTS,
     IN_FLIGHT_CONNECTIONS, OPTION_SCRATCH, PEER_CONTEXTS, PENDING_TRACE_OPTIONS, TLS_SERVER_PEERS,
 };
 
@@ -69,47 +69,84 @@ const WRITE_HDR_TCP_CURRENT_MSS: u32 = 1;
 /// How long a prepared option waits for its segment.
 const MAX_PENDING_NS: u64 = 1_000_000_000;
 
-/// A TLS client request starts on `fd`: its first data segment must carry `context`. Runs in
-/// tracing programs only (`SSL_write` entry), so it may build the record in their scratch.
+/// Set by the agent before load: 1 when sockops programs may ask which thread runs them
+/// (`bpf_get_current_pid_tgid`; 6.1's may not).
+#[unsafe(no_mangle)]
+static SOCKOPS_THREADS: u32 = 0;
+
+/// The key a pending option is filed under: its socket on the socket layer (the sockops
+/// program always sees the socket, not on every kernel the thread); the writing thread when
+/// socket ids are descriptors.
 #[inline(always)]
-pub fn prepare(pid_tgid: u64, fd: u32, context: &SpanContext) {
+fn pending_key(pid_tgid: u64, socket: u64) -> u64 {
+    if io::ids_are_sockets() {
+        socket
+    } else {
+        pid_tgid
+    }
+}
+
+/// The key of the option the segment the sockops program is building may carry, if this
+/// kernel lets it find one.
+#[inline(always)]
+fn segment_key(ctx: &SockOpsContext) -> Option<u64> {
+    if io::ids_are_sockets() {
+        return Some(inject::sock_address(ctx));
+    }
+    // SAFETY: a global the agent sets before load; read volatile so it is not folded (the
+    // verifier knows it, and leaves the helper call unvisited where the kernel lacks it).
+    if unsafe { core::ptr::read_volatile(&SOCKOPS_THREADS) } != 0 {
+        return Some(bpf_get_current_pid_tgid());
+    }
+    None
+}
+
+/// A TLS client request starts on `socket`: its first data segment must carry `context`. Runs
+/// in tracing programs only (`SSL_write` entry), so it may build the record in their scratch.
+#[inline(always)]
+pub fn prepare(pid_tgid: u64, socket: u64, context: &SpanContext) {
     let Some(pending) = scratch(&OPTION_SCRATCH) else { return };
     trace_option::encode_into(&context.trace_id, &context.span_id, context.flags & 1 == 1, &mut pending.option);
-    pending.fd = fd;
+    pending.socket = socket;
     pending.state = trace_option_state::READY;
     pending._pad = [0; 3];
     // SAFETY: helper with no preconditions.
     pending.created_ns = unsafe { bpf_ktime_get_ns() };
-    let _ = PENDING_TRACE_OPTIONS.insert(&pid_tgid, &*pending, 0);
+    let _ = PENDING_TRACE_OPTIONS.insert(&pending_key(pid_tgid, socket), &*pending, 0);
 }
 
 /// The request was not written after all (the call failed): its option must not ride on
 /// bytes written later.
 #[inline(always)]
-pub fn cancel(pid_tgid: u64) {
+pub fn cancel(pid_tgid: u64, socket: u64) {
+    let key = pending_key(pid_tgid, socket);
     // SAFETY: copied out.
-    if unsafe { PENDING_TRACE_OPTIONS.get(&pid_tgid) }.is_some_and(|p| p.state == trace_option_state::READY) {
+    if unsafe { PENDING_TRACE_OPTIONS.get(&key) }.is_some_and(|p| p.state == trace_option_state::READY) {
+        let _ = PENDING_TRACE_OPTIONS.remove(&key);
+    }
+}
+
+/// A write on followed socket `socket` begins: an option the thread has due on another socket
+/// is dropped (it would otherwise ride on this one's segments). Options filed by socket cannot.
+#[inline(always)]
+pub fn socket_write_starts(pid_tgid: u64, socket: u64) {
+    if io::ids_are_sockets() {
+        return;
+    }
+    // SAFETY: copied out.
+    if unsafe { PENDING_TRACE_OPTIONS.get(&pid_tgid) }.is_some_and(|p| p.socket != socket) {
         let _ = PENDING_TRACE_OPTIONS.remove(&pid_tgid);
     }
 }
 
-/// A write syscall on followed socket `fd` begins: an option due on another socket is dropped
-/// (it would otherwise ride on this one's segments).
+/// A write on `socket` returned: its segments are built, so the option went with them or will
+/// not go at all.
 #[inline(always)]
-pub fn socket_write_starts(pid_tgid: u64, fd: u32) {
+pub fn write_done(pid_tgid: u64, socket: u64) {
+    let key = pending_key(pid_tgid, socket);
     // SAFETY: copied out.
-    if unsafe { PENDING_TRACE_OPTIONS.get(&pid_tgid) }.is_some_and(|p| p.fd != fd) {
-        let _ = PENDING_TRACE_OPTIONS.remove(&pid_tgid);
-    }
-}
-
-/// A write syscall on `fd` returned: its segments are built, so the option went with them or
-/// will not go at all.
-#[inline(always)]
-pub fn write_done(pid_tgid: u64, fd: u32) {
-    // SAFETY: copied out.
-    if unsafe { PENDING_TRACE_OPTIONS.get(&pid_tgid) }.is_some_and(|p| p.fd == fd) {
-        let _ = PENDING_TRACE_OPTIONS.remove(&pid_tgid);
+    if unsafe { PENDING_TRACE_OPTIONS.get(&key) }.is_some_and(|p| p.socket == socket) {
+        let _ = PENDING_TRACE_OPTIONS.remove(&key);
     }
 }
 
@@ -129,25 +166,31 @@ pub fn adopt_peer_context(peer: &SocketAddress, context: &mut SpanContext) -> bo
     true
 }
 
-/// `TCP_CONNECT_CB` of a tracked process, inside its `connect()`: the socket's cookie, filed
-/// under the descriptor being connected.
+/// A tracked process's `connect()` of socket `sk` is in progress (in its thread): the socket,
+/// filed under its id (`sk` itself on the socket layer; the descriptor being connected with
+/// syscall tracepoints).
 #[inline(always)]
-pub fn connecting(pid_tgid: u64, cookie: u64) {
-    // SAFETY: copied out.
-    let Some(call) = (unsafe { IN_FLIGHT_CONNECTIONS.get(&pid_tgid) }).copied() else { return };
-    let key = SocketKey { pid: current_ids(pid_tgid).0, fd: call.fd };
-    let _ = CONNECT_COOKIES.insert(&key, &cookie, 0);
+pub fn connecting(pid_tgid: u64, sk: u64) {
+    let id = if io::ids_are_sockets() {
+        sk
+    } else {
+        // SAFETY: read in place.
+        let Some(call) = (unsafe { IN_FLIGHT_CONNECTIONS.get(&pid_tgid) }) else { return };
+        call.fd as u64
+    };
+    let _ = CLIENT_SOCKS.insert(&io::socket_key(pid_tgid, id), &sk, 0);
 }
 
-/// The first bytes a tracked process wrote on its connection `fd` were a TLS handshake (`tls`)
-/// or a plain request; once per connection (the cookie is taken).
-#[inline(always)]
-pub fn client_transport(pid_tgid: u64, fd: u32, tls: bool) {
-    let key = SocketKey { pid: current_ids(pid_tgid).0, fd };
+/// The first bytes a tracked process wrote on its connection `socket` were a TLS handshake
+/// (`tls`) or a plain request; once per connection (the socket's entry is taken). Not inlined:
+/// its key stays off the frame of the I/O programs' deep paths.
+#[inline(never)]
+pub fn client_transport(pid_tgid: u64, socket: u64, tls: bool) {
+    let key = io::socket_key(pid_tgid, socket);
     // SAFETY: copied out before removal.
-    let Some(cookie) = (unsafe { CONNECT_COOKIES.get(&key) }).copied() else { return };
-    let _ = CONNECT_COOKIES.remove(&key);
-    let _ = CLIENT_TRANSPORTS.insert(&cookie, if tls { &transport::TLS } else { &transport::PLAIN }, 0);
+    let Some(sk) = (unsafe { CLIENT_SOCKS.get(&key) }).copied() else { return };
+    let _ = CLIENT_SOCKS.remove(&key);
+    let _ = CLIENT_TRANSPORTS.insert(&sk, if tls { &transport::TLS } else { &transport::PLAIN }, 0);
 }
 
 /// A tracked server read a TLS handshake from the client at `peer`.
@@ -168,11 +211,11 @@ pub fn watch_transport(ctx: &SockOpsContext) {
 /// `RTT_CB`: once the connection's transport is known, stop the RTT callbacks, and let a TLS
 /// connection write (client) or parse (server) our option.
 #[inline(always)]
-pub fn transport_known(ctx: &SockOpsContext, cookie: u64) {
+pub fn transport_known(ctx: &SockOpsContext, sk: u64) {
     let mut flags = ctx.cb_flags() & !BPF_SOCK_OPS_RTT_CB_FLAG;
     // SAFETY: copied out before removal.
-    if let Some(kind) = (unsafe { CLIENT_TRANSPORTS.get(&cookie) }).copied() {
-        let _ = CLIENT_TRANSPORTS.remove(&cookie);
+    if let Some(kind) = (unsafe { CLIENT_TRANSPORTS.get(&sk) }).copied() {
+        let _ = CLIENT_TRANSPORTS.remove(&sk);
         if kind == transport::TLS {
             flags |= BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG;
         }
@@ -196,11 +239,11 @@ fn data_segments_out(ctx: &SockOpsContext) -> u32 {
     unsafe { (*ctx.ops).data_segs_out }
 }
 
-/// The writing thread's option, when it waits and is fresh.
+/// The option the segment being built may carry, when one waits and is fresh.
 #[inline(always)]
-fn ready(pid_tgid: u64) -> Option<*mut PendingTraceOption> {
-    let pending = PENDING_TRACE_OPTIONS.get_ptr_mut(&pid_tgid)?;
-    // SAFETY: this thread's own entry.
+fn ready(ctx: &SockOpsContext) -> Option<*mut PendingTraceOption> {
+    let pending = PENDING_TRACE_OPTIONS.get_ptr_mut(&segment_key(ctx)?)?;
+    // SAFETY: the writing thread's (or socket's) own entry.
     let (state, created) = unsafe { ((*pending).state, (*pending).created_ns) };
     // SAFETY: helper with no preconditions.
     let age = unsafe { bpf_ktime_get_ns() }.saturating_sub(created);
@@ -211,7 +254,7 @@ fn ready(pid_tgid: u64) -> Option<*mut PendingTraceOption> {
 /// segment: the kernel sizes the segments it is about to build).
 #[inline(always)]
 pub fn reserve(ctx: &SockOpsContext) {
-    let Some(_) = ready(bpf_get_current_pid_tgid()) else { return };
+    let Some(_) = ready(ctx) else { return };
     let sizing_mss = ctx.arg(0) == WRITE_HDR_TCP_CURRENT_MSS;
     // SAFETY: reading the context's own field.
     let payload = unsafe { (*ctx.ops).skb_len };
@@ -228,7 +271,7 @@ pub fn reserve(ctx: &SockOpsContext) {
 /// `WRITE_HDR_OPT_CB`: the option into the segment whose room [`reserve`] took.
 #[inline(always)]
 pub fn write(ctx: &SockOpsContext) {
-    let Some(pending) = ready(bpf_get_current_pid_tgid()) else { return };
+    let Some(pending) = ready(ctx) else { return };
     // SAFETY: map value; the helper copies `LEN` bytes from it.
     let rc = unsafe { bpf_store_hdr_opt(ctx.ops, (*pending).option.as_ptr() as *const _, trace_option::LEN as u32, 0) };
     if rc == 0 {
