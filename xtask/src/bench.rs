@@ -1,4 +1,5 @@
-//! `cargo xtask bench`: what tracing costs Python, in one run on one machine, in two parts.
+//! `cargo xtask bench`: what tracing costs Python, and its neighbours, in one run on one machine,
+//! in three parts.
 //!
 //! The HTTP part: the agent beside OpenTelemetry's zero-code instrumentation on a Python HTTP
 //! service. For each service variant (sync: flask/gunicorn/requests; asyncio:
@@ -13,6 +14,12 @@
 //! (selecting functions hooks every call of the process), on every interpreter the tests use,
 //! before, with and after the agent. `--functions-only` and `--skip-functions` run one part.
 //!
+//! The neighbours part ([`neighbours`]), last: what the agent costs processes it does not trace
+//! (dd's read/write syscalls, redis-server's socket I/O under redis-benchmark), with no agent,
+//! the agent and the agent with its old syscall capture, alternating over `--rounds` rounds; the
+//! agent's start and stop times; and what its eBPF programs cost per redis request (the
+//! kernel's BPF run-time statistics). `--neighbours-only` and `--skip-neighbours` as above.
+//!
 //! It prints figures and asserts nothing about them. Everything it starts is stopped when it
 //! ends, fails or is interrupted ([`process`]); a failed run is reported and the others still run.
 //!
@@ -20,17 +27,22 @@
 //! services), [`agent`] (the agent, started with each part's arguments), [`stub`] (the downstream
 //! service and the OTLP receiver, on threads of this process), [`otlp`] (counting exported
 //! spans), [`report`] (the HTTP results table), [`functions`] and [`function_program`] (the
-//! function part and the Python program it drives).
+//! function part and the Python program it drives), [`neighbours`], [`workloads`] and
+//! [`bpf_stats`] (the neighbours part, its workloads and the BPF run-time statistics, read
+//! from bpftool's `--json` output).
 
 mod agent;
+mod bpf_stats;
 mod function_program;
 mod functions;
+mod neighbours;
 mod otlp;
 mod process;
 mod procfs;
 mod report;
 mod service;
 mod stub;
+mod workloads;
 mod wrk;
 
 use std::fmt::Write as _;
@@ -93,11 +105,22 @@ pub struct Options {
     agent_bin: Option<PathBuf>,
     /// Run only the function part: the cost per call of a function the agent selects
     /// (`--function`) and of one it does not, on every test interpreter; no HTTP services.
-    #[arg(long, conflicts_with = "skip_functions")]
+    #[arg(long, conflicts_with_all = ["skip_functions", "neighbours_only"])]
     functions_only: bool,
     /// Leave out the function part (which otherwise runs after the HTTP services).
     #[arg(long)]
     skip_functions: bool,
+    /// Run only the neighbours part: what the agent costs untraced processes (dd, redis), the
+    /// agent's start and stop times, and its eBPF programs' time per redis request.
+    #[arg(long, conflicts_with = "skip_neighbours")]
+    neighbours_only: bool,
+    /// Leave out the neighbours part (which otherwise runs last).
+    #[arg(long)]
+    skip_neighbours: bool,
+    /// Rounds of the neighbours part: each runs every workload in every mode once, and each
+    /// figure is the median over the rounds.
+    #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -133,12 +156,17 @@ impl Options {
 
     /// Whether the HTTP services part runs.
     fn runs_http(&self) -> bool {
-        !self.functions_only
+        !self.functions_only && !self.neighbours_only
     }
 
     /// Whether the function part runs.
     fn runs_functions(&self) -> bool {
-        !self.skip_functions
+        !self.skip_functions && !self.neighbours_only
+    }
+
+    /// Whether the neighbours part runs.
+    fn runs_neighbours(&self) -> bool {
+        !self.skip_neighbours && !self.functions_only
     }
 }
 
@@ -160,7 +188,10 @@ pub fn run(ws: &Workspace, options: &Options) -> Result<()> {
     let http = python.map(|python| Bench::prepare(ws, options, python, &agent, &out_dir)).transpose()?;
     let function_part =
         options.runs_functions().then(|| functions::Part::new(&agent.path, ws.root().join(APP_DIR), &out_dir));
-    print_header(&agent, &out_dir, http.as_ref(), function_part.as_ref())?;
+    let neighbours_part =
+        options.runs_neighbours().then(|| neighbours::Part::new(&agent.path, &out_dir, options.rounds));
+    let parts = Parts { http: http.as_ref(), functions: function_part.as_ref(), neighbours: neighbours_part.as_ref() };
+    print_header(&agent, &out_dir, &parts)?;
     let mut failed = Vec::new();
     if let Some(bench) = &http {
         let outcomes = bench.run_all()?;
@@ -173,6 +204,11 @@ pub fn run(ws: &Workspace, options: &Options) -> Result<()> {
         functions::print_table(&outcomes);
         failed.extend(outcomes.iter().filter(|o| o.failed()).map(|o| format!("functions/{}", o.label)));
     }
+    if let Some(part) = &neighbours_part {
+        let outcome = part.run_all()?;
+        neighbours::print_tables(&outcome);
+        failed.extend(outcome.failed().into_iter().map(|label| format!("neighbours/{label}")));
+    }
     println!("\nbench finished in {:.0} s (setup and build included)", started.elapsed().as_secs_f64());
     if !failed.is_empty() {
         bail!("some runs failed: {}", failed.join(", "));
@@ -182,39 +218,46 @@ pub fn run(ws: &Workspace, options: &Options) -> Result<()> {
 
 /// Sets up what the chosen parts need; returns the HTTP part's interpreter when it runs. The
 /// HTTP part needs wrk and its virtual environment; the function part only the build tools
-/// (for the agent) and the test interpreters, used as they are.
+/// (for the agent) and the test interpreters, used as they are; the neighbours part redis
+/// (server and benchmark) and bpftool.
 fn setup_for(ws: &Workspace, options: &Options) -> Result<Option<PathBuf>> {
-    if !options.runs_http() {
-        setup::run(ws, setup::Scope::Build)?;
-        return Ok(None);
-    }
-    let venv = ws.tools_dir().join("bench-venv");
-    setup::bench(ws, PYTHON_VERSION, &venv, &ws.root().join(REQUIREMENTS)).map(Some)
+    let (venv, requirements) = (ws.tools_dir().join("bench-venv"), ws.root().join(REQUIREMENTS));
+    let http = options.runs_http().then(|| setup::BenchVenv {
+        version: PYTHON_VERSION,
+        path: &venv,
+        requirements: &requirements,
+    });
+    setup::bench(ws, http, options.runs_neighbours())
+}
+
+/// The parts that run, each set up.
+struct Parts<'a> {
+    http: Option<&'a Bench<'a>>,
+    functions: Option<&'a functions::Part<'a>>,
+    neighbours: Option<&'a neighbours::Part<'a>>,
 }
 
 /// What runs where, before any figure: the machine, the agent, then each part's set-up.
-fn print_header(
-    agent: &AgentBinary,
-    out_dir: &Path,
-    http: Option<&Bench>,
-    functions: Option<&functions::Part>,
-) -> Result<()> {
+fn print_header(agent: &AgentBinary, out_dir: &Path, parts: &Parts) -> Result<()> {
     let mut text = String::from("\n== cargo xtask bench ==\n");
     let mut line = |key: &str, value: String| writeln!(text, "{key:<12}{value}").unwrap();
     line("machine:", machine());
     line("agent:", format!("{} ({})", agent.path.display(), agent.provenance));
-    if let Some(bench) = http {
+    if let Some(bench) = parts.http {
         bench.describe(&mut line)?;
     }
-    if let Some(part) = functions {
+    if let Some(part) = parts.functions {
         part.describe(&mut line);
     }
-    line("logs:", format!("{} (service and program logs, agent logs and stores)", out_dir.display()));
+    if let Some(part) = parts.neighbours {
+        part.describe(&mut line);
+    }
+    line("logs:", format!("{} (service, program and redis-server logs, agent logs and stores)", out_dir.display()));
     print!("{text}");
-    if http.is_some() {
+    if parts.http.is_some() {
         println!("note: wrk, the services, the stubs and the agent all share this machine's cores");
     } else {
-        println!("note: the program and the agent share this machine's cores with whatever else runs on it");
+        println!("note: the programs measured and the agent share this machine's cores with whatever else runs on it");
     }
     let others = foreign_agents(&[]);
     if !others.is_empty() {

@@ -1,11 +1,13 @@
 //! Running external programs. Three shapes cover every task:
-//! - [`run`]: inherited stdio, so the user sees cargo, rustup, apt and pip as they work;
+//! - [`run`]: inherited stdio, so the user sees cargo, rustup, apt and pip as they work
+//!   ([`run_with_input`] feeds its standard input, e.g. cpio's list of files);
 //! - [`output`]: stdout captured for parsing, stderr still shown so failures explain themselves;
 //! - [`probe`]: silent, for "is this already there?" checks whose failure just means "no".
 //!
 //! Errors name the full command line, so a failed step says exactly what to run by hand.
 
 use std::ffi::OsStr;
+use std::io::Write as _;
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context as _, Result};
@@ -18,6 +20,21 @@ pub fn run(cmd: &mut Command) -> Result<()> {
         bail!("`{}` failed ({status})", describe(cmd));
     }
     Ok(())
+}
+
+/// Like [`run`], with `input` as the standard input.
+pub fn run_with_input(cmd: &mut Command, input: &[u8]) -> Result<()> {
+    println!("+ {}", describe(cmd));
+    let mut child = cmd.stdin(Stdio::piped()).spawn().with_context(|| format!("cannot start `{}`", describe(cmd)))?;
+    let mut stdin = child.stdin.take().context("stdin is not piped")?;
+    // A program that stops reading early fails on its own; its status says why.
+    let written = stdin.write_all(input);
+    drop(stdin);
+    let status = child.wait().with_context(|| format!("cannot wait for `{}`", describe(cmd)))?;
+    if !status.success() {
+        bail!("`{}` failed ({status})", describe(cmd));
+    }
+    written.with_context(|| format!("cannot write to `{}`", describe(cmd)))
 }
 
 /// Runs `cmd` and returns its standard output as text; fails unless it exits 0.

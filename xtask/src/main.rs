@@ -7,11 +7,15 @@
 //! - `build` runs the build part of setup, then builds the release agent (its build script
 //!   compiles the eBPF programs with the nightly toolchain and bpf-linker).
 //! - `run` builds, then replaces itself with the agent.
-//! - `test` runs the full setup, builds, then the unit tests and the end-to-end tests.
+//! - `test` runs the full setup, builds, then the unit tests, the kernel matrix and the
+//!   end-to-end tests.
 //! - `bench` measures what tracing costs a Python HTTP service: no tracing, the agent, and
 //!   OpenTelemetry's zero-code instrumentation, side by side; then what one Python call costs
 //!   with the agent's function spans, for a selected and an unrelated function, on every test
-//!   interpreter (figures only, no assertions).
+//!   interpreter; then what untraced neighbours (dd, redis) pay with the agent running
+//!   (figures only, no assertions).
+//! - `kernels` runs the kernel matrix: does the agent load, attach and trace on the running
+//!   kernel and on Debian's 6.1 and 6.12 kernels (booted under QEMU)?
 //!
 //! Every external program runs through [`cmd`], with inherited standard streams, so that what
 //! failed is always named in the error.
@@ -19,6 +23,7 @@
 mod bench;
 mod build;
 mod cmd;
+mod kernels;
 mod setup;
 mod test;
 mod workspace;
@@ -53,10 +58,12 @@ enum Task {
     /// embedded store (/var/lib/scouter-agent/traces.db). Arguments go to scouter-agent as
     /// they are, e.g. `cargo xtask run -- --stdout` or `cargo xtask run -- traces list`.
     Run(RunArgs),
-    /// Run the whole test suite as root: setup, build, unit tests, end-to-end tests.
+    /// Run the whole test suite as root: setup, build, unit tests, the kernel matrix,
+    /// end-to-end tests.
     ///
     /// The end-to-end tests load eBPF programs, so this refuses to run without root rather
-    /// than let them be skipped. FILTER, if given, is passed to both cargo test runs.
+    /// than let them be skipped. FILTER, if given, is passed to both cargo test runs (the
+    /// kernel matrix runs in full either way).
     Test(TestArgs),
     /// Measure tracing overhead as root: no tracing vs the agent vs opentelemetry-instrument,
     /// then the per-call cost of the agent's function spans.
@@ -78,8 +85,27 @@ enum Task {
     /// it (`--pid`) and given `--function bench_functions:selected` (which hooks every call of
     /// the process), and again once the agent stopped; and counts the spans the agent stored.
     ///
+    /// Then the neighbours part (--neighbours-only runs it alone, --skip-neighbours leaves it
+    /// out): what untraced processes beside the agent pay. `dd` (read/write syscalls) and
+    /// redis-server under redis-benchmark run alternately with no agent, the agent, and the
+    /// agent on the syscall capture, for --rounds rounds; medians and changes, the agent's start
+    /// and stop times, and its programs' run time per redis operation (BPF_ENABLE_STATS).
+    ///
     /// Service and program logs, agent logs and agent stores go to target/bench/.
     Bench(bench::Options),
+    /// Run the kernel matrix as root: does the agent load, attach and trace on each kernel?
+    ///
+    /// Kernels: the running one (natively), and Debian's newest 6.1 and 6.12 cloud kernels from
+    /// this machine's package sources, fetched into target/tools/kernels (nothing is installed)
+    /// and booted under QEMU (TCG) on an initramfs with busybox, the agent and Debian's
+    /// python3.11. On each: `scouter-agent check --verifier` (load), then per capture variant
+    /// the agent until `agent ready` (attach) and one request to `python3.11 -m http.server`
+    /// that must become a SERVER span in the agent's store (smoke). Prints each kernel's check
+    /// output and a table; fails if any cell failed or a kernel could not be fetched or booted.
+    ///
+    /// Builds target/release/scouter-agent first unless --agent is given. Consoles go to
+    /// target/tools/kernels/logs/.
+    Kernels(kernels::Options),
 }
 
 #[derive(Debug, Args)]
@@ -138,6 +164,7 @@ fn run(task: Task) -> anyhow::Result<()> {
         Task::Run(args) => build::run(&ws, !args.build.no_setup, &args.agent_args),
         Task::Test(args) => test::run(&ws, !args.no_setup, args.filter.as_deref()),
         Task::Bench(options) => bench::run(&ws, &options),
+        Task::Kernels(options) => kernels::run(&ws, &options),
     }
 }
 

@@ -1,13 +1,15 @@
 //! `cargo xtask test`: the whole suite, as CI runs it.
 //!
 //! Stages: setup (everything, tests included), release build of the agent, unit tests of the
-//! workspace, then the end-to-end tests against the release binary. The end-to-end tests load
-//! real eBPF programs and never skip: without root or the agent binary they fail. This task
-//! checks for root up front (a clearer message than 29 failures) and sets
-//! SCOUTER_E2E_REQUIRED=1, which makes the tests' failure message say CI requires them.
+//! workspace, the kernel matrix ([`kernels`]: the release binary on the running kernel and on
+//! Debian's 6.1 and 6.12 kernels under QEMU, a few minutes), then the end-to-end tests against
+//! the release binary. The end-to-end tests load real eBPF programs and never skip: without
+//! root or the agent binary they fail. This task checks for root up front (a clearer message
+//! than 29 failures) and sets SCOUTER_E2E_REQUIRED=1, which makes the tests' failure message
+//! say CI requires them.
 //!
-//! Setup and build failures stop the run (nothing after them can work). The two test stages
-//! both run even if the first fails, so one CI run reports every failing test.
+//! Setup and build failures stop the run (nothing after them can work). The test stages all
+//! run even if one before them fails, so one CI run reports every failing test.
 
 use std::process::Command;
 
@@ -15,6 +17,7 @@ use anyhow::{bail, Result};
 
 use crate::build;
 use crate::cmd;
+use crate::kernels;
 use crate::setup;
 use crate::workspace::{self, Workspace};
 
@@ -34,6 +37,8 @@ pub fn run(ws: &Workspace, with_setup: bool, filter: Option<&str>) -> Result<()>
     unit.current_dir(ws.root()).args(["test", "--no-fail-fast", "--workspace", "--exclude", E2E_PACKAGE]).args(filter);
     let unit_result = cmd::run(&mut unit);
     summary.note("unit tests", &unit_result);
+
+    summary.note("kernel matrix", &kernels::stage(ws, &agent));
 
     let mut e2e = Command::new("cargo");
     e2e.current_dir(ws.root())

@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 
@@ -81,13 +81,20 @@ impl RunningAgent {
     }
 
     /// Stops the agent (SIGTERM: it flushes its spans) and requires a clean exit.
-    pub fn stop(mut self) -> Result<PathBuf> {
+    pub fn stop(self) -> Result<PathBuf> {
+        self.stop_timed().map(|(store, _)| store)
+    }
+
+    /// Like [`stop`](Self::stop), also returning how long the agent took from SIGTERM to its exit.
+    pub fn stop_timed(mut self) -> Result<(PathBuf, Duration)> {
         self.ensure_running()?;
+        let signalled = Instant::now();
         let status = self.process.stop()?;
+        let took = signalled.elapsed();
         if !status.success() {
             bail!("the agent exited with {status} after SIGTERM; its last lines:\n{}", self.log.text());
         }
-        Ok(self.store.clone())
+        Ok((self.store.clone(), took))
     }
 }
 

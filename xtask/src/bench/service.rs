@@ -247,7 +247,7 @@ fn set_otel_env(command: &mut Command, variant: Variant, endpoint: &str) {
 }
 
 /// A port nothing listens on right now (the kernel's pick; free again once this returns).
-fn free_port() -> Result<u16> {
+pub fn free_port() -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
     Ok(listener.local_addr()?.port())
 }

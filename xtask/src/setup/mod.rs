@@ -19,8 +19,11 @@
 //!    (`kubectl kustomize` and the API's OpenAPI schemas, both from PyPI).
 //!
 //! Steps 1-2 are all that building needs ([`Scope::Build`]); 3-6 serve the tests. [`bench`]
-//! takes steps 1-3 (wrk is among the Debian packages) and a virtual environment of its own, and
-//! measures function calls on every test interpreter ([`test_interpreters`]).
+//! takes steps 1-2, for its HTTP part step 3 (wrk is among the Debian packages) and a virtual
+//! environment of its own, for its neighbours part the Debian packages only the bench uses
+//! (redis); it measures function calls on every test interpreter ([`test_interpreters`]).
+//! [`kernels`] takes steps 1-3 too (QEMU, busybox-static, cpio and python3.11 are among the
+//! Debian packages).
 
 mod bpf_linker;
 mod debian;
@@ -51,16 +54,44 @@ pub fn run(ws: &Workspace, scope: Scope) -> Result<()> {
     Ok(())
 }
 
-/// What `cargo xtask bench` needs: the build tools, the Debian packages (wrk), and
-/// `requirements` in a virtual environment at `venv` made from pyenv's Python `version`.
-/// Returns the environment's interpreter. The tests' pip packages are left alone.
-pub fn bench(ws: &Workspace, version: &str, venv: &Path, requirements: &Path) -> Result<PathBuf> {
+/// The bench's HTTP services' Python: `requirements` in a virtual environment at `path` made
+/// from pyenv's Python `version`.
+pub struct BenchVenv<'a> {
+    pub version: &'a str,
+    pub path: &'a Path,
+    pub requirements: &'a Path,
+}
+
+/// What `cargo xtask bench` needs, part by part: the build tools always; for its HTTP part
+/// (`venv`), the Debian packages (wrk) and the virtual environment, whose interpreter it
+/// returns; for its neighbours part, the Debian packages only the bench uses (redis). The
+/// tests' pip packages are left alone.
+pub fn bench(ws: &Workspace, venv: Option<BenchVenv>, neighbours: bool) -> Result<Option<PathBuf>> {
+    let mut report = Report::default();
+    ensure(ws, Scope::Build, &mut report)?;
+    let mut apt = debian::Apt::default();
+    let python = match venv {
+        Some(venv) => {
+            debian::ensure(&mut apt, &mut report)?;
+            Some(python::ensure_venv(venv.version, venv.path, venv.requirements, &mut report)?)
+        }
+        None => None,
+    };
+    if neighbours {
+        debian::ensure_bench(&mut apt, &mut report)?;
+    }
+    report.finish();
+    Ok(python)
+}
+
+/// What `cargo xtask kernels` needs: the build tools (for the agent it boots) and the Debian
+/// packages (QEMU, busybox-static, cpio, python3.11).
+pub fn kernels(ws: &Workspace) -> Result<()> {
     let mut report = Report::default();
     ensure(ws, Scope::Build, &mut report)?;
     debian::ensure(&mut debian::Apt::default(), &mut report)?;
-    let python = python::ensure_venv(version, venv, requirements, &mut report)?;
     report.finish();
-    Ok(python)
+    Ok(())
 }
 
 fn ensure(ws: &Workspace, scope: Scope, report: &mut Report) -> Result<()> {
