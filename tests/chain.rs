@@ -232,6 +232,13 @@ impl Chain {
     /// agent tracks every process of every service. With `tls`, every service serves HTTPS and
     /// its client trusts only the test CA.
     pub fn start(agent: &mut Agent, hops: [Hop; 3], tls: Option<TlsFiles>) -> Result<Self> {
+        let chain = Self::launch(hops, tls)?;
+        chain.wait_tracked(agent)?;
+        Ok(chain)
+    }
+
+    /// Starts the chain `hops` (A, B, C), leaf first, with no agent looking.
+    pub fn launch(hops: [Hop; 3], tls: Option<TlsFiles>) -> Result<Self> {
         const LABELS: [&str; 3] = ["A", "B", "C"];
         let scheme = if tls.is_some() { "https" } else { "http" };
         let paths = tls.as_ref().map(|t| TlsPaths { ca: t.ca.clone(), cert: t.cert.clone(), key: t.key.clone() });
@@ -250,19 +257,26 @@ impl Chain {
             };
             let server = PythonServer::start(&hop.interpreter, ServerProgram::Chain(config))
                 .with_context(|| format!("starting service {}", LABELS[index]))?;
-            for pid in server.pids() {
-                agent.wait_tracking(pid).with_context(|| {
-                    format!(
-                        "service {} ({}): waiting for the agent to track pid {pid}",
-                        LABELS[index],
-                        server.describe()
-                    )
-                })?;
-            }
             started.push(Service { label: LABELS[index], server });
         }
         started.reverse();
         Ok(Self { services: started, tls })
+    }
+
+    /// Waits until `agent` tracks every process of every service.
+    pub fn wait_tracked(&self, agent: &mut Agent) -> Result<()> {
+        for service in &self.services {
+            for pid in service.server.pids() {
+                agent.wait_tracking(pid).with_context(|| {
+                    format!(
+                        "service {} ({}): waiting for the agent to track pid {pid}",
+                        service.label,
+                        service.server.describe()
+                    )
+                })?;
+            }
+        }
+        Ok(())
     }
 
     pub fn services(&self) -> &[Service] {
@@ -422,6 +436,34 @@ pub fn trace_chain(hops: [Hop; 3], tls: Option<TlsFiles>, traffic: Traffic) -> R
     let mut verdict = Verdict::new();
     let mut agent = Agent::start(&store)?;
     let chain = Chain::start(&mut agent, hops, tls)?;
+    let mut sent = chain.send_sequential(&Chain::ids("s", traffic.sequential));
+    sent.extend(chain.send_concurrent(&Chain::ids("c", traffic.concurrent)));
+
+    let expected = sent.len() * spans_per_request(chain.services.len());
+    verdict.step("counting spans while the agent runs", store.poll_span_count(SPANS_TIMEOUT, expected));
+    let log = agent.log().clone();
+    verdict.step("stopping the agent", agent.stop());
+    if let Some(spans) = verdict.step("reading the store", store.spans()) {
+        chain.expect_traces(&mut verdict, &spans, &sent);
+    }
+    verdict.finish(&log_context("agent", &log))
+}
+
+/// A chain test on services that ran before the agent: the chain `hops` starts with no agent,
+/// `warm` requests fill its clients' connection pools, then the agent starts and the traces of
+/// the `traffic` that follows must be complete, as in [`trace_chain`].
+pub fn trace_warm_chain(hops: [Hop; 3], tls: Option<TlsFiles>, warm: Traffic, traffic: Traffic) -> Result<()> {
+    require_ebpf_host()?;
+    let store = Store::new()?;
+    let mut verdict = Verdict::new();
+    let chain = Chain::launch(hops, tls)?;
+    let mut warming = chain.send_sequential(&Chain::ids("w", warm.sequential));
+    warming.extend(chain.send_concurrent(&Chain::ids("wc", warm.concurrent)));
+    for failed in warming.iter().filter_map(|sent| sent.result.as_ref().err()) {
+        verdict.problem(format!("warming the pools before the agent: {failed}"));
+    }
+    let mut agent = Agent::start(&store)?;
+    chain.wait_tracked(&mut agent)?;
     let mut sent = chain.send_sequential(&Chain::ids("s", traffic.sequential));
     sent.extend(chain.send_concurrent(&Chain::ids("c", traffic.concurrent)));
 

@@ -680,6 +680,23 @@ impl Agent {
         }
     }
 
+    /// The connections `pid` opened before it was tracked (a warm pool) join those the kernel
+    /// inserts `traceparent` into.
+    fn join_open_connections(&mut self, pid: u32) {
+        let fds = discovery::sockets::client_connections(pid);
+        match self.probes.join_connections(pid, &fds) {
+            Ok(0) => {}
+            Ok(joined) => {
+                tracing::info!(pid, connections = joined, "open connections joined for traceparent insertion")
+            }
+            Err(error) => tracing::warn!(
+                pid,
+                %error,
+                "requests on connections opened before tracking carry no traceparent"
+            ),
+        }
+    }
+
     fn track(&mut self, process: PythonProcess) {
         let pid = process.pid;
         if !self.config.pids.is_empty() && !self.config.pids.contains(&pid) {
@@ -690,6 +707,7 @@ impl Agent {
             tracing::warn!(pid, %error, "cannot track process (tracked-process map full?)");
             return;
         }
+        self.join_open_connections(pid);
         let is_new = self.processes.get(&pid).is_none_or(|known| known.executable != process.executable);
         if is_new {
             tracing::info!(

@@ -432,7 +432,16 @@ pub mod counter {
     /// Scouter's SDK (`scouter-ml`) made a span current: its span is a Rust object the kernel
     /// does not read, so code under it keeps the agent's parents and its spans stay as made.
     pub const SDK_CONTEXT_OPAQUE: u32 = 12;
-    pub const COUNT: u32 = 13;
+    /// A request whose head left by a call with no readable buffer (`sendfile`, `splice`):
+    /// no CLIENT span, though with the socket tracepoints capture its `traceparent` was
+    /// inserted (the next service's span then names a parent that is not exported).
+    pub const CLIENT_HEAD_UNREAD: u32 = 13;
+    /// A TLS request's trace context was due in a TCP header option but its write went out
+    /// without it: the connection was opened before the agent (the sockops program lets a
+    /// connection carry options only from its handshake on), or the segment was built from
+    /// softirq. The server starts a trace of its own.
+    pub const TRACE_OPTION_UNSENT: u32 = 14;
+    pub const COUNT: u32 = 15;
     /// Each counter's name in logs and metrics, by index.
     pub const NAMES: [&str; COUNT as usize] = [
         "ring_full",
@@ -448,6 +457,8 @@ pub mod counter {
         "sdk_context_unreadable",
         "sdk_too_deep",
         "sdk_context_opaque",
+        "client_head_unread",
+        "trace_option_unsent",
     ];
 }
 

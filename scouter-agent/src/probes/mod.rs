@@ -205,6 +205,12 @@ impl Probes {
         if fsbase_offset == u32::MAX {
             features.unavailable(Feature::PythonStacks, "the kernel's BTF gives no thread-pointer offset".into());
         }
+        if capture == IoCapture::Syscalls && options.propagate && !verifier::sock_ops_knows_thread() {
+            // Options pending per thread (socket ids are descriptors) are out of the sockops
+            // program's reach on this kernel: it sends none.
+            let why = "this kernel's sockops programs cannot tell the writing thread: contexts are received, not sent";
+            features.set(Feature::TcpOption, FeatureState::Degraded(why.into()));
+        }
         let mut loaded = Vec::new();
         for (program, result) in loading::load_programs(&mut ebpf, &features.wanted_programs(), kernel_btf) {
             let error = match result {
@@ -304,6 +310,17 @@ impl Probes {
         self.tracked
             .insert(pid, value, 0)
             .map_err(|source| ProbeError::Map { name: map_names::TRACKED_PROCESSES, source })
+    }
+
+    /// Lets requests on connections `pid` opened before the agent saw them (descriptors `fds`)
+    /// carry `traceparent` too; how many joined.
+    pub fn join_connections(&mut self, pid: u32, fds: &[u32]) -> Result<usize, propagation::JoinError> {
+        match self.propagation.as_mut() {
+            Some(propagation) if self.features.is_enabled(Feature::HeaderInsertion) => {
+                propagation.join_connections(pid, fds)
+            }
+            _ => Ok(0),
+        }
     }
 
     /// Follows the asyncio tasks of processes using `module`; false when its symbols are

@@ -8,6 +8,7 @@
 //! the agent says why once at start-up instead of refusing to run.
 
 use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use aya::maps::{MapData, SockHash};
 use aya::programs::{CgroupAttachMode, SkMsg, SockOps};
@@ -30,8 +31,8 @@ pub const OPTION_PROGRAMS: [&str; 1] = [SOCKOPS_PROGRAM];
 
 /// The attached programs' links and the sockhash the sk_msg program runs on.
 pub struct PropagationLinks {
-    /// Held so the sk_msg program stays attached to it.
-    _client_sockets: Option<SockHash<MapData, u64>>,
+    /// The sk_msg program's sockhash (held so the program stays attached to it).
+    client_sockets: Option<SockHash<MapData, u64>>,
     /// The sockops program's attachment to the cgroup.
     sock_ops: Option<OwnedLink>,
 }
@@ -40,6 +41,80 @@ impl PropagationLinks {
     pub fn take_links(&mut self) -> Vec<OwnedLink> {
         self.sock_ops.take().into_iter().collect()
     }
+
+    /// Joins connections process `pid` opened before the agent saw them (its descriptors
+    /// `fds`) to the sockhash, as the sockops program joins the ones it sees established, so
+    /// requests on a warm pool get their `traceparent` too. Each descriptor is duplicated
+    /// from the process (`pidfd_getfd`, which needs ptrace rights over it) only to be
+    /// inserted. Returns how many joined; a descriptor closed or reused meanwhile is skipped.
+    pub fn join_connections(&mut self, pid: u32, fds: &[u32]) -> Result<usize, JoinError> {
+        let Some(sockets) = self.client_sockets.as_mut() else { return Ok(0) };
+        if fds.is_empty() {
+            return Ok(0);
+        }
+        let process = pidfd_open(pid).map_err(JoinError::Process)?;
+        let mut joined = 0;
+        for fd in fds {
+            let socket = match pidfd_getfd(&process, *fd) {
+                Ok(socket) => socket,
+                Err(error) if error.raw_os_error() == Some(libc::EBADF) => continue,
+                Err(error) => return Err(JoinError::Descriptor(error)),
+            };
+            // The socket's cookie, the key the sockops program files connections under.
+            let Ok(cookie) = socket_cookie(&socket) else { continue };
+            if sockets.insert(cookie, socket.as_raw_fd(), 0).is_ok() {
+                joined += 1;
+            }
+        }
+        Ok(joined)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error("pidfd_open: {0}")]
+    Process(std::io::Error),
+    #[error("pidfd_getfd (needs ptrace rights over the process): {0}")]
+    Descriptor(std::io::Error),
+}
+
+fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags; it returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    owned(fd)
+}
+
+fn pidfd_getfd(process: &OwnedFd, fd: u32) -> std::io::Result<OwnedFd> {
+    // SAFETY: a pidfd, a descriptor number of that process, no flags; returns a new descriptor.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, process.as_raw_fd(), fd as libc::c_int, 0) };
+    owned(fd)
+}
+
+fn owned(fd: libc::c_long) -> std::io::Result<OwnedFd> {
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the system call just returned this new descriptor; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+fn socket_cookie(socket: &OwnedFd) -> std::io::Result<u64> {
+    let mut cookie = 0u64;
+    let mut length = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: SO_COOKIE writes a u64 into `cookie`, whose size is passed.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_COOKIE,
+            &mut cookie as *mut u64 as *mut libc::c_void,
+            &mut length,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cookie)
 }
 
 /// Attaches the sockops program (TCP option and the sockhash's membership) and the sk_msg
@@ -59,7 +134,7 @@ pub fn attach(ebpf: &mut Ebpf, features: &mut FeatureStates) -> Option<Propagati
         }
     };
     let client_sockets = features.load(Feature::HeaderInsertion, || attach_sk_msg(ebpf));
-    Some(PropagationLinks { _client_sockets: client_sockets, sock_ops: Some(sock_ops) })
+    Some(PropagationLinks { client_sockets, sock_ops: Some(sock_ops) })
 }
 
 fn attach_sk_msg(ebpf: &mut Ebpf) -> Result<SockHash<MapData, u64>, ProbeError> {

@@ -18,10 +18,10 @@ use aya_ebpf::{
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use scouter_ebpf::Direction;
+use scouter_ebpf::{counter, Direction};
 
 use super::{current_ids, io, sockets};
-use crate::maps::{process_flags, BufferShape, InFlightIo, SENT_CONTEXTS};
+use crate::maps::{count, process_flags, BufferShape, InFlightIo, SENT_CONTEXTS};
 
 /// `MSG_PEEK`: the bytes stay in the socket; the next receive reads them again.
 const MSG_PEEK: i32 = 2;
@@ -70,6 +70,9 @@ fn moved(ctx: &BtfTracePointContext, direction: Direction) -> u32 {
     }
     let Some(socket) = sockets::followed(pid_tgid, sk) else { return 0 };
     let length = syscall_buffer(call);
+    if decided && call.shape == BufferShape::Opaque as u8 {
+        count(counter::CLIENT_HEAD_UNREAD);
+    }
     if !decided {
         // Nothing was inserted: a request these bytes start gets its identity now.
         io::call_starts(pid_tgid, call, socket, length, false);

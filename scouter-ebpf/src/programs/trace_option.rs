@@ -144,10 +144,16 @@ pub fn socket_write_starts(pid_tgid: u64, socket: u64) {
 #[inline(always)]
 pub fn write_done(pid_tgid: u64, socket: u64) {
     let key = pending_key(pid_tgid, socket);
-    // SAFETY: copied out.
-    if unsafe { PENDING_TRACE_OPTIONS.get(&key) }.is_some_and(|p| p.socket == socket) {
-        let _ = PENDING_TRACE_OPTIONS.remove(&key);
+    let Some(pending) = PENDING_TRACE_OPTIONS.get_ptr(&key) else { return };
+    // SAFETY: read in place (not copied: this runs on the I/O programs' deep frames).
+    let (owner, state) = unsafe { ((*pending).socket, (*pending).state) };
+    if owner != socket {
+        return;
     }
+    if state == trace_option_state::READY {
+        count(counter::TRACE_OPTION_UNSENT);
+    }
+    let _ = PENDING_TRACE_OPTIONS.remove(&key);
 }
 
 /// Makes `context` a child of the context the client at `peer` sent in a TCP option, if it
