@@ -139,8 +139,9 @@ pub fn error(sk: u64) -> i32 {
 }
 
 /// The process's entry for stream socket `sk`, made on its first call (role unknown: its
-/// bytes will tell).
-#[inline(always)]
+/// bytes will tell). Not inlined: its key stays off the entry programs' frames, which go on to
+/// the deepest calls.
+#[inline(never)]
 pub fn followed(pid_tgid: u64, sk: u64) -> Option<&'static mut SocketInfo> {
     if let Some(socket) = io::socket_info(pid_tgid, sk) {
         return Some(socket);
